@@ -1,0 +1,6 @@
+"""bnas: neural architecture search for binary networks (1-bit weights, 1-bit activations)."""
+__version__ = "0.1.0"
+
+from .model import build_model  # noqa: E402
+
+__all__ = ["__version__", "build_model"]

@@ -1,0 +1,131 @@
+"""The interface every binarization scheme implements.
+
+A scheme is a :class:`Binarizer` (hyper-parameters, schedules, optimisation rules) that builds
+:class:`BinaryConv2d` layers (how weights and input activations become 1-bit). Operations and
+fixed models never decide how to binarize: they call ``binarizer.conv(...)``.
+
+Layer state that changes with training (schedules such as RBNN's ``t``, ReCU's ``tau``, SiMaN's
+mask) lives in module buffers or parameters, so ``model.state_dict()`` restores it exactly.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import BnasError
+
+
+class BinaryConv2d(nn.Conv2d):
+    """A convolution with 1-bit weights and 1-bit input activations.
+
+    ``forward(x) = scale_output(conv(binarize_input(x), binary_weight()))``. Splitting the
+    three steps lets a search supernet binarize one input once for several convolutions
+    (:meth:`forward_binary_input`).
+    """
+
+    weight_precision: ClassVar[int] = 1
+    input_precision: int = 1
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=bias)
+
+    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Map real activations to the binary values the convolution sees."""
+        raise NotImplementedError
+
+    def binary_weight(self) -> torch.Tensor:
+        """The weight tensor used by the convolution (differentiable w.r.t. the latent weight)."""
+        raise NotImplementedError
+
+    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply a per-channel output scale, if the scheme has one."""
+        return y
+
+    def forward_binary_input(self, xb: torch.Tensor) -> torch.Tensor:
+        """The convolution of an input that :meth:`binarize_input` already produced."""
+        y = F.conv2d(xb, self.binary_weight(), self.bias, self.stride, self.padding,
+                     self.dilation, self.groups)
+        return self.scale_output(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_binary_input(self.binarize_input(x))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", w{self.weight_precision}a{self.input_precision}"
+
+
+class Binarizer:
+    """A binarization scheme: builds binary convolutions and says how they are trained.
+
+    Subclasses set ``name``, ``paper``, ``conv_class``, ``hparams`` (defaults of their
+    keyword arguments, validated in :meth:`validate`) and ``recipes`` (training presets per
+    dataset family, see :mod:`bnas.binarize.recipes`).
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    conv_class: ClassVar[type[BinaryConv2d]] = BinaryConv2d
+    hparams: ClassVar[dict[str, Any]] = {}
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, **hparams: Any) -> None:
+        unknown = sorted(set(hparams) - set(self.hparams))
+        if unknown:
+            known = ", ".join(sorted(self.hparams)) or "none"
+            raise BnasError(f"binarizer '{self.name}' has no hyper-parameter "
+                            f"{', '.join(unknown)} (it takes: {known})")
+        self.config_values: dict[str, Any] = {**self.hparams, **hparams}
+        for key, value in self.config_values.items():
+            setattr(self, key, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`BnasError` for impossible hyper-parameters."""
+
+    def config(self) -> dict[str, Any]:
+        """A dict that :func:`bnas.binarize.get` turns back into an equal binarizer."""
+        return {"name": self.name, **self.config_values}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config_values.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- building -------------------------------------------------------------------------
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+             padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> BinaryConv2d:
+        """A binary convolution of this scheme."""
+        return self.conv_class(in_channels, out_channels, kernel_size, stride=stride,
+                               padding=padding, dilation=dilation, groups=groups, bias=bias)
+
+    def binary_convs(self, model: nn.Module) -> Iterator[BinaryConv2d]:
+        """The binary convolutions of ``model`` that belong to this scheme."""
+        return (m for m in model.modules() if isinstance(m, self.conv_class))
+
+    # -- training hooks -------------------------------------------------------------------
+    def set_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Update schedules at the start of ``epoch`` (0-based) of ``epochs``."""
+
+    def before_batch(self, model: nn.Module, epoch: int, batch: int) -> None:
+        """Called before every training batch (``batch`` is 0-based within the epoch)."""
+
+    def param_groups(self, model: nn.Module, weight_decay: float,
+                     dataset: str = "cifar") -> list[dict[str, Any]]:
+        """Optimizer parameter groups: by default every parameter with ``weight_decay``."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad],
+                 "weight_decay": weight_decay}]
+
+    def optimizer(self, model: nn.Module, *, name: str = "sgd", lr: float, momentum: float = 0.9,
+                  weight_decay: float = 0.0, dataset: str = "cifar") -> torch.optim.Optimizer:
+        """The optimizer this scheme trains ``model`` with (SGD or Adam over :meth:`param_groups`)."""
+        groups = self.param_groups(model, weight_decay, dataset)
+        if name == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        if name == "adam":
+            return torch.optim.Adam(groups, lr=lr)
+        raise BnasError(f"unknown optimizer '{name}'; known: adam, sgd")

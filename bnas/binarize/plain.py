@@ -1,0 +1,70 @@
+"""Plain sign binarization as used by BNAS (Kim et al., ECCV 2020), XNOR-Net style.
+
+Weights (Rastegari et al., ECCV 2016, Sec. 3.1, with the gradient of BNAS's reference code):
+before a forward pass with changed latent weights, project them in place: mean-centre over the
+input-channel axis and clamp to [-1, 1]. The convolution uses ``sign(W) * alpha`` with
+``alpha = mean|W|`` per out-channel (``n = I*kh*kw`` entries). The latent weight's gradient is
+``(alpha * 1{|W| <= 1} * g + sign(W) * mean_n(sign(W) * g)) * (1 - 1/I) * n``.
+Activations: ``sign(x)`` with a straight-through gradient where ``|x| < 1``; no scale.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import Binarizer, BinaryConv2d
+from .registry import register
+from .ste import sign_clipped_ste
+
+
+class XnorWeight(torch.autograd.Function):
+    """``sign(W) * mean|W|`` with BNAS's rescaled straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        ctx.save_for_backward(w, alpha)
+        return torch.sign(w) * alpha
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        w, alpha = ctx.saved_tensors
+        n = w[0].numel()
+        in_channels = w.shape[1]
+        s = torch.sign(w)
+        direct = alpha * (w.abs() <= 1) * g
+        through_alpha = s * (s * g).mean(dim=(1, 2, 3), keepdim=True)
+        return (direct + through_alpha) * ((1.0 - 1.0 / in_channels) * n)
+
+
+class PlainConv2d(BinaryConv2d):
+    """BNAS's binary convolution: sign activations, XNOR-scaled sign weights."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._projected_version = -1
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Mean-centre the latent weight over input channels and clamp it to [-1, 1] in place."""
+        w = self.weight
+        w.copy_((w - w.mean(dim=1, keepdim=True)).clamp_(-1.0, 1.0))
+        self._projected_version = w._version
+
+    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_clipped_ste(x)
+
+    def binary_weight(self) -> torch.Tensor:
+        # The reference projects once per optimisation step (and before evaluation); the
+        # weight's version counter tells whether the optimizer (or a load) changed it since.
+        if self.weight._version != self._projected_version:
+            self.project_()
+        return XnorWeight.apply(self.weight)
+
+
+@register("plain", aliases=("bnas", "xnor", "sign"))
+class Plain(Binarizer):
+    """BNAS / XNOR-Net sign binarization (the search's default scheme)."""
+
+    name = "plain"
+    paper = "Kim, Singh, Choi. Learning Architectures for Binary Networks. ECCV 2020"
+    conv_class = PlainConv2d

@@ -1,0 +1,40 @@
+"""Straight-through sign functions shared by the binarization schemes."""
+from __future__ import annotations
+
+import torch
+
+
+class SignClippedSTE(torch.autograd.Function):
+    """``sign(x)`` forward; backward passes the gradient where ``|x| < 1`` (XNOR-Net, BNN).
+
+    Only a 1-bit mask is kept for the backward pass, not a copy of the input.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x.abs() < 1)
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (mask,) = ctx.saved_tensors
+        return grad * mask
+
+
+class SignBiRealSTE(torch.autograd.Function):
+    """``sign(x)`` forward; Bi-Real's piecewise-polynomial backward ``max(0, 2 - 2|x|)``
+    (Liu et al., ECCV 2018, Eq. 5), used by ReCU and SiMaN for activations."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.clamp(2 - 2 * x.abs(), min=0)
+
+
+sign_clipped_ste = SignClippedSTE.apply
+sign_bireal_ste = SignBiRealSTE.apply

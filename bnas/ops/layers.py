@@ -1,0 +1,72 @@
+"""The layers that search-space operations are made of.
+
+A binary operation is BNAS's template (Kim et al., ECCV 2020, Sec. 3.1): BatchNorm ->
+binary activation -> binary-weight convolution -> ReLU. The binarizer supplies the
+convolution, which binarizes its own input, so no real value slips between the sign and the
+convolution.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..binarize.base import Binarizer
+
+
+class BinConvOp(nn.Sequential):
+    """BatchNorm(C_in) -> binary conv (sign input, binary weights) -> ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
+                 binarizer: Binarizer, dilation: int = 1, affine: bool = True) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in, affine=affine)
+        self.conv = binarizer.conv(c_in, c_out, kernel_size, stride=stride, padding=padding,
+                                   dilation=dilation)
+        self.relu = nn.ReLU(inplace=False)
+
+
+class RealConvOp(nn.Sequential):
+    """BatchNorm(C_in) -> real conv -> ReLU: the supernet's preprocessing and the CIFAR stem
+    (the reference code names it ``ReLUConvBN`` but computes in this order)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
+                 affine: bool = True) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in, affine=affine)
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=False)
+        self.relu = nn.ReLU(inplace=False)
+
+
+class Zero(nn.Module):
+    """``zeroise``: outputs zeros, spatially strided when the edge reduces."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        s = self.stride
+        return x.new_zeros(n, c, (h + s - 1) // s, (w + s - 1) // s)
+
+
+class Identity(nn.Identity):
+    """``skip`` at stride 1; drop path is never applied to it."""
+
+
+class BinFactorizedReduce(nn.Module):
+    """``skip`` on a reducing edge: two binary 1x1 stride-2 convolutions, the second on the
+    input shifted by one pixel, concatenated (DARTS's factorized reduce, in BNAS's binary
+    template: BatchNorm -> binary conv -> ReLU)."""
+
+    def __init__(self, c_in: int, c_out: int, binarizer: Binarizer, affine: bool = True) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in, affine=affine)
+        self.conv_a = binarizer.conv(c_in, c_out // 2, 1, stride=2)
+        self.conv_b = binarizer.conv(c_in, c_out - c_out // 2, 1, stride=2)
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(x)
+        shifted = nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.relu(torch.cat([self.conv_a(x), self.conv_b(shifted)], dim=1))

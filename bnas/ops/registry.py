@@ -1,0 +1,67 @@
+"""Every operation an edge can carry, by name, and the named search spaces (ordered op lists).
+
+An op factory is called as ``factory(C, stride, binarizer, affine)`` and returns a module that
+maps ``C`` channels to ``C`` channels, halving the resolution when ``stride == 2``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..binarize.base import Binarizer
+from ..registry import Registry
+from .layers import BinConvOp, BinFactorizedReduce, Identity, Zero
+
+OpFactory = Callable[[int, int, Binarizer, bool], nn.Module]
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """An operation: its factory and a one-line description."""
+
+    factory: OpFactory
+    description: str
+    binary: bool = False
+
+
+OPS: Registry[OpInfo] = Registry("operation")
+
+
+def _bin_conv(kernel: int, dilation: int) -> OpFactory:
+    padding = dilation * (kernel - 1) // 2
+
+    def make(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
+        return BinConvOp(c, c, kernel, stride, padding, binarizer, dilation=dilation, affine=affine)
+
+    return make
+
+
+def _skip(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
+    return Identity() if stride == 1 else BinFactorizedReduce(c, c, binarizer, affine=affine)
+
+
+OPS.add("zeroise", OpInfo(lambda c, s, b, a: Zero(s), "zeros (a real layer in BNAS: it prunes the edge)"),
+        aliases=("none",))
+OPS.add("max_pool_3x3", OpInfo(lambda c, s, b, a: nn.MaxPool2d(3, stride=s, padding=1),
+                               "3x3 max pooling"))
+OPS.add("avg_pool_3x3", OpInfo(
+    lambda c, s, b, a: nn.AvgPool2d(3, stride=s, padding=1, count_include_pad=False),
+    "3x3 average pooling (padding not counted)"))
+OPS.add("bin_dil_conv_3x3", OpInfo(_bin_conv(3, 2), "binary 3x3 conv, dilation 2", binary=True))
+OPS.add("bin_dil_conv_5x5", OpInfo(_bin_conv(5, 2), "binary 5x5 conv, dilation 2", binary=True))
+OPS.add("bin_conv_3x3", OpInfo(_bin_conv(3, 1), "binary 3x3 conv", binary=True))
+OPS.add("bin_conv_5x5", OpInfo(_bin_conv(5, 1), "binary 5x5 conv", binary=True))
+OPS.add("skip", OpInfo(_skip, "identity; binary factorized reduce when strided", binary=True),
+        aliases=("skip_connect",))
+
+SPACES: Registry[tuple[str, ...]] = Registry("search space")
+SPACES.add("bnas", ("zeroise", "max_pool_3x3", "avg_pool_3x3", "bin_dil_conv_3x3",
+                    "bin_dil_conv_5x5", "bin_conv_3x3", "bin_conv_5x5"))
+SPACES.add("bnas-skip", SPACES.get("bnas") + ("skip",))
+
+
+def make_op(name: str, c: int, stride: int, binarizer: Binarizer, affine: bool = True) -> nn.Module:
+    """Instantiate operation ``name`` (or an alias) for ``c`` channels."""
+    return OPS.get(name).factory(c, stride, binarizer, affine)

@@ -1,0 +1,1 @@
+"""One module per ``bnas`` verb; :mod:`bnas.cli` discovers them."""

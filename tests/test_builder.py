@@ -43,7 +43,7 @@ def test_zeroise_nodes_leave_only_the_residual():
     model = bnas.build_model("latest_cell_zeroise", layers=5, init_channels=4).eval()
     cell = model.cells[2]                      # reductions at 5 // 3 = 1 and 10 // 3 = 3
     assert isinstance(cell, EvalCell) and not cell.reduction
-    s0, s1 = torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8)
+    s0, s1 = torch.randn(2, 16, 16, 16), torch.randn(2, 32, 8, 8)
     out = cell(s0, s1)
     # nodes 4 and 5 are zeroise(.) + zeroise(.): their channels equal the identity residual
     torch.testing.assert_close(out[:, 16:], s1[:, 16:], rtol=0, atol=0)

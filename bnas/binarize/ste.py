@@ -38,3 +38,12 @@ class SignBiRealSTE(torch.autograd.Function):
 
 sign_clipped_ste = SignClippedSTE.apply
 sign_bireal_ste = SignBiRealSTE.apply
+
+
+def straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` forward, identity gradient into ``x`` (``x - x.detach() + value``).
+
+    The forward result is exactly ``value`` (``x - x.detach()`` is an exact zero), unlike
+    ``x + (value - x).detach()``, which can be off by one rounding step.
+    """
+    return x - x.detach() + value

@@ -72,7 +72,7 @@ def validate_network(spec: Any, where: str) -> None:
 
 def build_fixed(spec: dict[str, Any], num_classes: int, binarizer: Binarizer) -> nn.Module:
     """Instantiate a fixed network description."""
-    validate_network(spec, f"network family '{spec.get('family')}'")
+    validate_network(spec, "fixed network")
     kwargs = {k: v for k, v in spec.items() if k != "family"}
     return FAMILIES.get(spec["family"])(num_classes=num_classes, binarizer=binarizer, **kwargs)
 

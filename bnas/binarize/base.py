@@ -9,7 +9,7 @@ mask) lives in module buffers or parameters, so ``model.state_dict()`` restores 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BnasError
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float, float], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, lr, momentum: torch.optim.SGD(groups, lr=lr, momentum=momentum),
+    "adam": lambda groups, lr, momentum: torch.optim.Adam(groups, lr=lr),
+}
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -123,9 +129,6 @@ class Binarizer:
     def optimizer(self, model: nn.Module, *, name: str = "sgd", lr: float, momentum: float = 0.9,
                   weight_decay: float = 0.0, dataset: str = "cifar") -> torch.optim.Optimizer:
         """The optimizer this scheme trains ``model`` with (SGD or Adam over :meth:`param_groups`)."""
-        groups = self.param_groups(model, weight_decay, dataset)
-        if name == "sgd":
-            return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-        if name == "adam":
-            return torch.optim.Adam(groups, lr=lr)
-        raise BnasError(f"unknown optimizer '{name}'; known: adam, sgd")
+        if name not in OPTIMIZERS:
+            raise BnasError(f"unknown optimizer '{name}'; known: {', '.join(sorted(OPTIMIZERS))}")
+        return OPTIMIZERS[name](self.param_groups(model, weight_decay, dataset), lr, momentum)

@@ -1,0 +1,148 @@
+"""Bop and Bop2ndOrder as schemes: latent-free binary weights that an optimizer flips.
+
+Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural Network
+Optimization", NeurIPS 2019; Bop2ndOrder from Suarez-Ramirez et al., "A Bop and Beyond: A Second
+Order Optimizer for Binarized Neural Networks", CVPR Workshops 2021. See
+:mod:`bnas.binarize.optim` for the update rules.
+
+The convolution's weight *is* the binary weight: :class:`BopConv2d` uses ``s(W)`` (+1 for
+``W >= 0``, else -1), which equals ``W`` once Bop has stepped and binarises a freshly initialised
+real-valued weight, so the forward pass is binary from the start. Its gradient reaches ``W``
+unchanged (Bop's ``g`` is the gradient with respect to the binary weight); there is no scale.
+Input activations: ``sign`` with the straight-through gradient clipped to ``|x| < 1``.
+
+The scheme's :meth:`~BopScheme.optimizer` is a :class:`~bnas.binarize.optim.CaseOptimizer`:
+binary weights go to Bop (never with weight decay, which would flip them), every other trainable
+parameter (stem, classifier, BatchNorm) to the ordinary optimizer, Adam in the papers.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import BnasError
+from .base import Binarizer, BinaryConv2d
+from .hparams import invalid
+from .optim import Bop, Bop2ndOrder, CaseOptimizer, binary_sign, is_binary_weight
+from .registry import register
+from .schedules import from_spec
+from .ste import sign_clipped_ste
+
+
+class BopConv2d(BinaryConv2d):
+    """A binary convolution without latent weights: ``conv(sign(x), s(W))``."""
+
+    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_clipped_ste(x)
+
+    def binary_weight(self) -> torch.Tensor:
+        w = self.weight
+        return binary_sign(w.detach()) + (w - w.detach())  # value s(W), gradient to W as is
+
+
+def _linear(start: float, end: float) -> dict[str, Any]:
+    return {"schedule": "linear", "start": start, "end": end}
+
+
+@register("bop")
+class BopScheme(Binarizer):
+    """Bop (Helwegen et al., NeurIPS 2019): binary weights flipped by :class:`Bop`.
+
+    Hyper-parameters ``threshold`` and ``gamma``: numbers, or epoch-based schedules such as
+    ``{"schedule": "step", "start": 1e-4, "factor": 0.1, "every": 100}`` (see
+    :mod:`bnas.binarize.schedules`).
+    """
+
+    name = "bop"
+    paper = ("Helwegen, Widdicombe, Geiger, Liu, Cheng, Nusselder. Latent Weights Do Not Exist: "
+             "Rethinking Binarized Neural Network Optimization. NeurIPS 2019")
+    conv_class = BopConv2d
+    optimizer_class: ClassVar[type[Bop] | type[Bop2ndOrder]] = Bop
+    schedulable: ClassVar[tuple[str, ...]] = ("threshold", "gamma")
+    hparams = {"threshold": 1e-8, "gamma": 1e-4}
+    # Sec. 5.2 (CIFAR-10: gamma x0.1 every 100 epochs, Adam lr 0.01 held) and Sec. 5.3
+    # (ImageNet, BinaryNet and Bi-Real Net: 150 epochs, batch 1024, gamma 1e-4 -> 1e-6 and Adam
+    # lr 2.5e-3 -> 5e-6, both linear).
+    recipes = {
+        "cifar": {"epochs": 500, "batch_size": 50, "optimizer": "adam", "lr": 0.01,
+                  "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "constant",
+                  "binarizer_hparams": {"threshold": 1e-8, "gamma": {
+                      "schedule": "step", "start": 1e-4, "factor": 0.1, "every": 100}}},
+        "imagenet": {"epochs": 150, "batch_size": 1024, "optimizer": "adam", "lr": 2.5e-3,
+                     "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "linear",
+                     "schedule_args": {"end": 5e-6 / 2.5e-3},
+                     "binarizer_hparams": {"threshold": 1e-8, "gamma": _linear(1e-4, 1e-6)}},
+    }
+
+    def validate(self) -> None:
+        # Build the optimizer once on a stand-in weight: its own checks judge the values.
+        self.binary_optimizer([nn.Parameter(torch.zeros(1))], epochs=1, steps_per_epoch=1)
+
+    def binary_optimizer(self, params: list[nn.Parameter], epochs: int | None = None,
+                         steps_per_epoch: int | None = None) -> Bop | Bop2ndOrder:
+        """The Bop optimizer over ``params``, epoch-based schedules turned into step-based."""
+        kwargs = dict(self.config_values)
+        for key in self.schedulable:
+            try:
+                kwargs[key] = from_spec(kwargs[key], steps_per_epoch, epochs)
+            except BnasError as error:
+                raise invalid(self.name, f"{key}: {error}") from None
+        try:
+            return self.optimizer_class(params, **kwargs)
+        except BnasError as error:
+            raise invalid(self.name, str(error)) from None
+
+    def param_groups(self, model: nn.Module, weight_decay: float,
+                     dataset: str = "cifar") -> list[dict[str, Any]]:
+        """The ordinary optimizer's groups: every trainable parameter but the binary weights."""
+        binary = {id(p) for module in model.modules()
+                  for name, p in module.named_parameters(recurse=False)
+                  if is_binary_weight(module, name, p)}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in binary]
+        return [{"params": rest, "weight_decay": weight_decay}]
+
+    def optimizer(self, model: nn.Module, *, name: str = "adam", lr: float,
+                  momentum: float = 0.9, weight_decay: float = 0.0, dataset: str = "cifar",
+                  epochs: int | None = None,
+                  steps_per_epoch: int | None = None) -> CaseOptimizer:
+        """Bop for the binary weights, the ``name`` optimizer (over :meth:`param_groups`) for the
+        rest. ``epochs`` and ``steps_per_epoch`` are needed when a hyper-parameter is a schedule."""
+        ordinary = super().optimizer  # builds over param_groups(), i.e. the routed "rest"
+        return CaseOptimizer(
+            model,
+            (is_binary_weight, lambda ps: self.binary_optimizer(ps, epochs, steps_per_epoch)),
+            default=lambda ps: ordinary(model, name=name, lr=lr, momentum=momentum,
+                                        weight_decay=weight_decay, dataset=dataset),
+        )
+
+
+@register("bop2", aliases=("bop2ndorder",))
+class Bop2Scheme(BopScheme):
+    """Bop2ndOrder (Suarez-Ramirez et al., CVPR Workshops 2021): flips on the gradient average
+    normalised by its second moment. ``bias_correction=True`` is the paper's unbiased variant."""
+
+    name = "bop2"
+    paper = ("Suarez-Ramirez, Gonzalez-Mendoza, Chang, Ochoa-Ruiz, Duran-Vega. A Bop and Beyond: "
+             "A Second Order Optimizer for Binarized Neural Networks. CVPR Workshops 2021")
+    optimizer_class = Bop2ndOrder
+    schedulable = ("threshold", "gamma", "sigma")
+    hparams = {"threshold": 1e-6, "gamma": 1e-6, "sigma": 1e-2, "bias_correction": False}
+    # CIFAR-10: 500 epochs, batch 50, tau 1e-5 -> 1e-8, gamma 1e-2 -> 1e-5, sigma 1e-7 -> 1e-2,
+    # Adam lr 0.01 -> 0.001, all linear. ImageNet (the authors' configuration): 150 epochs,
+    # batch 1024, tau 1e-8 -> 1e-5, gamma 1e-4 -> 1e-9, sigma 1e-5 -> 1e-2, Adam lr 2.5e-3 -> 5e-6.
+    recipes = {
+        "cifar": {"epochs": 500, "batch_size": 50, "optimizer": "adam", "lr": 0.01,
+                  "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "linear",
+                  "schedule_args": {"end": 0.1},
+                  "binarizer_hparams": {"threshold": _linear(1e-5, 1e-8),
+                                        "gamma": _linear(1e-2, 1e-5),
+                                        "sigma": _linear(1e-7, 1e-2)}},
+        "imagenet": {"epochs": 150, "batch_size": 1024, "optimizer": "adam", "lr": 2.5e-3,
+                     "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "linear",
+                     "schedule_args": {"end": 5e-6 / 2.5e-3},
+                     "binarizer_hparams": {"threshold": _linear(1e-8, 1e-5),
+                                           "gamma": _linear(1e-4, 1e-9),
+                                           "sigma": _linear(1e-5, 1e-2)}},
+    }

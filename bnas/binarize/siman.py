@@ -1,0 +1,146 @@
+"""SiMaN: Sign-to-Magnitude Network Binarization (Lin et al., TPAMI 2022, arXiv:2102.07981).
+
+Weights, on every forward pass (training and evaluation):
+
+1. The latent weight is projected in place: ``w1 = W - mean`` per out-channel (detached); with
+   ``p = percent * (1 - e/E)`` (``percent`` = 15 by default), ``|w1|`` is clipped to its
+   ``[p, 100 - p]`` percentiles over the whole layer (linear interpolation, as
+   ``numpy.percentile``) and ``W <- sign(w1) * clipped |w1|``.
+2. ``w2 = (W - mean) / sqrt(var + 1e-5)`` per out-channel, ``X = |w2|`` per out-channel row of
+   ``N = I*kh*kw`` entries.
+3. The binary code maximises the correlation with ``X`` under the constraint of half ones
+   (Sec. 3.2): ``B`` is 1 for the ``floor(N/2)`` largest entries of each row and 0 elsewhere,
+   recomputed in training mode and stored in the ``B`` buffer for evaluation.
+4. ``bw = X - X.detach() + (2B - 1)``: +1 for large magnitudes, -1 for small whatever the
+   sign, with an identity gradient into ``|w2|``. The output is multiplied by a learnable
+   per-out-channel ``alpha`` initialised to ``mean|W|``.
+
+Activations: ``(a - mean) / sqrt(var + 1e-5)`` per sample over ``(C, H, W)``, ``sign`` with
+Bi-Real's backward ``max(0, 2 - 2|x|)``.
+
+Optimisation: the binary convolutions' parameters get no weight decay; every other parameter
+gets the configured decay.
+
+Deviation: the authors initialise ``B`` from ``(sign(W) + 1) / 2``; here it starts as the
+magnitude mask of the initial weight, so that a layer evaluated before any training step uses
+the same rule as a trained one. Data-parallel training: the projection and the mask read only
+the weights, which are identical on every process, so they agree without communication.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Binarizer, BinaryConv2d
+from .hparams import invalid, number
+from .normalize import standardize
+from .registry import register
+from .ste import sign_bireal_ste, straight_through
+
+
+def percentile(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The ``q``-th percentile (0-100) of sorted 1-d ``values``, with ``numpy.percentile``'s
+    default linear interpolation. ``q`` is a tensor, so no value has to leave the device."""
+    last = values.numel() - 1
+    pos = (q / 100.0 * last).clamp(0, last)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=last)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def half_mask(x: torch.Tensor) -> torch.Tensor:
+    """1 at the ``floor(N/2)`` largest entries of each row of ``x`` ``(O, N)``, 0 elsewhere."""
+    mask = torch.zeros_like(x)
+    top = torch.topk(x, x.shape[1] // 2, dim=1).indices
+    return mask.scatter_(1, top, 1.0)
+
+
+class SiMaNConv2d(BinaryConv2d):
+    """SiMaN's binary convolution: +-1 weights by magnitude rank, times ``alpha``.
+
+    Buffers ``percent`` (the current clip percentile) and ``B`` (the mask, weight-shaped);
+    parameter ``alpha`` ``(O, 1, 1)``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        w = self.weight.detach()
+        self.register_buffer("percent", torch.tensor(0.0))
+        self.register_buffer("B", self.magnitude_mask(standardize(w, eps=1e-5)))
+        self.alpha = nn.Parameter(w.abs().mean(dim=(1, 2, 3)).view(w.shape[0], 1, 1))
+
+    @staticmethod
+    def magnitude_mask(w2: torch.Tensor) -> torch.Tensor:
+        """``B`` for a standardised weight, in the weight's shape."""
+        return half_mask(w2.detach().abs().flatten(1)).view_as(w2)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Clip the centred latent weight's magnitudes to their ``[p, 100-p]`` percentiles, in
+        place."""
+        w1 = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        magnitude = w1.abs()
+        ranked = magnitude.flatten().sort().values
+        low = percentile(ranked, self.percent)
+        high = percentile(ranked, 100.0 - self.percent)
+        self.weight.copy_(magnitude.clamp(min=low, max=high) * torch.sign(w1))
+
+    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_bireal_ste(standardize(x, eps=1e-5))
+
+    def binary_weight(self) -> torch.Tensor:
+        self.project_()
+        x = standardize(self.weight, eps=1e-5).abs()
+        if self.training:
+            self.B.copy_(self.magnitude_mask(x))
+        return straight_through(x, 2.0 * self.B - 1.0)
+
+    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.alpha
+
+
+@register("siman", aliases=("SiMaN",))
+class SiMaN(Binarizer):
+    """Sign-to-magnitude binarization: weights are +1 for the larger half of magnitudes and -1
+    for the smaller half. Hyper-parameter ``percent`` (the epoch-0 clip percentile, in
+    ``[0, 50)``), decayed linearly to 0 over training."""
+
+    name = "siman"
+    paper = ("Lin, Ji, Xu, Zhang, Wang, Wu, Ling, Ji, Lin. SiMaN: Sign-to-Magnitude Network "
+             "Binarization. TPAMI 2022")
+    conv_class = SiMaNConv2d
+    hparams = {"percent": 15.0}
+    recipes = {
+        "cifar": {"epochs": 400, "lr": 0.1, "weight_decay": 5e-4, "batch_size": 256,
+                  "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 5, "schedule": "cosine"},
+        "imagenet": {"epochs": 150, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 256,
+                     "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 0,
+                     "schedule": "cosine"},
+    }
+
+    def validate(self) -> None:
+        percent = number(self.name, "percent", self.percent)
+        if not 0.0 <= percent < 50.0:
+            raise invalid(self.name, f"percent must lie in [0, 50), got {percent:g}")
+
+    def conv(self, *args, **kwargs) -> SiMaNConv2d:
+        layer = super().conv(*args, **kwargs)
+        self.set_epoch(layer, 0, 1)  # a new layer starts at the epoch-0 schedule
+        return layer
+
+    def set_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        percent = self.percent * (1.0 - epoch / epochs)
+        for layer in self.binary_convs(model):
+            layer.percent.fill_(percent)
+
+    def param_groups(self, model: nn.Module, weight_decay: float,
+                     dataset: str = "cifar") -> list[dict[str, Any]]:
+        """Binary-convolution parameters without weight decay, the rest with ``weight_decay``."""
+        binary = {id(p) for layer in self.binary_convs(model) for p in layer.parameters()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) not in binary],
+                   "weight_decay": weight_decay},
+                  {"params": [p for p in params if id(p) in binary], "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]

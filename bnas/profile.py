@@ -9,12 +9,11 @@ binary only when both the weight and the input are 1-bit: a binary-weight convol
 real-valued activations cannot run as XNOR-popcount.
 
 Conventions of the binary-network literature (XNOR-Net, Rastegari et al., ECCV 2016; Bi-Real
-Net, Liu et al., ECCV 2018, Sec. 4.3), which the BNAS paper reports in (Kim et al., ECCV 2020,
-Tables 2-3):
+Net, Liu et al., ECCV 2018), in which the BNAS paper (Kim et al., ECCV 2020) reports its costs:
 
 * **FLOPs** are the real-valued MACs (one multiply-accumulate counts as one FLOP);
 * **BOPs** are the binary MACs;
-* **OPs** = FLOPs + BOPs / 64 (a 64-bit word does 64 binary MACs with one XNOR and popcount).
+* **OPs** = FLOPs + BOPs / 64 (a 64-bit CPU does 64 binary MACs per XNOR-popcount step).
 
 Only convolutions and linear layers are counted; batch norm, pooling, activations and
 additions are not, as in those papers. **Binary parameters** are the weights of 1-bit-weight
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data.info import dataset_info
 from .errors import BnasError
 
 REAL_BITS = 32
@@ -123,7 +123,7 @@ class Profile:
             ("OPs", f"{_si(self.ops)} (FLOPs + BOPs/64)"),
             ("size", f"{self.size_bytes / 2**20:.2f} MiB packed (1 bit per binary weight, 32 per "
                      f"real parameter); {self.float_size_bytes / 2**20:.2f} MiB as float32, "
-                     f"{ratio:.1f}x larger"),
+                     f"{ratio:.1f}x compression"),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -155,8 +155,6 @@ def _si(value: float) -> str:
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     """``(3, s, s)`` for the dataset a model was built for (its ``dataset`` attribute)."""
-    from .data.info import dataset_info
-
     dataset = getattr(model, "dataset", None)
     if dataset is None:
         raise BnasError("give an input size: the model does not say which dataset it is for")
@@ -205,7 +203,7 @@ def profile(model: nn.Module, input_size: Sequence[int] | None = None) -> Profil
         for m, mode in modes.items():
             m.training = mode
     layers = tuple(
-        LayerProfile(name=names.get(m, "?") or type(m).__name__, type=type(m).__name__,
+        LayerProfile(name=names[m] or type(m).__name__, type=type(m).__name__,
                      output_shape=s["shape"],
                      params=sum(p.numel() for p in m.parameters(recurse=False)),
                      weight_bits=weight_bits(m), input_bits=input_bits(m), macs=s["macs"])

@@ -27,6 +27,7 @@ class CellNetwork(nn.Module):
                  binarizer: Binarizer, stem: str = "cifar") -> None:
         super().__init__()
         self.drop_path_prob = 0.0
+        self.init_channels, self.layers = c, layers
         if stem == "cifar":
             c_stem = 3 * c
             self.stem = RealConvOp(3, c_stem, 3, 1, 1)

@@ -1,0 +1,49 @@
+"""``bnas eval``: top-1, top-5 and loss of saved weights on a validation set."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..train.options import add_config_options, overrides_from_args
+
+#: The settings ``bnas eval`` takes (the model's default to those the weights were trained with).
+EVAL_FIELDS = ("arch", "config", "layers", "init_channels", "num_classes", "binarizer",
+               "binarizer_hparams", "dataset", "data", "image_size", "loader", "workers",
+               "val_subset", "batch_size", "device", "amp", "channels_last", "seed")
+
+EPILOG = """\
+examples:
+  bnas eval --weights runs/train-bnas-a-20250101-120000/best.pt --data ./data
+  bnas eval --arch latest_cell --config bnas-d --weights best.pt --data /data/imagenet
+  torchrun --nproc_per_node 8 -m bnas eval --weights best.pt --data /data/imagenet
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate saved weights on a validation set",
+        description="Print top-1, top-5 and cross-entropy of a best.pt or checkpoint.pt. "
+                    "Architecture, size, binarizer and dataset default to those the weights "
+                    "were trained with; weights of another architecture are refused.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, metavar="FILE", help="best.pt or checkpoint.pt")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_config_options(p, EVAL_FIELDS, title="settings")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import resolve_config
+    from ..train.engine import evaluate, weights_settings
+
+    preset, overrides = overrides_from_args(args, EVAL_FIELDS)
+    overrides = {**overrides, **weights_settings(args.weights, overrides), "progress": False}
+    result = evaluate(resolve_config(preset, overrides), args.weights)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss "
+                  f"{result['loss']:.4f}  ({result['samples']} images)")
+    return 0

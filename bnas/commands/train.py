@@ -1,0 +1,52 @@
+"""``bnas train``: retrain a genotype with a binarization scheme (see :mod:`bnas.train`)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..train.config import FIELDS
+from ..train.options import add_config_options, overrides_from_args
+
+EPILOG = """\
+examples:
+  bnas train --config bnas-a                                   # BNAS-A, the paper's CIFAR-10 recipe
+  bnas train --arch latest_cell_zeroise --binarizer recu       # any genotype, any scheme
+  bnas train --arch resnet20_1w1a --binarizer rbnn --dataset cifar10 --epochs 400
+  bnas train --arch resnet20_1w1a --binarizer recu --dataset digits --epochs 20   # minutes on a CPU
+  bnas train --config bnas-d --data /data/imagenet --amp bf16 --channels-last
+  bnas train --config runs/tune/NAME/best.yaml                 # a preset file (e.g. from bnas tune)
+  bnas train --resume runs/train-bnas-a-20250101-120000        # continue a stopped run
+
+many GPUs (one process per GPU; --batch-size is global):
+  torchrun --nproc_per_node 8 -m bnas train --config bnas-f --data /data/imagenet
+many machines (run on each; NODE_RANK 0..N-1):
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+      --rdzv_id bnas-f -m bnas train --config bnas-f --data /data/imagenet --out runs/bnas-f
+
+Settings merge in this order: defaults < the binarizer's recipe < the preset (--config) <
+options. The resolved configuration is saved as config.yaml in the run directory, with log,
+metrics.jsonl, checkpoint.pt (every epoch) and best.pt.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="retrain a genotype with a binarization scheme",
+        description="Retrain any genotype (searched, named or fixed) with any binarization scheme, "
+                    "on one CPU or GPU, or many GPUs and machines under torchrun.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_options(p, FIELDS)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import resolve_config, train
+
+    preset, overrides = overrides_from_args(args, FIELDS)
+    cfg = resolve_config(preset, overrides)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best top-1 {result['best_top1']:.2f}%  last top-1 {result['last_top1']:.2f}% "
+              f"top-5 {result['last_top5']:.2f}% after {result['epochs']} epochs; "
+              f"run directory {result['out']}")
+    return 0

@@ -1,0 +1,252 @@
+"""Training configuration: one dataclass, recipe presets, and how they are merged.
+
+A run's configuration is resolved from four layers, later ones winning:
+
+1. the defaults of :class:`TrainConfig`;
+2. the binarizer's own recipe for the dataset family (``Binarizer.recipes["cifar"]`` or
+   ``["imagenet"]``, see ``docs`` of each scheme);
+3. a preset: a YAML (or JSON) file under ``bnas/recipes/`` given by name (``bnas-cifar``), any
+   file path (e.g. the ``config.yaml`` of an earlier run or the ``best.yaml`` of ``bnas tune``),
+   or, when none is given, the recipe of the named configuration (``--config bnas-a`` ->
+   ``bnas-cifar``);
+4. explicit overrides (command-line options); ``None`` means "not given".
+
+``binarizer_hparams`` and ``schedule_args`` are merged key by key, but a layer that changes the
+binarizer (or the schedule) drops those of earlier layers: one scheme's hyper-parameters mean
+nothing to another. Unknown keys anywhere are an error that names them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..binarize import BINARIZERS
+from ..data.info import DATASET_INFO, dataset_info
+from ..errors import BnasError, unknown
+from ..genotype import atomic_write_text
+from ..model.configs import CONFIGS
+from .data import LOADERS
+from .schedules import SCHEDULES, build_schedule
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "recipes"
+AMP_MODES = ("bf16", "fp16")
+OPTIMIZERS = ("sgd", "adam")
+#: Dict fields that belong to another field: a layer changing the owner resets them.
+DEPENDENT = {"binarizer_hparams": "binarizer", "schedule_args": "schedule"}
+
+
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    """A configuration field: its default, its ``--help`` text and extra argparse settings."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, "cli": cli})
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as ``config.yaml`` with every run."""
+
+    # -- what to train ---------------------------------------------------------------------
+    arch: str | None = _opt(None, "genotype name or file (latest_cell_zeroise, resnet20_1w1a, ...)")
+    config: str | None = _opt(None, "named configuration: bnas-a, bnas-d ... bnas-h (architecture, "
+                                    "size and recipe)")
+    layers: int | None = _opt(None, "cells of a cell network (default: the configuration's)")
+    init_channels: int | None = _opt(None, "initial channels C of a cell network")
+    num_classes: int | None = _opt(None, "classes (default: the dataset's)")
+    binarizer: str = _opt("plain", "binarization scheme (bnas list binarizers)")
+    binarizer_hparams: dict = _opt({}, "the scheme's hyper-parameters, KEY=VALUE (repeatable)")
+    # -- data ---------------------------------------------------------------------------------
+    dataset: str = _opt("cifar10", "dataset: " + ", ".join(DATASET_INFO.names()))
+    data: str | None = _opt(None, "dataset root (CIFAR download dir; train/ and val/ folders)")
+    image_size: int | None = _opt(None, "input resolution (default: the dataset's)")
+    loader: str = _opt("torch", "data loader: " + ", ".join(LOADERS.names())
+                       + " (dali: NVIDIA DALI, image folders on GPUs)")
+    workers: int = _opt(4, "data-loading worker processes per training process")
+    train_subset: int | float | None = _opt(None, "train on this many samples (or this fraction)")
+    val_subset: int | float | None = _opt(None, "validate on this many samples (or this fraction)")
+    # -- optimisation -------------------------------------------------------------------------
+    epochs: int = _opt(100, "training epochs")
+    batch_size: int = _opt(256, "global batch size, split evenly across processes")
+    optimizer: str = _opt("sgd", "sgd or adam (Bop schemes use it for the real-valued parameters)")
+    lr: float = _opt(0.1, "peak learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(0.0, "weight decay (the scheme decides which parameters decay)")
+    schedule: str = _opt("cosine", "learning-rate schedule: " + ", ".join(SCHEDULES.names()))
+    schedule_args: dict = _opt({}, "schedule settings, KEY=VALUE (e.g. period=50 for "
+                                   "cosine_restarts)")
+    warmup_epochs: int = _opt(0, "linear warm-up epochs: lr * (e + 1) / warmup")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
+    grad_clip: float | None = _opt(None, "clip the gradient norm to this value (0 or none: off)")
+    drop_path: float = _opt(0.0, "drop-path probability of cell networks, ramped up linearly")
+    # -- execution ----------------------------------------------------------------------------
+    seed: int = _opt(0, "random seed")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: str | None = _opt(None, "mixed precision: " + " or ".join(AMP_MODES) + " (none: off)")
+    channels_last: bool = _opt(False, "channels-last memory format")
+    sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across GPUs")
+    progress: bool = _opt(True, "show a progress bar")
+    out: str | None = _opt(None, "run directory (default: runs/train-<arch>-<time>)")
+    resume: bool | str = _opt(False, "continue from the run directory's checkpoint (or a "
+                                     "checkpoint file)")
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def style(self) -> str:
+        """The dataset family, ``cifar`` or ``imagenet``."""
+        return dataset_info(self.dataset).style
+
+    @property
+    def name(self) -> str:
+        """What is trained, for run names and logs."""
+        return self.arch or self.config or "model"
+
+    def validate(self) -> TrainConfig:
+        """Normalise spellings and raise :class:`BnasError` for impossible values."""
+        if self.config is not None:
+            self.config = CONFIGS.canonical(self.config)
+        self.binarizer = BINARIZERS.canonical(self.binarizer)
+        dataset_info(self.dataset)
+        self.loader = LOADERS.canonical(self.loader)
+        if self.amp in ("none", "off", ""):
+            self.amp = None
+        if self.amp is not None and self.amp not in AMP_MODES:
+            raise unknown("--amp mode", self.amp, AMP_MODES)
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown("optimizer", self.optimizer, OPTIMIZERS)
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            self.grad_clip = None
+        for name in ("epochs", "batch_size"):
+            _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        for name in ("workers", "warmup_epochs"):
+            _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+        for name in ("layers", "init_channels", "num_classes", "image_size"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(name, value, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        _check("lr", self.lr, lambda v: _finite(v) and v > 0, "a number > 0")
+        for name in ("momentum", "weight_decay", "label_smoothing"):
+            _check(name, getattr(self, name), lambda v: _finite(v) and v >= 0, "a number >= 0")
+        _check("label_smoothing", self.label_smoothing, lambda v: v < 1, "below 1")
+        _check("drop_path", self.drop_path, lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)")
+        for name in ("train_subset", "val_subset"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(name, value, _is_subset, "a count >= 1 or a fraction in (0, 1)")
+        for name in DEPENDENT:
+            if not isinstance(getattr(self, name), dict):
+                raise BnasError(f"{name} must be a mapping of names to values")
+        build_schedule(self.schedule, self.epochs, 1, self.warmup_epochs, self.schedule_args)
+        return self
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_subset(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value < 1)
+
+
+def _check(name: str, value: Any, ok, expected: str) -> None:
+    if isinstance(value, bool) or not ok(value):
+        raise BnasError(f"{name} must be {expected}, got {value!r}")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+# -- presets ---------------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    """The presets shipped in ``bnas/recipes/``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _preset_path(preset: str | Path) -> Path:
+    path = Path(preset).expanduser()
+    if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
+        if not path.is_file():
+            raise BnasError(f"preset file not found: {path}")
+        return path
+    if str(preset) not in preset_names():
+        raise unknown("recipe preset", str(preset), preset_names())
+    return PRESET_DIR / f"{preset}.yaml"
+
+
+def load_preset(preset: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset's settings; ``extends: NAME`` includes another preset first."""
+    path = _preset_path(preset)
+    if path in _seen:
+        raise BnasError(f"preset {path} extends itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BnasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise BnasError(f"{path}: a preset is a mapping of settings")
+    base = data.pop("extends", None)
+    _check_keys(data, f"preset {path}")
+    if base is None:
+        return data
+    return _combine([load_preset(base, (*_seen, path)), data])
+
+
+def _check_keys(settings: dict[str, Any], where: str) -> None:
+    bad = sorted(set(settings) - set(FIELDS))
+    if bad:
+        raise BnasError(f"unknown setting{'s' if len(bad) > 1 else ''} {', '.join(bad)} in {where}")
+
+
+def _owner_value(owner: str, value: Any) -> Any:
+    return BINARIZERS.canonical(value) if owner == "binarizer" and value is not None else value
+
+
+def _combine(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge ``layers``, later ones winning. A layer's ``binarizer_hparams`` (``schedule_args``)
+    count only if the binarizer (schedule) in effect at that layer is the final one."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if k not in DEPENDENT})
+    for key, owner in DEPENDENT.items():
+        final = _owner_value(owner, merged.get(owner))
+        in_effect, values = None, {}
+        for layer in layers:
+            in_effect = _owner_value(owner, layer.get(owner, in_effect))
+            if layer.get(key) and in_effect == final:
+                values.update(layer[key])
+        if values or any(key in layer for layer in layers):
+            merged[key] = values
+    return merged
+
+
+def resolve_config(preset: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The configuration of a run: defaults < binarizer recipe < preset < ``overrides``."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    _check_keys(given, "the options")
+    config = given.get("config")
+    if preset is None and config is not None:
+        preset = CONFIGS.get(config).recipe
+    layer = load_preset(preset) if preset is not None else {}
+    defaults = {name: getattr(TrainConfig(), name) for name in FIELDS}
+    pick = {**defaults, **layer, **given}
+    style = dataset_info(pick["dataset"]).style
+    recipe = dict(BINARIZERS.get(pick["binarizer"]).recipes.get(style, {}))
+    _check_keys(recipe, f"the {pick['binarizer']} recipe")
+    recipe["binarizer"] = pick["binarizer"]
+    return TrainConfig(**_combine([defaults, recipe, layer, given])).validate()
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain data for YAML."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved configuration as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(config_dict(cfg), sort_keys=False))

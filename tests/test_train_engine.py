@@ -198,3 +198,35 @@ def test_tensorboard_events_when_installed(tmp_path):
     pytest.importorskip("tensorboard")
     train(tiny(tmp_path, epochs=1))
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_hooks_drop_path_ramp_and_loss(tmp_path):
+    """The scheme's hooks run at every epoch and batch, drop path ramps as 0.2 * e / E, and the
+    smoothed loss is BNAS's ``sum_k -((1 - eps) * onehot + eps / K) * log p``, batch-averaged."""
+    trainer = Trainer(tiny(tmp_path, epochs=3, drop_path=0.2, label_smoothing=0.1), Context())
+    binarizer = trainer.model.binarizer
+    calls = []
+    set_epoch, before_batch = binarizer.set_epoch, binarizer.before_batch
+    binarizer.set_epoch = lambda m, e, n: (calls.append(("epoch", e, n)), set_epoch(m, e, n))
+    binarizer.before_batch = lambda m, e, b: (calls.append(("batch", e, b)), before_batch(m, e, b))
+    ramps = []
+    trainer.fit(lambda epoch, metrics: ramps.append(trainer.model.drop_path_prob))
+    steps = len(trainer.data.train)
+    assert calls == [c for e in range(3) for c in [("epoch", e, 3)] + [("batch", e, b) for b in range(steps)]]
+    assert ramps == pytest.approx([0.0, 0.2 / 3, 0.4 / 3])
+
+    logits, target = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    smooth = 0.9 * torch.nn.functional.one_hot(target, 10) + 0.1 / 10
+    by_hand = (-smooth * torch.log_softmax(logits, 1)).mean(0).sum()
+    assert trainer.criterion(logits, target) == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_top_k_counts():
+    from bnas.train.metrics import Meter, topk_correct
+
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3], [0.2, 0.3, 0.5]])
+    target = torch.tensor([1, 2, 0])
+    assert [int(c) for c in topk_correct(logits, target, (1, 2, 5))] == [1, 2, 3]
+    meter = Meter(torch.device("cpu"))
+    meter.update(torch.tensor(2.0), logits, target)
+    assert meter.result() == {"loss": 2.0, "top1": pytest.approx(100 / 3), "top5": 100.0, "samples": 3}

@@ -52,7 +52,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert checkpoint.load(killed / "checkpoint.pt")["epoch"] == 1  # died before epoch 2 ended
 
-    _finish(_bnas(*ARGS, "--out", str(killed), "--resume"))
+    _finish(_bnas("train", "--resume", str(killed)))  # with the run's own config.yaml
     _finish(uninterrupted)
 
     resumed, reference = (checkpoint.load(d / "checkpoint.pt") for d in (killed, whole))

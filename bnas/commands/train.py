@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+from typing import Any
 
 from ..train.config import FIELDS
 from ..train.options import add_config_options, overrides_from_args
@@ -39,11 +41,27 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def saved_run_config(preset: str | None, overrides: dict[str, Any]) -> str | None:
+    """The preset: with ``--resume`` and no ``--config``, the resumed run's own ``config.yaml``."""
+    resume = overrides.get("resume")
+    if preset is not None or overrides.get("config") is not None or not resume:
+        return preset
+    if resume is True:
+        if not overrides.get("out"):
+            return None  # the engine says that --resume needs --out
+        run_dir = Path(overrides["out"]).expanduser()
+    else:
+        path = Path(resume).expanduser()
+        run_dir = path if path.is_dir() else path.parent
+    saved = run_dir / "config.yaml"
+    return str(saved) if saved.is_file() else None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train import resolve_config, train
 
     preset, overrides = overrides_from_args(args, FIELDS)
-    cfg = resolve_config(preset, overrides)
+    cfg = resolve_config(saved_run_config(preset, overrides), overrides)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best top-1 {result['best_top1']:.2f}%  last top-1 {result['last_top1']:.2f}% "

@@ -223,7 +223,8 @@ class Trainer:
                             f"({exc})") from None
         for group, base in zip(self.optimizer.param_groups, bases):
             group["initial_lr"] = base
-        self.scaler.load_state_dict(saved["scaler"])
+        if saved["scaler"] and self.scaler.is_enabled():  # fp16 before and now
+            self.scaler.load_state_dict(saved["scaler"])
         self.start_epoch = self.saved_epoch = int(saved["epoch"])
         self.best_top1 = saved["best_top1"]
         self.last = dict(saved.get("metrics") or {})

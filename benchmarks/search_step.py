@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Search-step speed and memory of ``bnas search``, next to the reference figures.
+
+    python benchmarks/search_step.py                      # fast path, batch 32 and 64
+    python benchmarks/search_step.py --reference-path     # also the straightforward path
+    python benchmarks/search_step.py --only "batch 32" --steps 8
+
+Each workload runs in a fresh process (so that its peak resident memory is its own): the
+search's own :func:`bnas.search.loop.search_step` (architecture step, then weight step, with
+the plain binarizer's optimizer) on the default supernet (C=16, 8 layers, BNAS space),
+synthetic CIFAR-shaped batches (data loading excluded), ``torch.set_num_threads(threads)``,
+the median of ``--steps`` steps after two warm-up steps. ``import`` is the resident memory
+after importing torch and bnas, before anything is built; the peak includes it.
+
+The reference figures are those of ``benchmarks.md``: BNAS's own code on the same kind of
+2-core machine (14.2 s and 3.9 GB per step at batch 32; 25.9 s and 7.2 GB at batch 64).
+Machines are noisy (other processes share the cores): compare medians measured side by side,
+e.g. against the straightforward path (``--reference-path``: one module per edge and
+candidate, the same maths), which also runs on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    impl: str
+    batch: int
+    reference_s: float | None
+    reference_gb: float | None
+
+
+WORKLOADS = [
+    Workload("search step, fast path, batch 32", "fast", 32, 14.2, 3.9),
+    Workload("search step, fast path, batch 64", "fast", 64, 25.9, 7.2),
+    Workload("search step, straightforward path, batch 32", "reference", 32, 14.2, 3.9),
+]
+
+
+def _rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 1024**3
+
+
+def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
+    """Median step time and peak RSS of ``workload`` in this process."""
+    import torch
+
+    from bnas.search.architect import Architect
+    from bnas.search.config import SearchConfig
+    from bnas.search.loop import search_step, weight_optimizer
+    from bnas.search.network import SearchNetwork
+
+    torch.set_num_threads(threads)
+    imported = _rss_gb()
+    cfg = SearchConfig(save="benchmark", impl=workload.impl, batch_size=workload.batch)
+    torch.manual_seed(cfg.seed)
+    net = SearchNetwork(10, cfg.init_channels, cfg.layers, cfg.steps, cfg.space, cfg.binarizer,
+                        cfg.impl)
+    optimizer = weight_optimizer(net, cfg, steps_per_epoch=1)
+    architect = Architect(net, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay, lam=cfg.lam,
+                          tau=cfg.tau)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(workload.batch, 3, 32, 32, generator=gen),
+                torch.randint(0, 10, (workload.batch,), generator=gen)) for _ in range(2)]
+    net.binarizer.set_epoch(net, 0, cfg.epochs)
+    net.train()
+    times = []
+    for step in range(steps + 2):
+        started = time.perf_counter()
+        net.binarizer.before_batch(net, 0, step)
+        search_step(net, net, architect, optimizer, batches[0], batches[1], 0)
+        times.append(time.perf_counter() - started)
+    return {"step_s": statistics.median(times[2:]), "import_gb": imported,
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+
+
+def _ratio(ours: float, reference: float | None) -> str:
+    """`` (0.45x ref)``: ours over the reference's figure."""
+    return "" if reference is None else f" ({ours / reference:.2f}x ref)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per workload")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--only", help="run the workloads whose name contains this text")
+    parser.add_argument("--reference-path", action="store_true",
+                        help="also time the straightforward implementation (slow)")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(measure(WORKLOADS[args.child], args.steps, args.threads)))
+        return 0
+    print(f"{'workload':46} {'step s':>17} {'peak GB':>16} {'import GB':>9}")
+    for index, w in enumerate(WORKLOADS):
+        if (args.only and args.only not in w.name) or (w.impl == "reference" and not args.reference_path):
+            continue
+        proc = subprocess.run([sys.executable, __file__, "--child", str(index), "--steps",
+                               str(args.steps), "--threads", str(args.threads)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            print(f"{w.name:46} failed: {proc.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{w.name:46} {r['step_s']:7.2f}{_ratio(r['step_s'], w.reference_s):>10} "
+              f"{r['peak_gb']:6.2f}{_ratio(r['peak_gb'], w.reference_gb):>10} "
+              f"{r['import_gb']:9.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Search configuration: BNAS's settings as defaults, small presets per dataset, validation.
+
+Settings resolve in three layers, later ones winning: the defaults of :class:`SearchConfig`
+(BNAS's CIFAR-10 search, Kim et al., ECCV 2020: C=16, 8 layers, batch 64, 50 epochs, seed 2,
+SGD 0.025 -> 0.001 cosine, Adam 3e-4 for the alphas, lambda 1, tau 7.7, gamma 3), the
+dataset's preset (:data:`DATASET_PRESETS`: the offline ``digits`` set searches a small supernet
+in about a minute on a CPU), and explicit settings (``None`` means "not given").
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..binarize import BINARIZERS, get as get_binarizer
+from ..data.info import dataset_info
+from ..errors import BnasError
+from ..ops import SPACES
+from .cell import CELLS
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+#: Settings a dataset changes from the BNAS defaults.
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    "digits": {"epochs": 6, "layers": 5, "init_channels": 8, "image_size": 16, "batch_size": 64},
+    "synthetic": {"epochs": 2, "layers": 5, "init_channels": 8, "batch_size": 32},
+}
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs; stored in its checkpoints and its genotypes' provenance."""
+
+    save: str | None = None
+    dataset: str = "cifar10"
+    data: str | None = None
+    image_size: int | None = None
+    subset: int | None = None
+    train_portion: float = 0.5
+    space: str = "bnas"
+    binarizer: str = "plain"
+    binarizer_hparams: dict[str, Any] = field(default_factory=dict)
+    layers: int = 8
+    init_channels: int = 16
+    steps: int = 4
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    arch_lr: float = 3e-4
+    arch_weight_decay: float = 1e-3
+    lam: float = 1.0
+    tau: float = 7.7
+    gamma: float = 3.0
+    order: int = 1
+    seed: int = 2
+    workers: int = 2
+    impl: str = "fast"
+    device: str = "auto"
+    progress: bool = True
+    out: str | None = None
+    overwrite: bool = False
+
+    def validate(self) -> SearchConfig:
+        """Normalise names and raise :class:`BnasError` (one line) for impossible settings."""
+        if self.save is None:
+            raise BnasError("give the genotype's name: --save NAME")
+        if not NAME_PATTERN.match(self.save):
+            raise BnasError(f"--save '{self.save}': use letters, digits, '_', '-' and '.'")
+        dataset_info(self.dataset)
+        self.space = SPACES.canonical(self.space)
+        self.binarizer = BINARIZERS.canonical(self.binarizer)
+        get_binarizer(self.binarizer, **self.binarizer_hparams)
+        CELLS.get(self.impl)
+        for name in ("layers", "init_channels", "steps", "epochs", "batch_size"):
+            _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        _check("layers", self.layers, lambda v: v >= 3, "at least 3 (two reduction cells)")
+        _check("workers", self.workers, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+        for name in ("image_size", "subset"):
+            if getattr(self, name) is not None:
+                _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 2,
+                       "an integer >= 2")
+        _check("train_portion", self.train_portion, lambda v: _finite(v) and 0 < v < 1,
+               "a number strictly between 0 and 1")
+        for name in ("lr", "arch_lr", "tau", "gamma"):
+            _check(name, getattr(self, name), lambda v: _finite(v) and v > 0, "a number > 0")
+        for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "lam"):
+            _check(name, getattr(self, name), lambda v: _finite(v) and v >= 0, "a number >= 0")
+        _check("order", self.order, lambda v: v in (1, 2), "1 (first order) or 2 (second order)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
+
+
+def resolve(overrides: dict[str, Any]) -> SearchConfig:
+    """Defaults < the dataset's preset < ``overrides`` (entries that are None are not given)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown_keys = sorted(set(given) - set(FIELDS))
+    if unknown_keys:
+        raise BnasError(f"unknown search settings: {', '.join(unknown_keys)}")
+    dataset = given.get("dataset", SearchConfig.dataset)
+    settings = {**DATASET_PRESETS.get(dataset, {}), **given}
+    return SearchConfig(**settings).validate()
+
+
+def from_dict(data: dict[str, Any]) -> SearchConfig:
+    """A configuration saved by :meth:`SearchConfig.to_dict` (unknown keys are an error)."""
+    unknown_keys = sorted(set(data) - set(FIELDS))
+    if unknown_keys:
+        raise BnasError(f"saved search settings have unknown keys: {', '.join(unknown_keys)}")
+    return SearchConfig(**data).validate()
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(name: str, value: Any, ok, expected: str) -> None:
+    if isinstance(value, bool) or not ok(value):
+        raise BnasError(f"--{name.replace('_', '-')} must be {expected}, got {value!r}")

@@ -1,0 +1,424 @@
+"""``bnas search``: the search loop (BNAS, Kim et al., ECCV 2020, Sec. 3.3 and Alg. 1).
+
+Each step takes an architecture step on a batch of the architecture split (see
+:mod:`bnas.search.architect`), then a weight step on a batch of the weight split (SGD, lr
+0.025 cosine-annealed per epoch to 0.001, momentum 0.9, weight decay 3e-4, as BNAS). The
+binarizer's hooks run as in training (``set_epoch`` per epoch, ``before_batch`` per step), and
+the binarizer also decides how weights are optimised (its ``optimizer``), so any scheme can be
+searched under. After each epoch the supernet is validated on the architecture split (without
+augmentation, in eval mode), the genotypes are derived (:mod:`bnas.search.derive`) and
+recorded (:mod:`bnas.search.record`), and a checkpoint is written atomically. The result is
+the genotype pair of the epoch with the best validation accuracy (earliest on ties).
+
+Where this differs from BNAS's code, on purpose:
+
+- the diversity term covers every edge of both cell types, and ``gamma`` down-weights the
+  zeroise column (both were bugs there, see :mod:`bnas.search.architect` and
+  :mod:`bnas.search.derive`); every operation's convolution is binarized;
+- the genotype recorded for an epoch is derived from the alphas the epoch ends with (the ones
+  its validation measured), not the ones it started with;
+- genotypes are JSON files found by name (not lines appended to ``genotypes.py``); loaders are
+  built once; nothing assumes a GPU.
+
+Resuming: the data order, augmentation seeds and learning rate depend only on the seed and the
+epoch, and the checkpoint (written after validation) holds every other piece of state, so a
+resumed run ends with the same alphas and genotypes as one never interrupted (CPU, same thread
+count).
+
+Several processes (``torchrun``): the weights are wrapped in DistributedDataParallel, the
+alphas are left out of it and their gradients averaged explicitly (:class:`Architect`), and
+every process checks after each epoch that all hold the same alphas.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
+
+from .. import __version__
+from .. import genotype as G
+from ..binarize import get as get_binarizer
+from ..data import build_dataset, dataset_info, num_classes_of
+from ..data.loaders import build_loader
+from ..data.split import split_indices
+from ..errors import BnasError
+from ..train.checkpoint import SAFE_GLOBALS, atomic_save
+from ..train.distributed import Context, distributed_context
+from ..train.metrics import Meter
+from ..train.progress import Progress
+from .architect import Architect
+from .config import SearchConfig, from_dict
+from .derive import derive
+from .network import ARCH_NAMES, SearchNetwork
+from .record import SearchRecord
+
+log = logging.getLogger("bnas.search")
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KIND = "search-checkpoint"
+IMAGENET_SUFFIX = "_imagenet"
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search: genotypes (CIFAR and ImageNet), the best epoch, the run."""
+
+    genotype: G.Genotype
+    genotype_imagenet: G.Genotype
+    best_epoch: int
+    best_top1: float
+    out: Path
+    alphas: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
+    """``minimum + (base - minimum) * (1 + cos(pi * epoch / epochs)) / 2`` (SGDR without
+    restarts, stepped per epoch as BNAS's ``CosineAnnealingLR``)."""
+    return minimum + (base - minimum) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
+
+
+def search_step(net: SearchNetwork, model: torch.nn.Module, architect: Architect,
+                optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
+                arch_batch: tuple[torch.Tensor, torch.Tensor], epoch: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One search step: the architecture step, then the weight step (``model`` is ``net`` or
+    its DDP wrapper). Returns the weight step's loss and logits (detached)."""
+    x, y = batch
+    architect.step(*arch_batch, epoch, x_train=x, y_train=y, weight_optimizer=optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    with net.grads_for("weights"):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def weight_optimizer(net: SearchNetwork, cfg: SearchConfig, steps_per_epoch: int) -> torch.optim.Optimizer:
+    """The binarizer's optimizer for the supernet's weights (not the alphas), with BNAS's SGD
+    settings; schemes with scheduled hyper-parameters (Bop) also get the run's length."""
+    kwargs: dict[str, Any] = {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum,
+                              "weight_decay": cfg.weight_decay, "dataset": cfg.dataset}
+    accepted = inspect.signature(net.binarizer.optimizer).parameters
+    kwargs.update({k: v for k, v in (("epochs", cfg.epochs), ("steps_per_epoch", steps_per_epoch))
+                   if k in accepted})
+    optimizer = net.binarizer.optimizer(net.weights_view(), **kwargs)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+
+def check_save_name(name: str, overwrite: bool) -> None:
+    """Refuse to replace an existing genotype (``NAME`` or ``NAME_imagenet``) unless asked."""
+    if overwrite:
+        return
+    taken = [n for n in (name, name + IMAGENET_SUFFIX) if G.find(n) is not None]
+    if taken:
+        raise BnasError(f"a genotype named '{taken[0]}' exists ({G.find(taken[0])}); choose "
+                        f"another --save name or pass --overwrite")
+
+
+def _cycle(loader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def _setup_logging(out: Path, enabled: bool) -> list[logging.Handler]:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not enabled:
+        return []
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.FileHandler(out / "log.txt"),
+                                       logging.StreamHandler(sys.stderr)]
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    return handlers
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise BnasError(f"no search checkpoint at {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BnasError(f"{path} is not a readable search checkpoint ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
+        raise BnasError(f"{path} is not a bnas search checkpoint")
+    data["path"] = path
+    return data
+
+
+class Searcher:
+    """One search run (see the module docstring): built by :meth:`__init__`, run by :meth:`run`."""
+
+    def __init__(self, cfg: SearchConfig, ctx: Context, saved: dict[str, Any] | None = None) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        check_save_name(cfg.save, cfg.overwrite or saved is not None)
+        self._build_data()
+        self.out = self._run_dir(saved)
+        self._handlers = _setup_logging(self.out, ctx.is_main)
+        torch.manual_seed(cfg.seed)
+        binarizer = get_binarizer(cfg.binarizer, **cfg.binarizer_hparams)
+        self.net = SearchNetwork(self.num_classes, cfg.init_channels, cfg.layers, cfg.steps,
+                                 cfg.space, binarizer, cfg.impl).to(ctx.device)
+        self.optimizer = weight_optimizer(self.net, cfg, len(self.weight_loader))
+        self.architect = Architect(self.net, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
+                                   lam=cfg.lam, tau=cfg.tau, order=cfg.order, average=self._average)
+        self.start_epoch = 0
+        self.best: dict[str, Any] | None = None
+        if saved is not None:
+            self._restore(saved)
+        self.model: torch.nn.Module = self.net
+        if ctx.distributed:
+            for alpha in self.net.arch_parameters():
+                dist.broadcast(alpha.data, src=0)
+            # DDP names the root module's parameters both "name" and ".name" internally.
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.net, [*ARCH_NAMES, *(f".{name}" for name in ARCH_NAMES)])
+            self.model = DistributedDataParallel(
+                self.net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        self.record = SearchRecord(self.out, self.net.op_names, cfg.steps, ctx.is_main)
+        self.record.truncate(self.start_epoch)
+        n_params = sum(p.numel() for p in self.net.weight_parameters())
+        log.info("searching %s space with binarizer %s on %s (%d weight / %d architecture images, "
+                 "%d classes): supernet C=%d, %d layers, %d weights; %d epochs, batch %d, "
+                 "order %d, %d process(es) on %s; run directory %s",
+                 cfg.space, self.net.binarizer.config(), cfg.dataset, self.split_sizes[0],
+                 self.split_sizes[1], self.num_classes, cfg.init_channels, cfg.layers, n_params,
+                 cfg.epochs, cfg.batch_size, cfg.order, ctx.world_size, ctx.device, self.out)
+
+    # -- setup ------------------------------------------------------------------------------
+    def _run_dir(self, saved: dict[str, Any] | None) -> Path:
+        if saved is not None:
+            out = saved["path"].parent
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = Path(self.ctx.broadcast_object(self.cfg.out or f"runs/search-{self.cfg.save}-{stamp}"))
+            self.cfg.out = str(out)
+        out = out.expanduser()
+        if self.ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        self.ctx.barrier()
+        return out
+
+    def _build_data(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        options = {"root": cfg.data, "image_size": cfg.image_size}
+        if not ctx.is_main:  # rank 0 downloads (CIFAR) before the others look
+            ctx.barrier()
+        train_set = build_dataset(cfg.dataset, "train", augment=True, **options)
+        val_set = build_dataset(cfg.dataset, "train", augment=False, **options)
+        if ctx.is_main:
+            ctx.barrier()
+        self.num_classes = num_classes_of(train_set) or dataset_info(cfg.dataset).num_classes
+        if not self.num_classes:
+            raise BnasError(f"dataset '{cfg.dataset}' has no classes")
+        pool = list(range(len(train_set)))
+        if cfg.subset is not None and cfg.subset < len(pool):
+            pool = sorted(torch.randperm(len(pool), generator=torch.Generator().manual_seed(
+                cfg.seed))[:cfg.subset].tolist())
+        weight_pos, arch_pos = split_indices(len(pool), cfg.train_portion, cfg.seed)
+        weight_idx, arch_idx = [pool[i] for i in weight_pos], [pool[i] for i in arch_pos]
+        self.split_sizes = (len(weight_idx), len(arch_idx))
+        common = {"batch_size": cfg.batch_size, "rank": ctx.rank, "world_size": ctx.world_size,
+                  "workers": cfg.workers, "pin_memory": ctx.device.type == "cuda"}
+        self.weight_loader = build_loader(Subset(train_set, weight_idx), train=True, seed=cfg.seed,
+                                          **common)
+        self.arch_loader = build_loader(Subset(train_set, arch_idx), train=True, seed=cfg.seed + 1,
+                                        **common)
+        self.val_loader = build_loader(Subset(val_set, arch_idx), train=False, seed=cfg.seed,
+                                       **common)
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["weight_optimizer"])
+        self.architect.optimizer.load_state_dict(saved["arch_optimizer"])
+        self.start_epoch = int(saved["epoch"])
+        self.best = saved["best"]
+        log.info("resumed from %s after epoch %d", saved["path"], self.start_epoch)
+
+    def _average(self, tensors: list[torch.Tensor]) -> None:
+        """Average ``tensors`` over the processes, in place."""
+        if not self.ctx.distributed or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self.ctx.all_reduce_sum(flat)
+        flat /= self.ctx.world_size
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        cfg = self.cfg
+        progress = Progress(cfg.epochs, self.start_epoch, enabled=cfg.progress and self.ctx.is_main)
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                started = time.perf_counter()
+                train = self.train_epoch(epoch, progress)
+                val = self.validate()
+                self.end_epoch(epoch, train, val, time.perf_counter() - started)
+                progress.end_epoch(time.perf_counter() - started)
+            return self.finish()
+        finally:
+            for handler in self._handlers:
+                handler.close()
+                log.removeHandler(handler)
+
+    def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        return x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+
+    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
+        cfg, net = self.cfg, self.net
+        torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + self.ctx.rank)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cosine_lr(group["initial_lr"], cfg.lr_min, epoch, cfg.epochs)
+        net.binarizer.set_epoch(net, epoch, cfg.epochs)
+        for loader in (self.weight_loader, self.arch_loader):
+            loader.set_epoch(epoch)
+        net.train()
+        arch_batches = _cycle(self.arch_loader)
+        meter = Meter(self.ctx.device)
+        steps = len(self.weight_loader)
+        progress.start_epoch_(epoch, steps)
+        images = 0
+        for step, batch in enumerate(self.weight_loader):
+            batch, arch_batch = self._to_device(batch), self._to_device(next(arch_batches))
+            net.binarizer.before_batch(net, epoch, step)
+            loss, logits = search_step(net, self.model, self.architect, self.optimizer, batch,
+                                       arch_batch, epoch)
+            meter.update(loss, logits, batch[1])
+            images += batch[1].numel()
+            if progress.due(step + 1):
+                running = meter.result()
+                progress.draw(step + 1, running["loss"], running["top1"], images)
+        return {**meter.result(self.ctx), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss and accuracy of the supernet on the architecture split (eval mode)."""
+        if self.ctx.distributed:  # rank 0's BatchNorm statistics everywhere
+            for buffer in self.net.buffers():
+                dist.broadcast(buffer, src=0)
+        self.net.eval()
+        meter = Meter(self.ctx.device)
+        for batch in self.val_loader:
+            x, y = self._to_device(batch)
+            logits = self.net(x)
+            meter.update(F.cross_entropy(logits, y), logits, y)
+        self.net.train()
+        return meter.result(self.ctx)
+
+    def genotypes(self) -> dict[str, G.Genotype]:
+        """The CIFAR genotype and the ImageNet one (zeroise down-weighted by ``gamma``)."""
+        cfg, net = self.cfg, self.net
+        weights = net.edge_weights()
+        return {"genotype": derive(weights, net.op_names, cfg.steps, net.space, 1.0, cfg.save),
+                "genotype_imagenet": derive(weights, net.op_names, cfg.steps, net.space, cfg.gamma,
+                                            cfg.save + IMAGENET_SUFFIX)}
+
+    def _check_agreement(self) -> None:
+        alphas = [a.detach().cpu() for a in self.net.arch_parameters()]
+        gathered = self.ctx.all_gather_object(alphas)
+        if any(not all(torch.equal(a, b) for a, b in zip(alphas, other)) for other in gathered):
+            raise RuntimeError("the search processes hold different architecture parameters")
+
+    def end_epoch(self, epoch: int, train: dict[str, float], val: dict[str, float],
+                  seconds: float) -> None:
+        genotypes = self.genotypes()
+        metrics = {"val_top1": val["top1"], "val_loss": val["loss"], "train_top1": train["top1"],
+                   "train_loss": train["loss"], "lr": train["lr"], "seconds": round(seconds, 3)}
+        if self.best is None or val["top1"] > self.best["val_top1"]:
+            self.best = {"epoch": epoch, "val_top1": val["top1"],
+                         **{k: g.to_json() for k, g in genotypes.items()}}
+        self._check_agreement()
+        if self.ctx.is_main:
+            self.record.write(epoch, self.net.edge_weights(), genotypes, metrics)
+            atomic_save({"kind": CHECKPOINT_KIND, "format": 1, "bnas_version": __version__,
+                         "epoch": epoch + 1, "config": self.cfg.to_dict(), "model": self.net.state_dict(),
+                         "weight_optimizer": self.optimizer.state_dict(),
+                         "arch_optimizer": self.architect.optimizer.state_dict(),
+                         "best": self.best}, self.out / CHECKPOINT)
+        self.ctx.barrier()
+        log.info("epoch %d/%d  train loss %.4f top1 %.2f | val loss %.4f top1 %.2f | lr %.5f "
+                 "| %.1fs | %s", epoch + 1, self.cfg.epochs, train["loss"], train["top1"],
+                 val["loss"], val["top1"], train["lr"], seconds, _describe(genotypes["genotype"]))
+
+    def provenance(self, gamma: float) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"dataset": cfg.dataset, "epochs": cfg.epochs, "seed": cfg.seed, "space": cfg.space,
+                "binarizer": self.net.binarizer.config(), "bnas_version": __version__,
+                "date": dt.datetime.now().isoformat(timespec="seconds"),
+                "best_epoch": self.best["epoch"] + 1, "best_val_top1": self.best["val_top1"],
+                "gamma": gamma, "ops": list(self.net.op_names),
+                "alphas": {k: a.detach().cpu().tolist() for k, a in
+                           zip(("normal", "reduce"), self.net.arch_parameters())},
+                "search": {k: getattr(cfg, k) for k in (
+                    "layers", "init_channels", "steps", "batch_size", "train_portion", "order",
+                    "lam", "tau", "lr", "lr_min", "arch_lr", "image_size", "subset", "impl")},
+                "run": str(self.out)}
+
+    def finish(self) -> SearchResult:
+        """Write the best epoch's genotypes (user directory and run directory)."""
+        cfg = self.cfg
+        found = {}
+        for key, gamma in (("genotype", 1.0), ("genotype_imagenet", cfg.gamma)):
+            genotype = G.from_json(self.best[key], f"search result {key}")
+            genotype.provenance = self.provenance(gamma)
+            genotype.description = (f"searched by bnas {__version__} on {cfg.dataset} "
+                                    f"({cfg.space} space, binarizer {cfg.binarizer})")
+            found[key] = genotype
+        if self.ctx.is_main:
+            for genotype in found.values():
+                G.save(genotype, G.user_dir() / f"{genotype.name}.json")
+                G.save(genotype, self.out / f"{genotype.name}.json")
+            log.info("best epoch %d (val top1 %.2f): genotypes '%s' and '%s' saved in %s",
+                     self.best["epoch"] + 1, self.best["val_top1"], cfg.save,
+                     cfg.save + IMAGENET_SUFFIX, G.user_dir())
+        self.ctx.barrier()
+        return SearchResult(found["genotype"], found["genotype_imagenet"], self.best["epoch"],
+                            self.best["val_top1"], self.out,
+                            {k: a.detach().cpu() for k, a in
+                             zip(("normal", "reduce"), self.net.arch_parameters())})
+
+
+def _describe(genotype: G.Genotype) -> str:
+    cells = []
+    for name, cell in genotype.cells().items():
+        nodes = " ".join("+".join(f"{op}({j})" for op, j in node) for node in cell.nodes)
+        cells.append(f"{name}: {nodes}")
+    return "; ".join(cells)
+
+
+def search(cfg: SearchConfig | None = None, *, resume: str | Path | None = None,
+           device: str | None = None) -> SearchResult:
+    """Run a search from ``cfg``, or continue the one saved in ``resume`` (a run directory or
+    its checkpoint; its configuration is used, except ``device``)."""
+    saved = _load_checkpoint(Path(resume).expanduser()) if resume is not None else None
+    if saved is not None:
+        cfg = from_dict(saved["config"])
+    if cfg is None:
+        raise BnasError("give a search configuration or --resume")
+    if device is not None:
+        cfg.device = device
+    with distributed_context(cfg.device) as ctx:
+        return Searcher(cfg, ctx, saved).run()

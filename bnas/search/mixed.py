@@ -1,0 +1,384 @@
+"""Mixed operations of the BNAS supernet, in two implementations that compute the same maths.
+
+An edge ``(i, j)`` of a search cell outputs the softmax-weighted sum of every candidate
+operation of the search space applied to node ``j`` (DARTS, Liu et al., ICLR 2019, Eq. 2;
+BNAS, Kim et al., ECCV 2020, Sec. 3.3: ``zeroise`` is one of the candidates and counts in
+the sum). While searching, every BatchNorm is ``affine=False`` and each pooling is followed
+by its own BatchNorm.
+
+:class:`MixedOp` is the straightforward implementation: one module per edge and candidate,
+evaluated one after the other. It is kept as the reference the fast path is tested against.
+
+:class:`FanOut` is the fast implementation. It computes *all the edges that leave one node*
+together, using facts that hold exactly for the maths above:
+
+* every binary convolution of an edge (and of every edge leaving the same node) normalises
+  the same input with its own ``BatchNorm(affine=False)``; with batch statistics (and
+  identical running statistics, which start equal and see the same inputs) these are one
+  computation, so the input is normalised and binarized once per node, not once per
+  convolution;
+* the binary convolutions of the same kernel geometry on all those edges read the same
+  binary input, so they run as one convolution whose output channels stack the edges'
+  weights (each weight is still binarized on its own by its scheme);
+* a pooling followed by ``BatchNorm(affine=False)`` is the same for every edge leaving a
+  node, so it is computed once and weighted per edge;
+* ``zeroise`` outputs zeros: it adds nothing and receives no gradient, so it is not computed
+  (it still takes part in the softmax that normalises the weights);
+* the backward pass of ``weight * relu(conv)`` needs the sign of the convolution's output
+  only, so one byte per element is kept instead of a float copy; the gradient with respect to
+  the architecture weight ``<g, relu(y_e)>`` equals ``<conv^T(g * 1[y_e > 0]), x_b>`` (the
+  convolution is linear), so it comes out of the transposed convolution that the input
+  gradient needs anyway, run grouped by edge, at no extra multiply-accumulates.
+
+Per-channel output scales of a scheme (``scale_output``, e.g. RBNN's, ReCU's and SiMaN's
+``alpha``) are folded into the binary weight: ``s * conv(x, W) = conv(x, s * W)``. The fast
+path binarizes a node's input once, with the first convolution's ``binarize_input``: schemes
+whose activation binarizer is the same for all their layers (all those of :mod:`bnas.binarize`)
+compute exactly what the reference path computes.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from ..binarize.base import Binarizer, BinaryConv2d
+from ..errors import BnasError
+from ..ops import SPACES, BinConvOp, BinFactorizedReduce, Identity, Zero, make_op
+
+POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
+
+
+def search_op(name: str, c: int, stride: int, binarizer: Binarizer) -> nn.Module:
+    """Candidate ``name`` as the supernet uses it: BatchNorms without affine parameters and a
+    ``BatchNorm(affine=False)`` after each pooling (BNAS's search operations)."""
+    op = make_op(name, c, stride, binarizer, affine=False)
+    if isinstance(op, POOLS):
+        op = nn.Sequential(op, nn.BatchNorm2d(c, affine=False))
+    return op
+
+
+class MixedOp(nn.Module):
+    """One edge, straightforwardly: ``sum_k w_k * op_k(x)`` over every candidate."""
+
+    def __init__(self, c: int, stride: int, space: str, binarizer: Binarizer) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(search_op(name, c, stride, binarizer) for name in SPACES.get(space))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return sum(w * op(x) for w, op in zip(weights, self.ops))
+
+
+# -- the fast path ------------------------------------------------------------------------------
+def _conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
+                   mask: tuple[bool, bool], groups: int = 1) -> tuple[torch.Tensor | None, ...]:
+    stride, padding, dilation = geometry
+    dx, dw, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+        [mask[0], mask[1], False])
+    return dx, dw
+
+
+def _per_edge_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``<a[:, e], b>`` for each edge ``e`` of ``a`` ``(N, E, ...)`` and ``b`` ``(N, ...)``."""
+    n, edges = a.shape[:2]
+    return torch.bmm(a.reshape(n, edges, -1), b.reshape(n, -1, 1)).sum(dim=0).view(edges)
+
+
+def _edge_sum(a: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_e weights[e] * a[:, e]`` for ``a`` ``(N, E, ...)``."""
+    return (a * weights.view(1, -1, *([1] * (a.dim() - 2)))).sum(dim=1)
+
+
+class _BinaryMix(torch.autograd.Function):
+    """``out[:, e] = sum_k w[e, k] relu(conv(xb, W_k)[:, e]) + sum_l u[e, l] L_l``.
+
+    ``xb`` is the binary input ``(N, C_in, H, W)``; ``W_k`` stacks the binary weights of all
+    ``E`` edges for kernel geometry ``k`` (``E*C`` output channels); ``L_l`` are edge-independent
+    terms (pooling, identity). ``out`` is ``(N, E, C, H', W')``. Only the sign of each
+    convolution's output is kept for the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, geometry: Sequence[Geometry], channels: int, w: torch.Tensor, u: torch.Tensor,
+                xb: torch.Tensor | None, *tensors: torch.Tensor) -> torch.Tensor:
+        k_convs = len(geometry)
+        weights, linear = tensors[:k_convs], tensors[k_convs:]
+        edges = w.shape[0]
+        out: torch.Tensor | None = None
+        masks = []
+        for k, (stride, padding, dilation) in enumerate(geometry):
+            y = F.conv2d(xb, weights[k], None, stride, padding, dilation).relu_()
+            y = y.view(y.shape[0], edges, channels, *y.shape[2:])
+            wk = w[:, k].view(1, edges, 1, 1, 1)
+            out = y * wk if out is None else out.addcmul_(y, wk)
+            masks.append(y > 0)
+        for l, term in enumerate(linear):
+            ul = u[:, l].view(1, edges, 1, 1, 1)
+            out = term.unsqueeze(1) * ul if out is None else out.addcmul_(term.unsqueeze(1), ul)
+        ctx.geometry = tuple(geometry)
+        ctx.x_dtype = None if xb is None else xb.dtype
+        # The terms are only needed for their weights' gradients; a binary input is kept in
+        # one byte per value when that is lossless.
+        kept = linear if ctx.needs_input_grad[3] else [None] * len(linear)
+        ctx.save_for_backward(_compact(xb), w, u, *weights, *masks, *kept)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        k_convs = len(ctx.geometry)
+        xb, w, u, *rest = ctx.saved_tensors
+        xb = None if xb is None else xb.to(ctx.x_dtype)
+        weights, masks, linear = rest[:k_convs], rest[k_convs:2 * k_convs], rest[2 * k_convs:]
+        need_w, need_u, need_x = ctx.needs_input_grad[2:5]
+        need_weights = ctx.needs_input_grad[5:5 + k_convs]
+        need_linear = ctx.needs_input_grad[5 + k_convs:]
+        g = g.contiguous()
+        n, edges, channels, h, wd = g.shape
+        gw = torch.zeros_like(w) if need_w else None
+        gu = torch.zeros_like(u) if need_u else None
+        gx = torch.zeros_like(xb) if need_x else None
+        g_weights: list[torch.Tensor | None] = [None] * k_convs
+        for k, geometry in enumerate(ctx.geometry):
+            wk = w[:, k].view(1, edges, 1, 1, 1)
+            gm = g * masks[k]
+            if need_w:
+                # Per-edge input gradients conv^T(g_e * mask_e, W_e): a grouped transposed
+                # convolution; <., xb> per edge is d loss / d w[e, k].
+                shape = (n, edges * xb.shape[1], *xb.shape[2:])
+                dx = torch.nn.grad.conv2d_input(shape, weights[k], gm.view(n, -1, h, wd),
+                                                *geometry, groups=edges)
+                dx = dx.view(n, edges, *xb.shape[1:])
+                gw[:, k] = _per_edge_dot(dx, xb)
+                if need_x:
+                    gx += _edge_sum(dx, w[:, k])
+                if need_weights[k]:
+                    g_weights[k] = _conv_backward((gm * wk).view(n, -1, h, wd), xb, weights[k],
+                                                  geometry, (False, True))[1]
+            elif need_x or need_weights[k]:
+                gy = gm.mul_(wk).view(n, -1, h, wd)
+                dx, g_weights[k] = _conv_backward(gy, xb, weights[k], geometry,
+                                                  (need_x, need_weights[k]))
+                if need_x:
+                    gx += dx
+        g_linear = []
+        for l, term in enumerate(linear):
+            if need_u:
+                gu[:, l] = _per_edge_dot(g, term)
+            g_linear.append(_edge_sum(g, u[:, l]) if need_linear[l] else None)
+        return (None, None, gw, gu, gx, *g_weights, *g_linear)
+
+
+class _PoolNorm(torch.autograd.Function):
+    """``BatchNorm(affine=False)(pool(x))`` for each of a node's poolings, in training mode.
+
+    Only ``x`` (which the node's other operations keep anyway) and the batch statistics are
+    kept for the backward pass, which recomputes the poolings, instead of each pooled tensor,
+    its normalised copy and (max pooling) 8-byte argmax indices. The poolings run on one
+    channels-last copy of ``x`` (PyTorch's vectorised CPU kernels; same values).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pools: Sequence[nn.Sequential]) -> tuple[torch.Tensor, ...]:
+        xc = x.contiguous(memory_format=torch.channels_last)
+        outs, stats = [], []
+        for op, bn in pools:
+            y, mean, invstd = torch.ops.aten.native_batch_norm(
+                _pooled(op, xc), None, None, bn.running_mean, bn.running_var, True,
+                _momentum(bn), bn.eps)
+            outs.append(y.contiguous())
+            stats += [mean, invstd]
+        ctx.pools = pools
+        ctx.save_for_backward(x, *stats)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        x, *stats = ctx.saved_tensors
+        xc = x.contiguous(memory_format=torch.channels_last)
+        gx = torch.zeros_like(xc)
+        for i, ((op, bn), g) in enumerate(zip(ctx.pools, grads)):
+            if g is None:
+                continue
+            g = g.contiguous(memory_format=torch.channels_last)
+            if isinstance(op, nn.MaxPool2d):
+                args = [_pair(v) for v in (op.kernel_size, op.stride, op.padding, op.dilation)]
+                pooled, where = torch.ops.aten.max_pool2d_with_indices(xc, *args, op.ceil_mode)
+            else:
+                pooled = op(xc)
+            gp = torch.ops.aten.native_batch_norm_backward(
+                g, pooled, None, None, None, stats[2 * i], stats[2 * i + 1], True, bn.eps,
+                [True, False, False])[0]
+            if isinstance(op, nn.MaxPool2d):
+                gx += torch.ops.aten.max_pool2d_with_indices_backward(gp, xc, *args, op.ceil_mode,
+                                                                      where)
+            else:
+                gx += torch.ops.aten.avg_pool2d_backward(gp, xc, op.kernel_size, op.stride,
+                                                         op.padding, op.ceil_mode,
+                                                         op.count_include_pad, op.divisor_override)
+        return gx.contiguous(), None
+
+
+def _pooled(op: nn.Module, xc: torch.Tensor) -> torch.Tensor:
+    if isinstance(op, nn.MaxPool2d):
+        return F.max_pool2d(xc, op.kernel_size, op.stride, op.padding, op.dilation, op.ceil_mode)
+    return op(xc)
+
+
+def _momentum(bn: nn.BatchNorm2d) -> float:
+    """The running-statistics factor of ``bn``'s next training step (as ``BatchNorm2d.forward``)."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def _pools(pools: Sequence[nn.Sequential], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``BatchNorm(pool(x))`` for each search pooling (see :func:`search_op`)."""
+    if not pools:
+        return ()
+    if pools[0][1].training:
+        return _PoolNorm.apply(x, pools)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    return tuple(bn(_pooled(op, xc)).contiguous() for op, bn in pools)
+
+
+def _compact(x: torch.Tensor | None) -> torch.Tensor | None:
+    """``x`` as int8 if that keeps every value (binary activations), else ``x`` itself."""
+    if x is None or not x.is_floating_point():
+        return x
+    small = x.to(torch.int8)
+    return small if torch.equal(small.to(x.dtype), x) else x
+
+
+def _output_scale(conv: BinaryConv2d) -> torch.Tensor | None:
+    """The per-channel factor ``s`` with ``conv.scale_output(y) == s * y``, or None when the
+    scheme has no output scale."""
+    if type(conv).scale_output is BinaryConv2d.scale_output:
+        return None
+    return conv.scale_output(conv.weight.new_ones(1, conv.out_channels, 1, 1)).reshape(-1, 1, 1, 1)
+
+
+def _check_scale_is_per_channel(conv: BinaryConv2d) -> None:
+    scale = _output_scale(conv)
+    if scale is None:
+        return
+    with torch.no_grad():
+        y = torch.randn(2, conv.out_channels, 3, 3, dtype=conv.weight.dtype)
+        if not torch.allclose(conv.scale_output(y), y * scale.detach().view(1, -1, 1, 1)):
+            raise BnasError(f"the fast search path folds output scales into weights, but "
+                            f"{type(conv).__name__}.scale_output is not a per-channel product; "
+                            f"search with --impl reference")
+
+
+def _binary_weight(conv: BinaryConv2d, detach: bool) -> torch.Tensor:
+    if detach:
+        with torch.no_grad():
+            return _binary_weight(conv, False)
+    weight = conv.binary_weight()
+    scale = _output_scale(conv)
+    return weight if scale is None else weight * scale
+
+
+def _geometry(conv: nn.Conv2d) -> Geometry:
+    return conv.stride, conv.padding, conv.dilation
+
+
+# How the fast path treats each kind of candidate module (fail early on anything else).
+_KINDS: dict[type, str] = {Zero: "zero", nn.MaxPool2d: "pool", nn.AvgPool2d: "pool",
+                           Identity: "identity", BinConvOp: "conv", BinFactorizedReduce: "reduce"}
+
+
+def _kind(name: str, module: nn.Module) -> str:
+    for cls, kind in _KINDS.items():
+        if type(module) is cls:
+            return kind
+    raise BnasError(f"the fast search path does not know operation '{name}' "
+                    f"({type(module).__name__}); search with --impl reference")
+
+
+class FanOut(nn.Module):
+    """Every mixed operation leaving one node, computed together (see the module docstring).
+
+    ``forward(x, w)`` takes the node ``x`` and the softmax weights ``w`` ``(E, n_ops)`` of its
+    ``E`` outgoing edges (targets in increasing order) and returns ``(N, E, C, H', W')``.
+    Parameters: ``convs[op][e]`` is edge ``e``'s convolution of binary operation ``op``;
+    ``reduces[op][e]`` holds the two convolutions of a strided ``skip``.
+    """
+
+    def __init__(self, c: int, stride: int, space: str, binarizer: Binarizer, targets: int) -> None:
+        super().__init__()
+        self.channels, self.targets, self.stride = c, targets, stride
+        self.weights_frozen = False  # set by SearchNetwork.grads_for("arch")
+        self.bn = nn.BatchNorm2d(c, affine=False)
+        self.convs = nn.ModuleDict()
+        self.pools = nn.ModuleDict()
+        self.reduces = nn.ModuleDict()
+        conv_cols, linear_cols, reduce_cols = [], [], []
+        self.linear_ops: list[str | None] = []
+        for col, name in enumerate(SPACES.get(space)):
+            probes = [make_op(name, c, stride, binarizer, affine=False) for _ in range(targets)]
+            kind = _kind(name, probes[0])
+            if kind == "conv":
+                self.convs[name] = nn.ModuleList(p.conv for p in probes)
+                conv_cols.append(col)
+            elif kind == "pool":
+                self.pools[name] = nn.Sequential(probes[0], nn.BatchNorm2d(c, affine=False))
+                self.linear_ops.append(name)
+                linear_cols.append(col)
+            elif kind == "identity":
+                self.linear_ops.append(None)
+                linear_cols.append(col)
+            elif kind == "reduce":
+                self.reduces[name] = nn.ModuleList(
+                    nn.ModuleDict({"a": p.conv_a, "b": p.conv_b}) for p in probes)
+                reduce_cols.append(col)
+        for convs in self.convs.values():
+            _check_scale_is_per_channel(convs[0])
+        self.register_buffer("conv_cols", torch.tensor(conv_cols, dtype=torch.long), persistent=False)
+        self.register_buffer("linear_cols", torch.tensor(linear_cols, dtype=torch.long),
+                             persistent=False)
+        self.reduce_cols = reduce_cols
+
+    def _binarizing_conv(self) -> BinaryConv2d:
+        for convs in self.convs.values():
+            return convs[0]
+        return next(iter(self.reduces.values()))[0]["a"]
+
+    def _stacked(self, convs: Sequence[BinaryConv2d]) -> torch.Tensor:
+        return torch.cat([_binary_weight(conv, self.weights_frozen) for conv in convs])
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        needs_binary = bool(self.convs) or bool(self.reduces)
+        z = self.bn(x) if needs_binary else None
+        xb = self._binarizing_conv().binarize_input(z) if needs_binary else None
+        pooled = iter(_pools([self.pools[name] for name in self.linear_ops if name is not None], x))
+        linear = [x if name is None else next(pooled) for name in self.linear_ops]
+        geometry = [_geometry(convs[0]) for convs in self.convs.values()]
+        stacked = [self._stacked(convs) for convs in self.convs.values()]
+        out = None
+        if geometry or linear:
+            out = _BinaryMix.apply(geometry, self.channels, w.index_select(1, self.conv_cols),
+                                   w.index_select(1, self.linear_cols), xb, *stacked, *linear)
+        for col, reduces in zip(self.reduce_cols, self.reduces.values()):
+            term = w[:, col].view(1, -1, 1, 1, 1) * self._factorized_reduce(z, xb, reduces)
+            out = term if out is None else out + term
+        if out is None:  # a space of zeroise alone
+            size = [(s + self.stride - 1) // self.stride for s in x.shape[2:]]
+            out = x.new_zeros(x.shape[0], self.targets, self.channels, *size)
+        return out
+
+    def _factorized_reduce(self, z: torch.Tensor, xb: torch.Tensor,
+                           reduces: nn.ModuleList) -> torch.Tensor:
+        """``relu(cat(conv_a(b(z)), conv_b(b(shift(z)))))`` for every edge (BinFactorizedReduce)."""
+        shifted = F.pad(z[:, :, 1:, 1:], (0, 1, 0, 1))
+        first = reduces[0]
+        parts = []
+        for key, inp in (("a", xb), ("b", first["b"].binarize_input(shifted))):
+            conv = first[key]
+            y = F.conv2d(inp, self._stacked([r[key] for r in reduces]), None, *_geometry(conv))
+            parts.append(y.view(y.shape[0], self.targets, conv.out_channels, *y.shape[2:]))
+        return torch.cat(parts, dim=2).relu()
+

@@ -1,0 +1,43 @@
+"""Helpers shared by the search tests: weight mapping between the two supernet implementations."""
+from __future__ import annotations
+
+import torch
+
+from bnas.search import topology
+from bnas.search.cell import FastCell, ReferenceCell
+
+
+def edge_convs(cell: FastCell, node: int, source: int, op: str) -> dict[str, torch.nn.Module]:
+    """The fast cell's convolutions of edge ``source -> node`` for operation ``op``:
+    ``{"conv": ...}`` for a binary conv op, ``{"a": ..., "b": ...}`` for a strided skip."""
+    fanout = cell.fanouts[source]
+    position = [target for _, target in topology.outgoing(cell.steps, source)].index(node)
+    if op in fanout.convs:
+        return {"conv": fanout.convs[op][position]}
+    if op in fanout.reduces:
+        return dict(fanout.reduces[op][position].items())
+    return {}
+
+
+def copy_cell(fast: FastCell, ref: ReferenceCell, op_names) -> None:
+    """Give ``ref`` the weights (and binarizer state) of ``fast``."""
+    for name in ("preprocess0", "preprocess1", "residual"):
+        if getattr(fast, name) is not None:
+            getattr(ref, name).load_state_dict(getattr(fast, name).state_dict())
+    for row, (node, source) in enumerate(topology.edges(fast.steps)):
+        mixed = ref.edges[row]
+        for k, op in enumerate(op_names):
+            for key, conv in edge_convs(fast, node, source, op).items():
+                target = mixed.ops[k].conv if key == "conv" else getattr(mixed.ops[k], f"conv_{key}")
+                target.load_state_dict(conv.state_dict())
+
+
+def copy_network(fast, ref) -> None:
+    """Give the reference-path network ``ref`` every weight of the fast-path network ``fast``."""
+    for name in ("stem", "classifier"):
+        getattr(ref, name).load_state_dict(getattr(fast, name).state_dict())
+    for f_cell, r_cell in zip(fast.cells, ref.cells):
+        copy_cell(f_cell, r_cell, fast.op_names)
+    with torch.no_grad():
+        for a, b in zip(ref.arch_parameters(), fast.arch_parameters()):
+            a.copy_(b)

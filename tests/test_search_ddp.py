@@ -1,0 +1,42 @@
+"""Two search processes under torchrun (gloo, CPU) end with the same alphas, genotypes and
+weights: DistributedDataParallel averages the weight gradients, the architect averages the
+alpha gradients."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("search_ddp_worker.py")
+
+
+def test_two_processes_search_as_one(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    settings = {"save": "ddp", "dataset": "digits", "layers": 3, "init_channels": 4, "epochs": 2,
+                "subset": 192, "batch_size": 16, "image_size": 16, "device": "cpu",
+                "progress": False, "workers": 0, "out": str(tmp_path)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(WORKER),
+                           json.dumps(settings)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    for name, alpha in ranks[0]["alphas"].items():
+        assert torch.equal(alpha, ranks[1]["alphas"][name]), name
+    assert ranks[0]["genotypes"] == ranks[1]["genotypes"]
+    for name, tensor in ranks[0]["weights"].items():
+        if "running" not in name and "num_batches" not in name:  # statistics stay per process
+            assert torch.equal(tensor, ranks[1]["weights"][name]), name
+    log = (tmp_path / "log.txt").read_text()
+    assert "2 process(es)" in log and (tmp_path / "ddp.json").is_file()
+    # 96 weight images over 2 processes of batch 16: 3 steps per epoch each
+    assert json.loads((tmp_path / "genotypes.jsonl").read_text().splitlines()[-1])["epoch"] == 1

@@ -1,0 +1,177 @@
+"""The fast supernet path computes what the straightforward one computes (outputs, every
+gradient, BatchNorm statistics), and a supernet with one-hot weights is the genotype's cell."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnas import genotype as G
+from bnas.binarize import get as get_binarizer
+from bnas.model.cell import EvalCell
+from bnas.ops import SPACES, Zero
+from bnas.search import topology
+from bnas.search.cell import FastCell
+from bnas.search.network import SearchNetwork
+from search_helpers import copy_network, edge_convs
+
+CASES = [("plain", "bnas"), ("plain", "bnas-skip"), ("recu", "bnas"), ("rbnn", "bnas-skip"),
+         ("siman", "bnas")]
+
+
+def pair(binarizer: str, space: str, layers: int = 4, c: int = 4):
+    torch.manual_seed(1)
+    fast = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer, impl="fast").double()
+    ref = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer,
+                        impl="reference").double()
+    with torch.no_grad():
+        for alpha in fast.arch_parameters():
+            alpha.normal_()
+    copy_network(fast, ref)
+    return fast, ref
+
+
+def run(net, x, y):
+    net.zero_grad(set_to_none=True)
+    out = net(x)
+    F.cross_entropy(out, y).backward()
+    return out.detach()
+
+
+def close(a, b, what):
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("binarizer, space", CASES)
+def test_fast_path_matches_reference_path(binarizer, space):
+    fast, ref = pair(binarizer, space)
+    x = torch.randn(6, 3, 12, 12, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,))
+    close(run(fast, x, y), run(ref, x, y), "logits")
+    for a, b in zip(fast.arch_parameters(), ref.arch_parameters()):
+        close(a.grad, b.grad, "alpha gradient")
+    close(fast.stem[1].weight.grad, ref.stem[1].weight.grad, "stem gradient")
+    for f_cell, r_cell in zip(fast.cells, ref.cells):
+        close(f_cell.preprocess0.conv.weight.grad, r_cell.preprocess0.conv.weight.grad, "preprocess")
+        for row, (node, source) in enumerate(topology.edges(f_cell.steps)):
+            fanout, mixed = f_cell.fanouts[source], r_cell.edges[row]
+            for k, op in enumerate(fast.op_names):
+                r_op = mixed.ops[k]
+                for key, conv in edge_convs(f_cell, node, source, op).items():
+                    r_conv = r_op.conv if key == "conv" else getattr(r_op, f"conv_{key}")
+                    for (name, p), (_, q) in zip(conv.named_parameters(), r_conv.named_parameters()):
+                        close(p.grad, q.grad, f"{op} {name} gradient")
+                    close(fanout.bn.running_mean, r_op.bn.running_mean, "binary BN statistics")
+                    close(fanout.bn.running_var, r_op.bn.running_var, "binary BN statistics")
+                if op in fanout.pools:
+                    close(fanout.pools[op][1].running_var, r_op[1].running_var, "pool BN statistics")
+    fast.eval()
+    ref.eval()
+    with torch.no_grad():
+        close(fast(x), ref(x), "eval-mode logits")
+
+
+def test_gradient_modes_compute_the_same_gradients():
+    fast, _ = pair("plain", "bnas-skip")
+    x = torch.randn(4, 3, 12, 12, dtype=torch.float64)
+    y = torch.randint(0, 5, (4,))
+    run(fast, x, y)
+    alphas = [a.grad.clone() for a in fast.arch_parameters()]
+    weights = {n: p.grad.clone() for n, p in fast.named_parameters() if "alphas" not in n}
+    with fast.grads_for("arch"):
+        grads = torch.autograd.grad(F.cross_entropy(fast(x), y), fast.arch_parameters())
+    for a, g in zip(alphas, grads):
+        close(g, a, "alpha gradient in arch mode")
+    fast.zero_grad(set_to_none=True)
+    with fast.grads_for("weights"):
+        F.cross_entropy(fast(x), y).backward()
+    assert all(a.grad is None for a in fast.arch_parameters())
+    for name, p in fast.named_parameters():
+        if name in weights:
+            close(p.grad, weights[name], f"{name} in weights mode")
+
+
+def saved_bytes(net, x, y, mode):
+    total = {}
+
+    def pack(t):
+        total[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), net.grads_for(mode):
+        F.cross_entropy(net(x), y)
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    return sum(v for k, v in total.items() if k not in params)
+
+
+@pytest.mark.parametrize("mode", ["weights", "arch"])
+def test_fast_path_keeps_far_less_for_the_backward_pass(mode):
+    fast, ref = pair("plain", "bnas", layers=3, c=8)
+    fast.float(), ref.float()
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    assert saved_bytes(fast, x, y, mode) < saved_bytes(ref, x, y, "both") / 3
+    assert not any(isinstance(m, Zero) for m in fast.modules())  # zeroise is never computed
+
+
+# -- a supernet with one-hot weights is the genotype's cell ------------------------------------
+SKIP_GENOTYPE = {
+    "format": 1, "name": "skips", "kind": "cell", "space": "bnas-skip",
+    "normal": {"nodes": [[["skip", 0], ["bin_conv_3x3", 1]], [["avg_pool_3x3", 2], ["skip", 1]],
+                         [["bin_dil_conv_5x5", 3], ["zeroise", 0]],
+                         [["max_pool_3x3", 4], ["bin_conv_5x5", 2]]], "concat": [2, 3, 4, 5]},
+    "reduce": {"nodes": [[["skip", 0], ["max_pool_3x3", 1]], [["skip", 1], ["bin_conv_3x3", 2]],
+                         [["avg_pool_3x3", 0], ["bin_dil_conv_3x3", 3]],
+                         [["zeroise", 1], ["skip", 4]]], "concat": [2, 3, 4, 5]},
+}
+
+
+def one_hot(spec, op_names, steps):
+    chosen = {(i + 2, j): op for i, node in enumerate(spec.nodes) for op, j in node}
+    rows = [op_names.index(chosen.get(edge, "zeroise")) for edge in topology.edges(steps)]
+    return F.one_hot(torch.tensor(rows), len(op_names)).double()
+
+
+def transplant(cell: FastCell, eval_cell: EvalCell, spec) -> None:
+    """Give the evaluated cell the supernet's weights and statistics; the supernet's
+    BatchNorm after each pooling (which evaluated cells do not have) becomes the identity."""
+    ops = iter(eval_cell.ops)
+    for i, node in enumerate(spec.nodes):
+        for op_name, source in node:
+            op = next(ops)
+            fanout = cell.fanouts[source]
+            for key, conv in edge_convs(cell, i + 2, source, op_name).items():
+                target = op.conv if key == "conv" else getattr(op, f"conv_{key}")
+                target.load_state_dict(conv.state_dict())
+                op.bn.running_mean.copy_(fanout.bn.running_mean)
+                op.bn.running_var.copy_(fanout.bn.running_var)
+    for fanout in cell.fanouts:
+        for _, bn in fanout.pools.values():
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+
+
+@pytest.mark.parametrize("impl_genotype", [("latest_cell", "bnas"), ("latest_cell_zeroise", "bnas"),
+                                           ("skips", "bnas-skip")])
+@pytest.mark.parametrize("cell_type", ["normal", "reduce"])
+def test_one_hot_supernet_cell_is_the_genotype_cell(impl_genotype, cell_type):
+    """Same weights, eval mode: the nodes of a search cell whose alphas are one-hot on the
+    genotype's edges (zeroise elsewhere) equal the evaluated cell's. Preprocessing differs by
+    design (real while searching, binary when evaluated), so both cells read the same
+    preprocessed inputs."""
+    name, space = impl_genotype
+    genotype = G.from_json(SKIP_GENOTYPE) if name == "skips" else G.load(name)
+    spec = getattr(genotype, cell_type)
+    reduction = cell_type == "reduce"
+    binarizer = get_binarizer("plain")
+    torch.manual_seed(3)
+    cell = FastCell(8, 8, 8, reduction, False, residual=False, space=space,
+                    binarizer=binarizer).double()
+    eval_cell = EvalCell(spec, 8, 8, 8, reduction, False, residual=False, binarizer=binarizer).double()
+    s0, s1 = torch.randn(2, 4, 8, 10, 10, dtype=torch.float64)
+    cell.train()
+    cell.nodes([s0, s1], torch.full((14, len(SPACES.get(space))), 1 / 7, dtype=torch.float64))
+    transplant(cell, eval_cell, spec)
+    cell.eval(), eval_cell.eval()
+    eval_cell.preprocess0 = eval_cell.preprocess1 = nn.Identity()
+    with torch.no_grad():
+        nodes = cell.nodes([s0, s1], one_hot(spec, list(SPACES.get(space)), 4))
+        torch.testing.assert_close(torch.cat(nodes, dim=1), eval_cell(s0, s1), rtol=1e-9, atol=1e-9)

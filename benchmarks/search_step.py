@@ -9,8 +9,10 @@ Each workload runs in a fresh process (so that its peak resident memory is its o
 search's own :func:`bnas.search.loop.search_step` (architecture step, then weight step, with
 the plain binarizer's optimizer) on the default supernet (C=16, 8 layers, BNAS space),
 synthetic CIFAR-shaped batches (data loading excluded), ``torch.set_num_threads(threads)``,
-the median of ``--steps`` steps after two warm-up steps. ``import`` is the resident memory
-after importing torch and bnas, before anything is built; the peak includes it.
+the median of ``--steps`` steps after two warm-up steps (``cpu s``: the process's CPU time per
+step, all threads, which other processes disturb less than the wall time). ``import GB`` is
+the resident memory after importing torch and bnas, before anything is built; the peak
+includes it.
 
 The reference figures are those of ``benchmarks.md``: BNAS's own code on the same kind of
 2-core machine (14.2 s and 3.9 GB per step at batch 32; 25.9 s and 7.2 GB at batch 64).
@@ -74,13 +76,15 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
                 torch.randint(0, 10, (workload.batch,), generator=gen)) for _ in range(2)]
     net.binarizer.set_epoch(net, 0, cfg.epochs)
     net.train()
-    times = []
+    times, cpu = [], []
     for step in range(steps + 2):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         net.binarizer.before_batch(net, 0, step)
         search_step(net, net, architect, optimizer, batches[0], batches[1], 0)
         times.append(time.perf_counter() - started)
-    return {"step_s": statistics.median(times[2:]), "import_gb": imported,
+        cpu.append(time.process_time() - started_cpu)
+    return {"step_s": statistics.median(times[2:]), "cpu_s": statistics.median(cpu[2:]),
+            "import_gb": imported,
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
 
 
@@ -101,7 +105,7 @@ def main() -> int:
     if args.child is not None:
         print(json.dumps(measure(WORKLOADS[args.child], args.steps, args.threads)))
         return 0
-    print(f"{'workload':46} {'step s':>17} {'peak GB':>16} {'import GB':>9}")
+    print(f"{'workload':46} {'step s':>17} {'cpu s':>6} {'peak GB':>16} {'import GB':>9}")
     for index, w in enumerate(WORKLOADS):
         if (args.only and args.only not in w.name) or (w.impl == "reference" and not args.reference_path):
             continue
@@ -113,7 +117,7 @@ def main() -> int:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{w.name:46} {r['step_s']:7.2f}{_ratio(r['step_s'], w.reference_s):>10} "
-              f"{r['peak_gb']:6.2f}{_ratio(r['peak_gb'], w.reference_gb):>10} "
+              f"{r['cpu_s']:6.2f} {r['peak_gb']:6.2f}{_ratio(r['peak_gb'], w.reference_gb):>10} "
               f"{r['import_gb']:9.2f}", flush=True)
     return 0
 

@@ -45,6 +45,10 @@ def test_digits_search_writes_genotypes_that_build_and_train(tmp_path, capsys):
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     torch.nn.functional.cross_entropy(model(x), y).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert main(["train", "--arch", "tiny_imagenet", "--dataset", "digits", "--layers", "3",
+                 "--init-channels", "8", "--epochs", "1", "--train-subset", "64", "--val-subset",
+                 "32", "--batch-size", "32", "--device", "cpu", "--no-progress", "--out",
+                 str(tmp_path / "train")]) == 0
 
 
 def test_existing_names_are_kept_unless_overwrite(tmp_path, capsys):

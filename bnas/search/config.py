@@ -24,7 +24,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 #: Settings a dataset changes from the BNAS defaults.
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "digits": {"epochs": 6, "layers": 5, "init_channels": 8, "image_size": 16, "batch_size": 64},
+    "digits": {"epochs": 6, "layers": 5, "init_channels": 8, "image_size": 8, "batch_size": 64},
     "synthetic": {"epochs": 2, "layers": 5, "init_channels": 8, "batch_size": 32},
 }
 

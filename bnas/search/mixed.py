@@ -75,10 +75,11 @@ class MixedOp(nn.Module):
 
 # -- the fast path ------------------------------------------------------------------------------
 def _conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
-                   mask: tuple[bool, bool], groups: int = 1) -> tuple[torch.Tensor | None, ...]:
+                   mask: tuple[bool, bool]) -> tuple[torch.Tensor | None, ...]:
+    """The input and weight gradients of ``conv2d(x, weight)`` that ``mask`` asks for."""
     stride, padding, dilation = geometry
     dx, dw, _ = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+        grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1,
         [mask[0], mask[1], False])
     return dx, dw
 
@@ -335,8 +336,10 @@ class FanOut(nn.Module):
                 self.reduces[name] = nn.ModuleList(
                     nn.ModuleDict({"a": p.conv_a, "b": p.conv_b}) for p in probes)
                 reduce_cols.append(col)
-        for convs in self.convs.values():
-            _check_scale_is_per_channel(convs[0])
+        if not (conv_cols or linear_cols or reduce_cols):
+            raise BnasError(f"search space '{space}' has no operation besides zeroise")
+        for convs in [*self.convs.values(), *(r[0].values() for r in self.reduces.values())]:
+            _check_scale_is_per_channel(next(iter(convs)))
         self.register_buffer("conv_cols", torch.tensor(conv_cols, dtype=torch.long), persistent=False)
         self.register_buffer("linear_cols", torch.tensor(linear_cols, dtype=torch.long),
                              persistent=False)
@@ -365,9 +368,6 @@ class FanOut(nn.Module):
         for col, reduces in zip(self.reduce_cols, self.reduces.values()):
             term = w[:, col].view(1, -1, 1, 1, 1) * self._factorized_reduce(z, xb, reduces)
             out = term if out is None else out + term
-        if out is None:  # a space of zeroise alone
-            size = [(s + self.stride - 1) // self.stride for s in x.shape[2:]]
-            out = x.new_zeros(x.shape[0], self.targets, self.channels, *size)
         return out
 
     def _factorized_reduce(self, z: torch.Tensor, xb: torch.Tensor,

@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -93,3 +94,27 @@ def test_prepare_imagenet_reports_bad_input(tmp_path, capsys):
     with pytest.raises(tool.PrepareError, match="expected '<file> <wnid>'"):
         labels.write_text("a b\nc d\n")
         tool.file_labels(labels)
+
+
+def _has_dali() -> bool:
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not (_has_dali() and torch.cuda.is_available()),
+                    reason="needs NVIDIA DALI and a GPU")
+def test_dali_loader_reads_the_folders(tmp_path):
+    from bnas.data.dali import DaliLoader
+
+    archives, out = tmp_path / "archives", tmp_path / "imagenet"
+    archives.mkdir()
+    _archives(archives)
+    assert _tool().main(["--archives", str(archives), "--out", str(out)]) == 0
+    common = {"batch_size": 2, "size": 32, "rank": 0, "world_size": 1, "workers": 1,
+              "device": torch.device("cuda", 0), "seed": 0}
+    x, y = next(iter(DaliLoader(out, "train", **common)))
+    assert x.shape == (2, 3, 32, 32) and x.is_cuda and y.dtype == torch.int64
+    val = DaliLoader(out, "val", **common)
+    assert len(val) == 2 and sum(len(labels) for _, labels in val) == 3

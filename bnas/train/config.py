@@ -4,7 +4,7 @@ A run's configuration is resolved from four layers, later ones winning:
 
 1. the defaults of :class:`TrainConfig`;
 2. the binarizer's own recipe for the dataset family (``Binarizer.recipes["cifar"]`` or
-   ``["imagenet"]``, see ``docs`` of each scheme);
+   ``["imagenet"]``: the settings of the scheme's paper);
 3. a preset: a YAML (or JSON) file under ``bnas/recipes/`` given by name (``bnas-cifar``), any
    file path (e.g. the ``config.yaml`` of an earlier run or the ``best.yaml`` of ``bnas tune``),
    or, when none is given, the recipe of the named configuration (``--config bnas-a`` ->
@@ -36,15 +36,15 @@ from .schedules import SCHEDULES, build_schedule
 PRESET_DIR = Path(__file__).resolve().parent.parent / "recipes"
 AMP_MODES = ("bf16", "fp16")
 OPTIMIZERS = ("sgd", "adam")
-#: Dict fields that belong to another field: a layer changing the owner resets them.
+#: Mapping fields that belong to another field (their owner); see :func:`_combine`.
 DEPENDENT = {"binarizer_hparams": "binarizer", "schedule_args": "schedule"}
 
 
-def _opt(default: Any, help: str, **cli: Any) -> Any:
-    """A configuration field: its default, its ``--help`` text and extra argparse settings."""
+def _opt(default: Any, help: str) -> Any:
+    """A configuration field with its default and its ``--help`` text."""
     if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help, "cli": cli})
-    return field(default=default, metadata={"help": help, "cli": cli})
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass

@@ -24,17 +24,16 @@ class Progress:
     def __init__(self, epochs: int, start_epoch: int = 0, enabled: bool = True,
                  stream: TextIO | None = None, every: float = 30.0) -> None:
         self.epochs = epochs
-        self.start_epoch = start_epoch
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.interval = 0.2 if self.tty else every
         self.epoch_times: list[float] = []
-        self.epoch = start_epoch
-        self.steps = 0
+        self.epoch, self.steps = start_epoch, 0
         self.t_epoch = self.t_last = time.perf_counter()
 
     def start_epoch_(self, epoch: int, steps: int) -> None:
+        """Begin ``epoch`` of ``steps`` steps."""
         self.epoch, self.steps = epoch, steps
         self.t_epoch = time.perf_counter()
         self.t_last = 0.0 if self.tty else self.t_epoch

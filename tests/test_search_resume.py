@@ -11,8 +11,8 @@ import torch
 
 from bnas.cli import main
 
-SETTINGS = ["--dataset", "digits", "--layers", "3", "--init-channels", "6", "--epochs", "3",
-            "--subset", "320", "--batch-size", "32", "--image-size", "16", "--device", "cpu",
+SETTINGS = ["--dataset", "digits", "--layers", "3", "--init-channels", "4", "--epochs", "3",
+            "--subset", "256", "--batch-size", "32", "--image-size", "16", "--device", "cpu",
             "--no-progress"]
 
 

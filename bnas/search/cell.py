@@ -22,22 +22,25 @@ from ..model.cell import cell_residual
 from ..ops import RealConvOp
 from ..registry import Registry
 from . import topology
-from .mixed import FanOut, MixedOp
+from .mixed import FanOut, LeanRealConvOp, MixedOp
 
 
 class SearchCell(nn.Module):
     """Preprocessing, residual and output shared by both implementations."""
+
+    preprocess_class: type[RealConvOp] = RealConvOp
 
     def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool,
                  reduction_prev: bool, residual: bool, space: str, binarizer: Binarizer,
                  steps: int = 4) -> None:
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, steps
+        preprocess = self.preprocess_class
         if reduction_prev:
-            self.preprocess0 = RealConvOp(c_prev_prev, c, 3, 2, 1, affine=False)
+            self.preprocess0 = preprocess(c_prev_prev, c, 3, 2, 1, affine=False)
         else:
-            self.preprocess0 = RealConvOp(c_prev_prev, c, 1, 1, 0, affine=False)
-        self.preprocess1 = RealConvOp(c_prev, c, 1, 1, 0, affine=False)
+            self.preprocess0 = preprocess(c_prev_prev, c, 1, 1, 0, affine=False)
+        self.preprocess1 = preprocess(c_prev, c, 1, 1, 0, affine=False)
         self.residual = cell_residual(c_prev, steps * c, reduction) if residual else None
 
     def stride(self, source: int) -> int:
@@ -85,6 +88,8 @@ class ReferenceCell(SearchCell):
 class FastCell(SearchCell):
     """All edges leaving a node computed together by one :class:`FanOut` (see
     :mod:`bnas.search.mixed`); node ``i`` is complete once nodes ``0 .. i-1`` have fanned out."""
+
+    preprocess_class = LeanRealConvOp
 
     def __init__(self, *args, space: str, binarizer: Binarizer, steps: int = 4, **kwargs) -> None:
         super().__init__(*args, space=space, binarizer=binarizer, steps=steps, **kwargs)

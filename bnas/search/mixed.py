@@ -47,7 +47,7 @@ from torch.nn.modules.utils import _pair
 
 from ..binarize.base import Binarizer, BinaryConv2d
 from ..errors import BnasError
-from ..ops import SPACES, BinConvOp, BinFactorizedReduce, Identity, Zero, make_op
+from ..ops import SPACES, BinConvOp, BinFactorizedReduce, Identity, RealConvOp, Zero, make_op
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
@@ -244,6 +244,45 @@ def _pools(pools: Sequence[nn.Sequential], x: torch.Tensor) -> tuple[torch.Tenso
         return _PoolNorm.apply(x, pools)
     xc = x.contiguous(memory_format=torch.channels_last)
     return tuple(bn(_pooled(op, xc)).contiguous() for op, bn in pools)
+
+
+class _NormConvRelu(torch.autograd.Function):
+    """``relu(conv(BatchNorm(affine=False)(x)))`` in training mode, keeping ``x`` and the output
+    (both kept by their other users anyway) instead of the normalised input, which the
+    backward pass recomputes from the batch statistics."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, op: RealConvOp) -> torch.Tensor:
+        bn, conv = op.bn, op.conv
+        z, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, None, None, bn.running_mean, bn.running_var, True, _momentum(bn), bn.eps)
+        out = F.conv2d(z, weight, None, conv.stride, conv.padding, conv.dilation).relu_()
+        ctx.geometry, ctx.eps = _geometry(conv), bn.eps
+        ctx.save_for_backward(x, weight, mean, invstd, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight, mean, invstd, out = ctx.saved_tensors
+        shape = (1, -1, 1, 1)
+        z = (x - mean.view(shape)) * invstd.view(shape)
+        need_x, need_weight = ctx.needs_input_grad[:2]
+        dz, dw = _conv_backward(g * (out > 0), z, weight, ctx.geometry, (need_x, need_weight))
+        dx = None
+        if need_x:
+            dx = torch.ops.aten.native_batch_norm_backward(dz, x, None, None, None, mean, invstd,
+                                                           True, ctx.eps, [True, False, False])[0]
+        return dx, dw, None
+
+
+class LeanRealConvOp(RealConvOp):
+    """:class:`~bnas.ops.RealConvOp` without affine BatchNorm (the search cells'
+    preprocessing) that trains with :class:`_NormConvRelu`'s smaller memory footprint."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.bn.affine or self.conv.bias is not None:
+            return super().forward(x)
+        return _NormConvRelu.apply(x, self.conv.weight, self)
 
 
 def _compact(x: torch.Tensor | None) -> torch.Tensor | None:

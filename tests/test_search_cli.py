@@ -51,6 +51,19 @@ def test_digits_search_writes_genotypes_that_build_and_train(tmp_path, capsys):
                  str(tmp_path / "train")]) == 0
 
 
+@pytest.mark.parametrize("options", [
+    ["--order", "2", "--space", "bnas-skip", "--binarizer", "recu", "--binarizer-hparam",
+     "tau_min=0.8"],
+    ["--impl", "reference", "--binarizer", "siman"],
+])
+def test_other_settings_search_end_to_end(tmp_path, options):
+    assert main(["search", *TINY, "--epochs", "1", "--subset", "96", "--save", "other",
+                 "--out", str(tmp_path), *options]) == 0
+    prov = G.load("other").provenance
+    assert prov["binarizer"]["name"] == options[options.index("--binarizer") + 1]
+    assert prov["search"]["order"] == (2 if "--order" in options else 1)
+
+
 def test_existing_names_are_kept_unless_overwrite(tmp_path, capsys):
     taken = G.load("latest_cell")
     taken.name = "taken"
@@ -108,3 +121,13 @@ def test_split_is_a_seeded_partition():
     assert split_indices(11, 0.5, seed=4) == (weights, arch) != split_indices(11, 0.5, seed=5)
     with pytest.raises(BnasError):
         split_indices(1, 0.5)
+
+
+@pytest.mark.slow
+def test_default_digits_search(tmp_path):
+    """The quick start: ``bnas search --dataset digits --save x`` (about a minute on a CPU)."""
+    assert main(["search", "--dataset", "digits", "--save", "x", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    genotype = G.load("x")
+    assert genotype.provenance["epochs"] == 6 and genotype.provenance["best_val_top1"] > 80
+    bnas.build_model("x", dataset="digits")(torch.randn(2, 3, 32, 32)).sum().backward()

@@ -28,7 +28,10 @@ together, using facts that hold exactly for the maths above:
   only, so one byte per element is kept instead of a float copy; the gradient with respect to
   the architecture weight ``<g, relu(y_e)>`` equals ``<conv^T(g * 1[y_e > 0]), x_b>`` (the
   convolution is linear), so it comes out of the transposed convolution that the input
-  gradient needs anyway, run grouped by edge, at no extra multiply-accumulates.
+  gradient needs anyway, run grouped by edge, at no extra multiply-accumulates;
+* poolings and the cells' real preprocessing keep only tensors that other operations keep
+  anyway and recompute the rest in the backward pass (:class:`_PoolNorm`,
+  :class:`LeanRealConvOp`); binary inputs are kept as int8.
 
 Per-channel output scales of a scheme (``scale_output``, e.g. RBNN's, ReCU's and SiMaN's
 ``alpha``) are folded into the binary weight: ``s * conv(x, W) = conv(x, s * W)``. The fast

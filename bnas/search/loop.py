@@ -36,7 +36,6 @@ import datetime as dt
 import inspect
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
+from ..runio import attach_run_log
 from .. import __version__
 from .. import genotype as G
 from ..binarize import get as get_binarizer
@@ -158,17 +158,7 @@ def _cycle(loader) -> Iterator[Any]:
 
 
 def _setup_logging(out: Path, enabled: bool) -> list[logging.Handler]:
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if not enabled:
-        return []
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.FileHandler(out / "log.txt"),
-                                       logging.StreamHandler(sys.stderr)]
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
-    return handlers
+    return attach_run_log(log, out / "log.txt", enabled)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:

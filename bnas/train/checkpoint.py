@@ -14,9 +14,7 @@ leaves the previous file intact. Loading uses ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from torch import nn
 
 from ..binarize import schedules as hyper_schedules
 from ..errors import BnasError
+from ..runio import atomic_write
 
 FORMAT = 1
 KINDS = ("checkpoint", "weights")
@@ -35,18 +34,7 @@ SAFE_GLOBALS = [hyper_schedules.Constant, hyper_schedules.StepDecay, hyper_sched
 
 def atomic_save(payload: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file next to ``path``, flushed, then renamed over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import inspect
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..runio import attach_run_log
 from .. import build_model
 from ..errors import BnasError
 from . import checkpoint
@@ -124,17 +124,7 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) ->
 
 
 def _setup_logging(out: Path, enabled: bool) -> list[logging.Handler]:
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if not enabled:
-        return []
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.FileHandler(out / "log"),
-                                       logging.StreamHandler(sys.stderr)]
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
-    return handlers
+    return attach_run_log(log, out / "log", enabled)
 
 
 class Trainer:

@@ -1,4 +1,4 @@
-"""Run-directory I/O shared by search, training and genotypes: atomic writes and run logs."""
+"""What runs (search, training, tuning) share: atomic writes, the run log, the epoch callback."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,10 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+#: ``on_epoch_end(epoch, metrics)``: called by a search or a training run after each epoch.
+EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:

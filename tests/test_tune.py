@@ -135,7 +135,7 @@ def test_search_mode_tunes_the_search_and_retrains_what_it_found(tmp_path, capsy
                "--batch-size", "32", "--train-subset", "32", "--val-subset", "32", "--workers", "0",
                "--epochs", "1", "--trials", "1", "--search-arg", "epochs=1", "--search-arg", "subset=32",
                "--search-arg", "layers=3", "--search-arg", "init_channels=4", "--search-arg", "batch_size=16",
-               "--study", "sm", "--out", str(tmp_path)])
+               "--channels-last", "--study", "sm", "--out", str(tmp_path)])  # retraining option
     assert rc == 0
     (trial,) = _study(tmp_path, "sm").get_trials()
     assert trial.state == State.COMPLETE and set(trial.params) == {"lam", "tau", "arch_lr"}

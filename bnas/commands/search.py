@@ -72,6 +72,8 @@ OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
     (("--device",), "device", {}, "auto, cpu, cuda or cuda:N (auto)"),
     (("--progress",), "progress", {"action": argparse.BooleanOptionalAction}, "show a progress bar"),
     (("--out",), "out", {"metavar": "DIR"}, "run directory (default runs/search-NAME-<time>)"),
+    (("--genotype-dir",), "genotype_dir", {"metavar": "DIR"},
+     "write the genotypes there instead of the user genotype directory"),
 ]
 
 

@@ -12,8 +12,10 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .. import genotype as G
 from ..binarize import BINARIZERS, get as get_binarizer
 from ..data.info import dataset_info
 from ..errors import BnasError
@@ -63,6 +65,7 @@ class SearchConfig:
     device: str = "auto"
     progress: bool = True
     out: str | None = None
+    genotype_dir: str | None = None
     overwrite: bool = False
 
     def validate(self) -> SearchConfig:
@@ -95,6 +98,12 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def genotype_path(self, name: str) -> Path:
+        """Where the genotype ``name`` of this search is written: ``genotype_dir`` if given,
+        else the user genotype directory, where ``bnas train``/``draw``/``show`` find it by name."""
+        folder = Path(self.genotype_dir).expanduser() if self.genotype_dir else G.user_dir()
+        return folder / f"{name}.json"
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}

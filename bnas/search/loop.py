@@ -48,7 +48,6 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from ..runio import attach_run_log
 from .. import __version__
 from .. import genotype as G
 from ..binarize import get as get_binarizer
@@ -56,6 +55,7 @@ from ..data import build_dataset, dataset_info, num_classes_of
 from ..data.loaders import build_loader
 from ..data.split import split_indices
 from ..errors import BnasError
+from ..runio import EpochCallback, attach_run_log
 from ..train.checkpoint import SAFE_GLOBALS, atomic_save
 from ..train.distributed import Context, distributed_context
 from ..train.metrics import Meter
@@ -142,14 +142,17 @@ def weight_optimizer(net: SearchNetwork, cfg: SearchConfig, steps_per_epoch: int
     return optimizer
 
 
-def check_save_name(name: str, overwrite: bool) -> None:
-    """Refuse to replace an existing genotype (``NAME`` or ``NAME_imagenet``) unless asked."""
+def check_save_name(cfg: SearchConfig, overwrite: bool) -> None:
+    """Refuse to replace an existing genotype (``NAME`` or ``NAME_imagenet``, by name or in
+    ``--genotype-dir``) unless asked."""
     if overwrite:
         return
-    taken = [n for n in (name, name + IMAGENET_SUFFIX) if G.find(n) is not None]
-    if taken:
-        raise BnasError(f"a genotype named '{taken[0]}' exists ({G.find(taken[0])}); choose "
-                        f"another --save name or pass --overwrite")
+    for name in (cfg.save, cfg.save + IMAGENET_SUFFIX):
+        path = cfg.genotype_path(name)
+        found = path if path.exists() else G.find(name) if cfg.genotype_dir is None else None
+        if found is not None:
+            raise BnasError(f"a genotype named '{name}' exists ({found}); choose another --save "
+                            f"name or pass --overwrite")
 
 
 def _cycle(loader) -> Iterator[Any]:
@@ -182,7 +185,7 @@ class Searcher:
 
     def __init__(self, cfg: SearchConfig, ctx: Context, saved: dict[str, Any] | None = None) -> None:
         self.cfg, self.ctx = cfg, ctx
-        check_save_name(cfg.save, cfg.overwrite or saved is not None)
+        check_save_name(cfg, cfg.overwrite or saved is not None)
         self._build_data()
         self.out = self._run_dir(saved)
         self._handlers = _setup_logging(self.out, ctx.is_main)
@@ -279,7 +282,7 @@ class Searcher:
             offset += t.numel()
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> SearchResult:
+    def run(self, on_epoch_end: EpochCallback | None = None) -> SearchResult:
         cfg = self.cfg
         progress = Progress(cfg.epochs, self.start_epoch, enabled=cfg.progress and self.ctx.is_main)
         try:
@@ -287,8 +290,10 @@ class Searcher:
                 started = time.perf_counter()
                 train = self.train_epoch(epoch, progress)
                 val = self.validate()
-                self.end_epoch(epoch, train, val, time.perf_counter() - started)
+                metrics = self.end_epoch(epoch, train, val, time.perf_counter() - started)
                 progress.end_epoch(time.perf_counter() - started)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, metrics)
             return self.finish()
         finally:
             for handler in self._handlers:
@@ -355,7 +360,9 @@ class Searcher:
             raise RuntimeError("the search processes hold different architecture parameters")
 
     def end_epoch(self, epoch: int, train: dict[str, float], val: dict[str, float],
-                  seconds: float) -> None:
+                  seconds: float) -> dict[str, float]:
+        """Best genotypes so far, records and checkpoint (rank 0, atomic), log line; returns
+        the epoch's metrics."""
         genotypes = self.genotypes()
         metrics = {"val_top1": val["top1"], "val_loss": val["loss"], "train_top1": train["top1"],
                    "train_loss": train["loss"], "lr": train["lr"], "seconds": round(seconds, 3)}
@@ -374,6 +381,7 @@ class Searcher:
         log.info("epoch %d/%d  train loss %.4f top1 %.2f | val loss %.4f top1 %.2f | lr %.5f "
                  "| %.1fs | %s", epoch + 1, self.cfg.epochs, train["loss"], train["top1"],
                  val["loss"], val["top1"], train["lr"], seconds, _describe(genotypes["genotype"]))
+        return metrics
 
     def provenance(self, gamma: float) -> dict[str, Any]:
         cfg = self.cfg
@@ -401,11 +409,11 @@ class Searcher:
             found[key] = genotype
         if self.ctx.is_main:
             for genotype in found.values():
-                G.save(genotype, G.user_dir() / f"{genotype.name}.json")
+                G.save(genotype, cfg.genotype_path(genotype.name))
                 G.save(genotype, self.out / f"{genotype.name}.json")
             log.info("best epoch %d (val top1 %.2f): genotypes '%s' and '%s' saved in %s",
                      self.best["epoch"] + 1, self.best["val_top1"], cfg.save,
-                     cfg.save + IMAGENET_SUFFIX, G.user_dir())
+                     cfg.save + IMAGENET_SUFFIX, cfg.genotype_path(cfg.save).parent)
         self.ctx.barrier()
         return SearchResult(found["genotype"], found["genotype_imagenet"], self.best["epoch"],
                             self.best["val_top1"], self.out,
@@ -422,9 +430,12 @@ def _describe(genotype: G.Genotype) -> str:
 
 
 def search(cfg: SearchConfig | None = None, *, resume: str | Path | None = None,
-           device: str | None = None) -> SearchResult:
+           device: str | None = None, on_epoch_end: EpochCallback | None = None) -> SearchResult:
     """Run a search from ``cfg``, or continue the one saved in ``resume`` (a run directory or
-    its checkpoint; its configuration is used, except ``device``)."""
+    its checkpoint; its configuration is used, except ``device``).
+
+    ``on_epoch_end(epoch, metrics)`` is called on every process after each epoch's checkpoint,
+    with ``val_top1``, ``val_loss``, ``train_top1``, ``train_loss``, ``lr`` and ``seconds``."""
     saved = _load_checkpoint(Path(resume).expanduser()) if resume is not None else None
     if saved is not None:
         cfg = from_dict(saved["config"])
@@ -433,4 +444,4 @@ def search(cfg: SearchConfig | None = None, *, resume: str | Path | None = None,
     if device is not None:
         cfg.device = device
     with distributed_context(cfg.device) as ctx:
-        return Searcher(cfg, ctx, saved).run()
+        return Searcher(cfg, ctx, saved).run(on_epoch_end)

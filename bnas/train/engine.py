@@ -20,7 +20,6 @@ import inspect
 import logging
 import random
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..runio import attach_run_log
 from .. import build_model
 from ..errors import BnasError
+from ..runio import EpochCallback, attach_run_log
 from . import checkpoint
 from .config import TrainConfig, config_dict, save_config
 from .data import LOADERS, Data
@@ -41,7 +40,6 @@ from .metrics import Meter, MetricsLog
 from .progress import Progress
 from .schedules import LrScheduler, build_schedule
 
-EpochCallback = Callable[[int, dict[str, Any]], None]
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("bnas.train")
 

@@ -17,15 +17,14 @@ preset for ``bnas train --config``.
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..binarize import BINARIZERS, get as get_binarizer
 from ..errors import BnasError
 from ..registry import Registry
+from ..runio import EpochCallback
 from ..search.config import SearchConfig, resolve as resolve_search
 from ..search.loop import search
 from ..train.config import TrainConfig, config_dict, resolve_config
@@ -34,7 +33,6 @@ from . import defaults
 from .setup import TuneSetup
 from .space import Target, format_values
 
-EpochCallback = Callable[[int, dict[str, Any]], None]
 Record = Callable[[str, Any], None]
 
 #: Training fields never tuned: what a study is *about* (architecture, data, scheme), the proxy
@@ -49,11 +47,12 @@ NOT_TUNABLE = frozenset({
 #: Search fields never tuned: the same kinds (data, scheme, supernet size, budget, run).
 SEARCH_NOT_TUNABLE = frozenset({
     "save", "dataset", "data", "image_size", "subset", "binarizer", "binarizer_hparams", "layers",
-    "init_channels", "steps", "epochs", "seed", "workers", "impl", "device", "channels_last",
-    "progress", "out", "overwrite"})
+    "init_channels", "steps", "epochs", "seed", "workers", "impl", "device", "progress", "out",
+    "genotype_dir", "overwrite"})
 
-#: Training fields that belong to the machine a worker runs on (passed on to the search too).
-SHARED_RUNTIME = ("data", "device", "workers", "channels_last")
+#: Training fields that belong to the machine a worker runs on and that the search shares
+#: (``loader``, ``amp`` and ``channels_last`` concern the retraining only).
+SHARED_RUNTIME = ("data", "device", "workers")
 
 #: Fields of a resolved configuration that a preset leaves out (where a run writes, not what it does).
 NOT_IN_PRESET = frozenset({"out", "resume"})
@@ -192,21 +191,6 @@ class TrainMode(Mode):
         return preset_dict(self._resolve(setup, self._overrides(setup, params)))
 
 
-@contextmanager
-def _genotype_dir(path: Path) -> Iterator[None]:
-    """Point the user genotype directory at ``path`` for a while: a trial's genotypes are
-    trial artefacts, not entries of the user's library (``bnas search`` always saves there)."""
-    before = os.environ.get("BNAS_GENOTYPE_DIR")
-    os.environ["BNAS_GENOTYPE_DIR"] = str(path)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["BNAS_GENOTYPE_DIR"]
-        else:
-            os.environ["BNAS_GENOTYPE_DIR"] = before
-
-
 class SearchMode(TrainMode):
     """Tune the search's settings: search on the proxy budget, then retrain what it found.
 
@@ -236,7 +220,9 @@ class SearchMode(TrainMode):
         return resolve_search({"dataset": base.dataset, "binarizer": base.binarizer,
                                "binarizer_hparams": base.binarizer_hparams, **shared,
                                **setup.search, **settings, "save": f"trial_{out.name}",
-                               "out": str(out / "search"), "overwrite": True, "progress": False})
+                               "out": str(out / "search"), "overwrite": True, "progress": False,
+                               # a trial's genotypes are trial artefacts, not library entries
+                               "genotype_dir": str(out / "genotypes")})
 
     def check(self, setup: TuneSetup, runtime: dict[str, Any]) -> None:
         given = sorted({"arch", "config"} & set(setup.overrides))
@@ -250,8 +236,7 @@ class SearchMode(TrainMode):
                   out: Path, on_epoch_end: EpochCallback, record: Record) -> dict[str, Any]:
         settings, hparams = split_params(params, self.targets(setup))
         cfg = self._search_config(setup, runtime, hparams, settings, out)
-        with _genotype_dir(out / "genotypes"):
-            found = search(cfg)
+        found = search(cfg)
         genotype = found.out / f"{found.genotype.name}.json"
         record("genotype", str(genotype.resolve()))
         record("search_top1", found.best_top1)

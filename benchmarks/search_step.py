@@ -22,14 +22,12 @@ candidate, the same maths), which also runs on this machine.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+from common import parser, peak_rss_gb, ratio, rss_gb, run
 
 
 @dataclass(frozen=True)
@@ -48,11 +46,6 @@ WORKLOADS = [
 ]
 
 
-def _rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 1024**3
-
-
 def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
     """Median step time and peak RSS of ``workload`` in this process."""
     import torch
@@ -63,7 +56,7 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
     from bnas.search.network import SearchNetwork
 
     torch.set_num_threads(threads)
-    imported = _rss_gb()
+    imported = rss_gb()
     cfg = SearchConfig(save="benchmark", impl=workload.impl, batch_size=workload.batch)
     torch.manual_seed(cfg.seed)
     net = SearchNetwork(10, cfg.init_channels, cfg.layers, cfg.steps, cfg.space, cfg.binarizer,
@@ -85,41 +78,25 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
         cpu.append(time.process_time() - started_cpu)
     return {"step_s": statistics.median(times[2:]), "cpu_s": statistics.median(cpu[2:]),
             "import_gb": imported,
-            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
-
-
-def _ratio(ours: float, reference: float | None) -> str:
-    """`` (0.45x ref)``: ours over the reference's figure."""
-    return "" if reference is None else f" ({ours / reference:.2f}x ref)"
+            "peak_gb": peak_rss_gb()}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per workload")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--only", help="run the workloads whose name contains this text")
-    parser.add_argument("--reference-path", action="store_true",
-                        help="also time the straightforward implementation (slow)")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child is not None:
-        print(json.dumps(measure(WORKLOADS[args.child], args.steps, args.threads)))
-        return 0
-    print(f"{'workload':46} {'step s':>17} {'cpu s':>6} {'peak GB':>16} {'import GB':>9}")
-    for index, w in enumerate(WORKLOADS):
-        if (args.only and args.only not in w.name) or (w.impl == "reference" and not args.reference_path):
-            continue
-        proc = subprocess.run([sys.executable, __file__, "--child", str(index), "--steps",
-                               str(args.steps), "--threads", str(args.threads)],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            print(f"{w.name:46} failed: {proc.stderr.strip().splitlines()[-1]}")
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{w.name:46} {r['step_s']:7.2f}{_ratio(r['step_s'], w.reference_s):>10} "
-              f"{r['cpu_s']:6.2f} {r['peak_gb']:6.2f}{_ratio(r['peak_gb'], w.reference_gb):>10} "
-              f"{r['import_gb']:9.2f}", flush=True)
-    return 0
+    p = parser(__doc__.split("\n\n")[0], steps=5)
+    p.add_argument("--reference-path", action="store_true",
+                   help="also time the straightforward implementation (slow)")
+    args = p.parse_args()
+
+    def row(index: int, r: dict[str, float]) -> str:
+        w = WORKLOADS[index]
+        return (f"{w.name:48} {r['step_s']:7.2f}{ratio(r['step_s'], w.reference_s):>10} "
+                f"{r['cpu_s']:6.2f} {r['peak_gb']:6.2f}{ratio(r['peak_gb'], w.reference_gb):>10} "
+                f"{r['import_gb']:9.2f}")
+
+    return run(__file__, args, [w.name for w in WORKLOADS],
+               f"{'workload':48} {'step s':>17} {'cpu s':>6} {'peak GB':>16} {'import GB':>9}",
+               lambda index: measure(WORKLOADS[index], args.steps, args.threads), row,
+               skip=lambda index: WORKLOADS[index].impl == "reference" and not args.reference_path)
 
 
 if __name__ == "__main__":

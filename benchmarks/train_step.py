@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Training-step speed and memory of ``bnas train``'s engine, next to the reference figures.
 
-    python benchmarks/train_step.py                 # every workload, 2 threads
+    python benchmarks/train_step.py                 # every workload, 2 threads (slow)
     python benchmarks/train_step.py --only bnas-a --steps 8
+    python benchmarks/train_step.py --only resnet20
 
 Each workload runs in a fresh process (so that its peak resident memory is its own): the
 engine's own :meth:`bnas.train.Trainer.train_step` (forward, backward, the scheme's gradient
@@ -13,16 +14,14 @@ The reference figures are those of ``benchmarks.md`` (the authors' code on the s
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from common import parser, peak_rss_gb, ratio, rss_gb, run
 
 
 @dataclass(frozen=True)
@@ -45,13 +44,21 @@ def workloads() -> list[Workload]:
         Workload("bnas-a (latest_cell_zeroise C=36 L=20, plain)", bnas_a, 32, 0.2, 3.25, 2.7),
         Workload("latest_cell C=36 L=20 (plain)", cell36, 32, 0.2, 6.87, 3.6),
     ]
-    reference_rates = {"rbnn": 178.0, "recu": 208.0, "siman": 198.0}
+    # images/s of the reference code (RBNN / ReCU / SiMaN) at batch 128, benchmarks.md
+    reference_rates = {"resnet20_1w1a": {"rbnn": 178.0, "recu": 208.0, "siman": 198.0},
+                       "resnet18_1w1a": {"rbnn": 27.0, "recu": 35.0, "siman": 23.0},
+                       "vgg_small_1w1a": {"rbnn": 30.0, "recu": 32.0, "siman": 25.0}}
     from bnas.binarize import names
 
     for scheme in names():
+        rate = reference_rates["resnet20_1w1a"].get(scheme)
         items.append(Workload(f"resnet20_1w1a {scheme}", {"arch": "resnet20_1w1a", "binarizer": scheme},
-                              128, reference_images_per_s=reference_rates.get(scheme),
-                              reference_gb=1.35 if scheme in reference_rates else None))
+                              128, reference_images_per_s=rate,
+                              reference_gb=1.35 if rate is not None else None))
+    for arch in ("resnet18_1w1a", "vgg_small_1w1a"):
+        for scheme, rate in reference_rates[arch].items():
+            items.append(Workload(f"{arch} {scheme}", {"arch": arch, "binarizer": scheme}, 128,
+                                  reference_images_per_s=rate))
     return items
 
 
@@ -63,6 +70,7 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
     from bnas.train.distributed import Context
 
     torch.set_num_threads(threads)
+    imported = rss_gb()
     with tempfile.TemporaryDirectory() as out:
         cfg = resolve_config(None, {**workload.settings, "dataset": "synthetic", "epochs": 1,
                                     "batch_size": workload.batch, "workers": 0, "progress": False,
@@ -85,41 +93,23 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
             times.append(time.perf_counter() - started)
         trainer.close()
     median = statistics.median(times[2:])
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    return {"step_s": median, "peak_gb": peak_gb, "images_per_s": workload.batch / median}
-
-
-def _ratio(ours: float, reference: float | None) -> str:
-    """`` (0.45x ref)``: ours over the reference's figure."""
-    return "" if reference is None else f" ({ours / reference:.2f}x ref)"
+    return {"step_s": median, "peak_gb": peak_rss_gb(), "import_gb": imported,
+            "images_per_s": workload.batch / median}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per workload")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--only", help="run the workloads whose name contains this text")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser(__doc__.split("\n\n")[0], steps=6).parse_args()
     items = workloads()
-    if args.child is not None:
-        print(json.dumps(measure(items[args.child], args.steps, args.threads)))
-        return 0
-    print(f"{'workload':48} {'batch':>5} {'step s':>16} {'img/s':>18} {'peak GB':>16}")
-    for index, w in enumerate(items):
-        if args.only and args.only not in w.name:
-            continue
-        proc = subprocess.run([sys.executable, __file__, "--child", str(index), "--steps",
-                               str(args.steps), "--threads", str(args.threads)],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            print(f"{w.name:48} failed: {proc.stderr.strip().splitlines()[-1]}")
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{w.name:48} {w.batch:5d} {r['step_s']:7.3f}{_ratio(r['step_s'], w.reference_s):>9} "
-              f"{r['images_per_s']:7.1f}{_ratio(r['images_per_s'], w.reference_images_per_s):>11} "
-              f"{r['peak_gb']:6.2f}{_ratio(r['peak_gb'], w.reference_gb):>10}", flush=True)
-    return 0
+
+    def row(index: int, r: dict[str, float]) -> str:
+        w = items[index]
+        return (f"{w.name:48} {w.batch:5d} {r['step_s']:7.3f}{ratio(r['step_s'], w.reference_s):>9} "
+                f"{r['images_per_s']:7.1f}{ratio(r['images_per_s'], w.reference_images_per_s):>11} "
+                f"{r['peak_gb']:6.2f}{ratio(r['peak_gb'], w.reference_gb):>10} {r['import_gb']:9.2f}")
+
+    return run(__file__, args, [w.name for w in items],
+               f"{'workload':48} {'batch':>5} {'step s':>16} {'img/s':>18} {'peak GB':>16} {'import GB':>9}",
+               lambda index: measure(items[index], args.steps, args.threads), row)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,14 @@ class Binarizer:
     def before_batch(self, model: nn.Module, epoch: int, batch: int) -> None:
         """Called before every training batch (``batch`` is 0-based within the epoch)."""
 
+    def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Scale every gradient of ``model`` so that their joint 2-norm is at most ``max_norm``
+        (``torch.nn.utils.clip_grad_norm_``); returns the norm before clipping. A scheme whose
+        latent-weight gradient is a transform of the gradient its paper clips measures the
+        norm of the latter."""
+        return nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
+                                        max_norm)
+
     def param_groups(self, model: nn.Module, weight_decay: float,
                      dataset: str = "cifar") -> list[dict[str, Any]]:
         """Optimizer parameter groups: by default every parameter with ``weight_decay``."""

@@ -6,6 +6,12 @@ input-channel axis and clamp to [-1, 1]. The convolution uses ``sign(W) * alpha`
 ``alpha = mean|W|`` per out-channel (``n = I*kh*kw`` entries). The latent weight's gradient is
 ``(alpha * 1{|W| <= 1} * g + sign(W) * mean_n(sign(W) * g)) * (1 - 1/I) * n``.
 Activations: ``sign(x)`` with a straight-through gradient where ``|x| < 1``; no scale.
+
+Gradient-norm clipping (BNAS's ImageNet recipe) measures, as BNAS's training script does, the
+gradient ``g`` with respect to the binary weights, before the rescaling above; since the
+rescaling is linear, clipping ``g`` and then rescaling equals rescaling and then scaling by the
+same factor, which :meth:`Plain.clip_grad_norm_` does (``g`` is recovered exactly from the
+latent gradient, :func:`binary_weight_gradient`).
 """
 from __future__ import annotations
 
@@ -34,6 +40,30 @@ class XnorWeight(torch.autograd.Function):
         direct = alpha * (w.abs() <= 1) * g
         through_alpha = s * (s * g).mean(dim=(1, 2, 3), keepdim=True)
         return (direct + through_alpha) * ((1.0 - 1.0 / in_channels) * n)
+
+
+def binary_weight_gradient(w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Invert :meth:`XnorWeight.backward`: the gradient ``g`` with respect to ``sign(W) * alpha``
+    from the latent weight's gradient ``grad``, for projected weights (``|W| <= 1``).
+
+    With ``k = (1 - 1/I) * n``, ``s = sign(W)`` and ``mu = mean_n(s * g)`` per out-channel:
+    where ``s = 0``, ``grad = k * alpha * g``; elsewhere ``s * grad / k = alpha * s * g + mu``,
+    whose sum over those entries is ``(alpha * n + n_s) * mu`` (``n_s`` of them), giving ``mu``
+    and then ``g``. Channels with ``alpha = 0`` or ``I = 1`` (where the rescaling is zero) give 0.
+    """
+    dims = (1, 2, 3)
+    n, in_channels = w[0].numel(), w.shape[1]
+    k = (1.0 - 1.0 / in_channels) * n
+    if k == 0.0:
+        return torch.zeros_like(grad)
+    alpha = w.abs().mean(dim=dims, keepdim=True)
+    s = torch.sign(w)
+    nonzero = s != 0
+    u = s * grad / k
+    mu = u.sum(dim=dims, keepdim=True) / (alpha * n + nonzero.sum(dim=dims, keepdim=True))
+    safe = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+    g = torch.where(nonzero, s * (u - mu), grad / k) / safe
+    return torch.where(alpha > 0, g, torch.zeros_like(g))
 
 
 class PlainConv2d(BinaryConv2d):
@@ -78,6 +108,21 @@ class Plain(Binarizer):
                      "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 0,
                      "schedule": "cosine_restarts", "label_smoothing": 0.1, "grad_clip": 5.0},
     }
+
+    def clip_grad_norm_(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip as BNAS does: the norm counts each binary convolution's gradient with respect to
+        its binary weight (:func:`binary_weight_gradient`), every other parameter's own."""
+        binary = {id(layer.weight): layer.weight for layer in self.binary_convs(model)}
+        grads = [binary_weight_gradient(p.detach(), p.grad) if id(p) in binary else p.grad
+                 for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        return total
 
     def set_epoch(self, model: torch.nn.Module, epoch: int, epochs: int) -> None:
         # The reference projects at every binarization, so the first step after a validation

@@ -286,7 +286,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.model.binarizer.clip_grad_norm_(self.model, self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach(), logits.detach()

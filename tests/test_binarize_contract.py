@@ -68,9 +68,10 @@ def test_lookup_config_round_trip_and_unknown_hparam(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_recipes(name):
-    recipes = B.get(name).recipes
-    assert set(recipes) >= {"cifar", "imagenet"}
-    for family, recipe in recipes.items():
+    scheme = B.get(name)
+    assert set(scheme.recipes) >= {"cifar", "imagenet"}
+    for family in scheme.recipes:
+        recipe = scheme.recipe(family)
         assert RECIPE_KEYS <= set(recipe), (family, RECIPE_KEYS - set(recipe))
         assert recipe["optimizer"] in ("sgd", "adam")
         assert recipe["optimizer"] != "sgd" or 0 <= recipe["momentum"] < 1

@@ -385,7 +385,8 @@ def test_scheme_registry_config_and_validation():
 def test_recipes_build_their_schedules(name):
     scheme_class = binarize.BINARIZERS.get(name)
     net = _Net()
-    for family, recipe in scheme_class.recipes.items():
+    for family in scheme_class.recipes:
+        recipe = scheme_class.recipe(family)
         assert recipe["optimizer"] == "adam" and recipe["weight_decay"] == 0.0
         scheme = binarize.get(name, **recipe["binarizer_hparams"])
         opt = scheme.optimizer(net, name=recipe["optimizer"], lr=recipe["lr"],
@@ -394,7 +395,7 @@ def test_recipes_build_their_schedules(name):
         assert group["gamma"](0) == recipe["binarizer_hparams"]["gamma"]["start"]
         with pytest.raises(BnasError, match="needs the number of epochs"):
             scheme.optimizer(net, lr=0.01)
-    cifar = scheme_class.recipes["cifar"]["binarizer_hparams"]
+    cifar = scheme_class.recipe("cifar")["binarizer_hparams"]
     if name == "bop":  # Helwegen et al. Sec. 5.2: x0.1 every 100 epochs
         gamma = from_spec(cifar["gamma"], steps_per_epoch=1000, epochs=500)
         assert [gamma(t) for t in (0, 99_999, 100_000, 499_999)] == pytest.approx(

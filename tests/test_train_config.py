@@ -35,12 +35,16 @@ def test_imagenet_configs_get_the_imagenet_recipes():
     assert amp.amp == "fp16" and amp.epochs == 250  # extends bnas-imagenet
 
 
-def test_presets_agree_with_the_plain_scheme_recipes():
-    """The BNAS recipe is written twice (presets for people, the plain scheme's dict for code)."""
-    for preset, family in (("bnas-cifar", "cifar"), ("bnas-imagenet", "imagenet")):
-        settings = load_preset(preset)
-        recipe = BINARIZERS.get("plain").recipes[family]
-        assert {k: settings[k] for k in recipe} == recipe
+def test_every_scheme_recipe_is_a_shipped_preset():
+    """One source per recipe: each scheme names the presets of its paper."""
+    for name in BINARIZERS.names():
+        scheme = BINARIZERS.get(name)
+        for family, preset in scheme.recipes.items():
+            assert preset in preset_names()
+            assert scheme.recipe(family) == load_preset(preset)
+    assert BINARIZERS.get("plain").recipes == {"cifar": "bnas-cifar", "imagenet": "bnas-imagenet"}
+    assert BINARIZERS.get("recu").recipe("imagenet")["batch_size"] == 512
+    assert BINARIZERS.get("recu").recipe("mnist") == {}
 
 
 def test_binarizer_recipe_fills_what_no_preset_pins():

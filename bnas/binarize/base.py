@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import presets
 from ..errors import BnasError
 
 
@@ -70,15 +71,15 @@ class Binarizer:
     """A binarization scheme: builds binary convolutions and says how they are trained.
 
     Subclasses set ``name``, ``paper``, ``conv_class``, ``hparams`` (defaults of their
-    keyword arguments, validated in :meth:`validate`) and ``recipes`` (training presets per
-    dataset family, see :mod:`bnas.binarize.recipes`).
+    keyword arguments, validated in :meth:`validate`) and ``recipes`` (the name of the
+    training preset of their paper per dataset family, see :mod:`bnas.presets`).
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     conv_class: ClassVar[type[BinaryConv2d]] = BinaryConv2d
     hparams: ClassVar[dict[str, Any]] = {}
-    recipes: ClassVar[dict[str, dict[str, Any]]] = {}
+    recipes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.hparams))
@@ -90,6 +91,12 @@ class Binarizer:
         for key, value in self.config_values.items():
             setattr(self, key, value)
         self.validate()
+
+    @classmethod
+    def recipe(cls, family: str) -> dict[str, Any]:
+        """The settings of this scheme's training recipe for a dataset family (``cifar`` or
+        ``imagenet``); empty when the scheme has none for it."""
+        return presets.read(cls.recipes[family]) if family in cls.recipes else {}
 
     def validate(self) -> None:
         """Raise :class:`BnasError` for impossible hyper-parameters."""

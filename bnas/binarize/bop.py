@@ -42,10 +42,6 @@ class BopConv2d(BinaryConv2d):
         return binary_sign(w.detach()) + (w - w.detach())  # value s(W), gradient to W as is
 
 
-def _linear(start: float, end: float) -> dict[str, Any]:
-    return {"schedule": "linear", "start": start, "end": end}
-
-
 @register("bop")
 class BopScheme(Binarizer):
     """Bop (Helwegen et al., NeurIPS 2019): binary weights flipped by :class:`Bop`.
@@ -62,19 +58,8 @@ class BopScheme(Binarizer):
     optimizer_class: ClassVar[type[Bop] | type[Bop2ndOrder]] = Bop
     schedulable: ClassVar[tuple[str, ...]] = ("threshold", "gamma")
     hparams = {"threshold": 1e-8, "gamma": 1e-4}
-    # Sec. 5.2 (CIFAR-10: gamma x0.1 every 100 epochs, Adam lr 0.01 held) and Sec. 5.3
-    # (ImageNet, BinaryNet and Bi-Real Net: 150 epochs, batch 1024, gamma 1e-4 -> 1e-6 and Adam
-    # lr 2.5e-3 -> 5e-6, both linear).
-    recipes = {
-        "cifar": {"epochs": 500, "batch_size": 50, "optimizer": "adam", "lr": 0.01,
-                  "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "constant",
-                  "binarizer_hparams": {"threshold": 1e-8, "gamma": {
-                      "schedule": "step", "start": 1e-4, "factor": 0.1, "every": 100}}},
-        "imagenet": {"epochs": 150, "batch_size": 1024, "optimizer": "adam", "lr": 2.5e-3,
-                     "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "linear",
-                     "schedule_args": {"end": 5e-6 / 2.5e-3},
-                     "binarizer_hparams": {"threshold": 1e-8, "gamma": _linear(1e-4, 1e-6)}},
-    }
+    # Sec. 5.2 (CIFAR-10) and Sec. 5.3 (ImageNet): bnas/recipes/bop-*.yaml.
+    recipes = {"cifar": "bop-cifar", "imagenet": "bop-imagenet"}
 
     def validate(self) -> None:
         # Build the optimizer once on a stand-in weight: its own checks judge the values.
@@ -129,20 +114,5 @@ class Bop2Scheme(BopScheme):
     optimizer_class = Bop2ndOrder
     schedulable = ("threshold", "gamma", "sigma")
     hparams = {"threshold": 1e-6, "gamma": 1e-6, "sigma": 1e-2, "bias_correction": False}
-    # CIFAR-10: 500 epochs, batch 50, tau 1e-5 -> 1e-8, gamma 1e-2 -> 1e-5, sigma 1e-7 -> 1e-2,
-    # Adam lr 0.01 -> 0.001, all linear. ImageNet (the authors' configuration): 150 epochs,
-    # batch 1024, tau 1e-8 -> 1e-5, gamma 1e-4 -> 1e-9, sigma 1e-5 -> 1e-2, Adam lr 2.5e-3 -> 5e-6.
-    recipes = {
-        "cifar": {"epochs": 500, "batch_size": 50, "optimizer": "adam", "lr": 0.01,
-                  "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "linear",
-                  "schedule_args": {"end": 0.1},
-                  "binarizer_hparams": {"threshold": _linear(1e-5, 1e-8),
-                                        "gamma": _linear(1e-2, 1e-5),
-                                        "sigma": _linear(1e-7, 1e-2)}},
-        "imagenet": {"epochs": 150, "batch_size": 1024, "optimizer": "adam", "lr": 2.5e-3,
-                     "weight_decay": 0.0, "warmup_epochs": 0, "schedule": "linear",
-                     "schedule_args": {"end": 5e-6 / 2.5e-3},
-                     "binarizer_hparams": {"threshold": _linear(1e-8, 1e-5),
-                                           "gamma": _linear(1e-4, 1e-9),
-                                           "sigma": _linear(1e-5, 1e-2)}},
-    }
+    # The paper's CIFAR-10 settings and the authors' ImageNet ones: bnas/recipes/bop2-*.yaml.
+    recipes = {"cifar": "bop2-cifar", "imagenet": "bop2-imagenet"}

@@ -98,16 +98,8 @@ class Plain(Binarizer):
     name = "plain"
     paper = "Kim, Singh, Choi. Learning Architectures for Binary Networks. ECCV 2020"
     conv_class = PlainConv2d
-    # BNAS's recipes (Sec. 4.1 and its public training scripts). ImageNet ran 256 images per
-    # process on 4 processes: 1024 in all; its cosine warm restarts have a 50-epoch period.
-    recipes = {
-        "cifar": {"epochs": 600, "lr": 0.05, "weight_decay": 3e-6, "batch_size": 256,
-                  "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 0,
-                  "schedule": "onecycle", "drop_path": 0.2},
-        "imagenet": {"epochs": 250, "lr": 0.05, "weight_decay": 3e-5, "batch_size": 1024,
-                     "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 0,
-                     "schedule": "cosine_restarts", "label_smoothing": 0.1, "grad_clip": 5.0},
-    }
+    # BNAS's recipes (Sec. 4.1 and its public training scripts): bnas/recipes/bnas-*.yaml.
+    recipes = {"cifar": "bnas-cifar", "imagenet": "bnas-imagenet"}
 
     def clip_grad_norm_(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
         """Clip as BNAS does: the norm counts each binary convolution's gradient with respect to

@@ -149,13 +149,7 @@ class RBNN(Binarizer):
              "NeurIPS 2020")
     conv_class = RBNNConv2d
     hparams = {"Tmin": 1e-2, "Tmax": 1e1, "rotation_update": 1, "a32": False}
-    recipes = {
-        "cifar": {"epochs": 1000, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 256,
-                  "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 5, "schedule": "cosine"},
-        "imagenet": {"epochs": 150, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 256,
-                     "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 0,
-                     "schedule": "cosine"},
-    }
+    recipes = {"cifar": "rbnn-cifar", "imagenet": "rbnn-imagenet"}
 
     def validate(self) -> None:
         t_min = number(self.name, "Tmin", self.Tmin)

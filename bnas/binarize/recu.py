@@ -88,13 +88,7 @@ class ReCU(Binarizer):
              "Binary Neural Networks. ICCV 2021")
     conv_class = ReCUConv2d
     hparams = {"tau_min": 0.85, "tau_max": 0.99}
-    recipes = {
-        "cifar": {"epochs": 600, "lr": 0.1, "weight_decay": 5e-4, "batch_size": 256,
-                  "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 5, "schedule": "cosine"},
-        "imagenet": {"epochs": 200, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 512,
-                     "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 5,
-                     "schedule": "cosine"},
-    }
+    recipes = {"cifar": "recu-cifar", "imagenet": "recu-imagenet"}
 
     def validate(self) -> None:
         lo = number(self.name, "tau_min", self.tau_min)

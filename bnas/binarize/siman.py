@@ -112,13 +112,7 @@ class SiMaN(Binarizer):
              "Binarization. TPAMI 2022")
     conv_class = SiMaNConv2d
     hparams = {"percent": 15.0}
-    recipes = {
-        "cifar": {"epochs": 400, "lr": 0.1, "weight_decay": 5e-4, "batch_size": 256,
-                  "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 5, "schedule": "cosine"},
-        "imagenet": {"epochs": 150, "lr": 0.1, "weight_decay": 1e-4, "batch_size": 256,
-                     "momentum": 0.9, "optimizer": "sgd", "warmup_epochs": 0,
-                     "schedule": "cosine"},
-    }
+    recipes = {"cifar": "siman-cifar", "imagenet": "siman-imagenet"}
 
     def validate(self) -> None:
         percent = number(self.name, "percent", self.percent)

@@ -3,8 +3,8 @@
 A run's configuration is resolved from four layers, later ones winning:
 
 1. the defaults of :class:`TrainConfig`;
-2. the binarizer's own recipe for the dataset family (``Binarizer.recipes["cifar"]`` or
-   ``["imagenet"]``: the settings of the scheme's paper);
+2. the binarizer's own recipe for the dataset family (``Binarizer.recipe("cifar")`` or
+   ``("imagenet")``: the preset of the scheme's paper, e.g. ``recu-cifar``);
 3. a preset: a YAML (or JSON) file under ``bnas/recipes/`` given by name (``bnas-cifar``), any
    file path (e.g. the ``config.yaml`` of an earlier run or the ``best.yaml`` of ``bnas tune``),
    or, when none is given, the recipe of the named configuration (``--config bnas-a`` ->
@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from .. import presets
 from ..binarize import BINARIZERS
 from ..data.info import DATASET_INFO, dataset_info
 from ..errors import BnasError, unknown
@@ -33,7 +34,6 @@ from ..model.configs import CONFIGS
 from .data import LOADERS
 from .schedules import SCHEDULES, build_schedule
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "recipes"
 AMP_MODES = ("bf16", "fp16")
 OPTIMIZERS = ("sgd", "adam")
 #: Mapping fields that belong to another field (their owner); see :func:`_combine`.
@@ -165,36 +165,20 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # -- presets ---------------------------------------------------------------------------------
 def preset_names() -> list[str]:
     """The presets shipped in ``bnas/recipes/``."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def _preset_path(preset: str | Path) -> Path:
-    path = Path(preset).expanduser()
-    if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
-        if not path.is_file():
-            raise BnasError(f"preset file not found: {path}")
-        return path
-    if str(preset) not in preset_names():
-        raise unknown("recipe preset", str(preset), preset_names())
-    return PRESET_DIR / f"{preset}.yaml"
+    return presets.names()
 
 
 def load_preset(preset: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A preset's settings; ``extends: NAME`` includes another preset first."""
-    path = _preset_path(preset)
-    if path in _seen:
-        raise BnasError(f"preset {path} extends itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise BnasError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise BnasError(f"{path}: a preset is a mapping of settings")
+    file = presets.path(preset)
+    if file in _seen:
+        raise BnasError(f"preset {file} extends itself")
+    data = presets.read(file)
     base = data.pop("extends", None)
-    _check_keys(data, f"preset {path}")
+    _check_keys(data, f"preset {file}")
     if base is None:
         return data
-    return _combine([load_preset(base, (*_seen, path)), data])
+    return _combine([load_preset(base, (*_seen, file)), data])
 
 
 def _check_keys(settings: dict[str, Any], where: str) -> None:
@@ -236,7 +220,7 @@ def resolve_config(preset: str | Path | None, overrides: dict[str, Any]) -> Trai
     defaults = {name: getattr(TrainConfig(), name) for name in FIELDS}
     pick = {**defaults, **layer, **given}
     style = dataset_info(pick["dataset"]).style
-    recipe = dict(BINARIZERS.get(pick["binarizer"]).recipes.get(style, {}))
+    recipe = BINARIZERS.get(pick["binarizer"]).recipe(style)
     _check_keys(recipe, f"the {pick['binarizer']} recipe")
     recipe["binarizer"] = pick["binarizer"]
     return TrainConfig(**_combine([defaults, recipe, layer, given])).validate()

@@ -3,7 +3,8 @@
 A binary operation is BNAS's template (Kim et al., ECCV 2020, Sec. 3.1): BatchNorm ->
 binary activation -> binary-weight convolution -> ReLU. The binarizer supplies the
 convolution, which binarizes its own input, so no real value slips between the sign and the
-convolution.
+convolution. With its ``lean`` attribute set (evaluated cells set it, see
+:func:`bnas.ops.lean.set_lean`) it trains through :mod:`bnas.ops.lean`: same maths, less memory.
 """
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ import torch
 from torch import nn
 
 from ..binarize.base import Binarizer
+from .lean import binary_conv_relu, lean_capable
 
 
 class BinConvOp(nn.Sequential):
-    """BatchNorm(C_in) -> binary conv (sign input, binary weights) -> ReLU."""
+    """BatchNorm(C_in) -> binary conv (sign input, binary weights) -> ReLU.
+
+    ``forward(x, factor)`` also multiplies by a per-sample drop-path factor when one is given.
+    """
+
+    lean = False
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int,
                  binarizer: Binarizer, dilation: int = 1, affine: bool = True) -> None:
@@ -23,6 +30,16 @@ class BinConvOp(nn.Sequential):
         self.conv = binarizer.conv(c_in, c_out, kernel_size, stride=stride, padding=padding,
                                    dilation=dilation)
         self.relu = nn.ReLU(inplace=False)
+        self._lean_capable: bool | None = None
+
+    def forward(self, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training and self.lean and not torch.is_autocast_enabled(x.device.type):
+            if self._lean_capable is None:
+                self._lean_capable = lean_capable(self.bn, self.conv)
+            if self._lean_capable:
+                return binary_conv_relu(self.bn, self.conv, x, factor)
+        y = super().forward(x)
+        return y if factor is None else y * factor
 
 
 class RealConvOp(nn.Sequential):

@@ -1,0 +1,198 @@
+"""Memory-lean autograd functions for training binary operations, same maths as the modules.
+
+BNAS's binary operation (Kim et al., ECCV 2020, Sec. 3.1) is ``relu(s * conv(b(BN(x)), W_b))``:
+BatchNorm in training mode, the scheme's activation binarizer ``b`` (``binarize_input``), a
+convolution with the scheme's binary weight ``W_b`` (``binary_weight``), its optional
+per-channel output scale ``s`` (``scale_output``) and a ReLU, optionally times a per-sample
+drop-path factor. Composed from modules, autograd keeps the normalised input, its binary copy,
+the binarizer's own tensors and the float output. :class:`BinaryConvRelu` keeps only ``x``
+(which its other users keep anyway), the batch statistics and a one-byte ReLU mask; the backward
+pass recomputes the normalised input and its binarization, and takes the activation gradient by
+running ``binarize_input`` under autograd on it, so every scheme's own straight-through rule
+applies unchanged. The latent weight's gradient goes through ``binary_weight()`` as usual.
+
+Both passes normalise with the kernel :class:`~torch.nn.BatchNorm2d` runs (the backward pass
+without running statistics), so the recomputed binary input is bit-identical to the forward one
+and to the composed modules' (a sign is sensitive to the last bit of a value near zero).
+The convolution is ``F.conv2d`` as in the modules, for the same reason: binary convolutions sum
+``+-alpha`` terms that often cancel exactly, and the ReLU's gradient depends on which side of zero
+the rounding falls. Under autocast the composed modules run instead.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..binarize.base import BinaryConv2d
+
+Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
+
+
+def conv_geometry(conv: nn.Conv2d) -> Geometry:
+    """``(stride, padding, dilation)`` of ``conv``."""
+    return conv.stride, conv.padding, conv.dilation
+
+
+def conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
+                  mask: tuple[bool, bool]) -> tuple[torch.Tensor | None, ...]:
+    """The input and weight gradients of ``conv2d(x, weight)`` that ``mask`` asks for."""
+    stride, padding, dilation = geometry
+    dx, dw, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1,
+        [mask[0], mask[1], False])
+    return dx, dw
+
+
+def bn_momentum(bn: nn.BatchNorm2d) -> float:
+    """The running-statistics factor of ``bn``'s next training step (as ``BatchNorm2d.forward``,
+    which also counts the batch)."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def output_scale(conv: BinaryConv2d) -> torch.Tensor | None:
+    """``s`` ``(1, O, 1, 1)`` with ``conv.scale_output(y) == s * y`` (differentiable w.r.t. the
+    scheme's scale parameters), or None when the scheme has no output scale."""
+    if type(conv).scale_output is BinaryConv2d.scale_output:
+        return None
+    return conv.scale_output(conv.weight.new_ones(1, conv.out_channels, 1, 1)).reshape(1, -1, 1, 1)
+
+
+def scale_is_per_channel(conv: BinaryConv2d) -> bool:
+    """Whether ``conv.scale_output`` multiplies each output channel by :func:`output_scale`."""
+    scale = output_scale(conv)
+    if scale is None:
+        return True
+    with torch.no_grad():  # a fixed probe: drawing random numbers would shift the seed's stream
+        y = torch.linspace(-2.0, 3.0, 18 * conv.out_channels, dtype=conv.weight.dtype)
+        y = y.view(2, conv.out_channels, 3, 3)
+        return torch.allclose(conv.scale_output(y), y * scale)
+
+
+def drop_factor(n: int, like: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Drop path's per-sample factor ``mask / keep`` ``(n, 1, 1, 1)``: zero with probability
+    ``drop_prob``, ``1 / (1 - drop_prob)`` otherwise (FractalNet; DARTS's ``drop_path``)."""
+    keep = 1.0 - drop_prob
+    mask = torch.empty(n, 1, 1, 1, device=like.device, dtype=like.dtype).bernoulli_(keep)
+    return mask.div_(keep)
+
+
+def _normalize(x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+               eps: float) -> torch.Tensor:
+    """BatchNorm of ``x`` with its batch statistics, by the kernel ``BatchNorm2d`` uses (so the
+    result is bit-identical to the forward pass's), without touching running statistics."""
+    return torch.ops.aten.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)[0]
+
+
+class BinaryConvRelu(torch.autograd.Function):
+    """``relu(s * conv(b(BN(x)), W_b)) * f`` of a :class:`~bnas.ops.BinConvOp` in training mode
+    (see the module docstring); ``f`` is the optional drop-path factor ``(N, 1, 1, 1)``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+                weight: torch.Tensor, scale: torch.Tensor | None, factor: torch.Tensor | None,
+                bn: nn.BatchNorm2d, conv: BinaryConv2d) -> torch.Tensor:
+        z, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, gamma, beta, bn.running_mean, bn.running_var, True, bn_momentum(bn), bn.eps)
+        xb = conv.binarize_input(z)
+        del z
+        y = F.conv2d(xb, weight, None, *conv_geometry(conv))
+        del xb
+        if scale is not None:
+            y.mul_(scale)
+        mask = y.relu_() > 0
+        if factor is not None:
+            y.mul_(factor)
+        ctx.bn, ctx.conv = bn, conv
+        ctx.save_for_backward(x, gamma, beta, weight, scale, factor, mean, invstd, mask)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, gamma, beta, weight, scale, factor, mean, invstd, mask = ctx.saved_tensors
+        need_x, need_gamma, need_beta, need_weight, need_scale = ctx.needs_input_grad[:5]
+        bn, conv = ctx.bn, ctx.conv
+        gy = torch.where(mask, g, 0.0)
+        if factor is not None:
+            gy.mul_(factor)
+        z = _normalize(x, gamma, beta, bn.eps)
+        with torch.enable_grad():
+            xb = conv.binarize_input(z.requires_grad_())
+        folded = weight if scale is None else weight * scale.view(-1, 1, 1, 1)
+        need_dx = need_x or need_gamma or need_beta
+        dxb, dw = conv_backward(gy, xb.detach(), folded, conv_geometry(conv),
+                                (need_dx, need_weight or need_scale))
+        del gy
+        g_weight = g_scale = None
+        if dw is not None and scale is not None:
+            g_scale = (dw * weight).sum(dim=(1, 2, 3)).view_as(scale) if need_scale else None
+            dw = dw * scale.view(-1, 1, 1, 1) if need_weight else None
+        g_weight = dw if need_weight else None
+        dx = g_gamma = g_beta = None
+        if need_dx:
+            (dz,) = torch.autograd.grad(xb, z, dxb)
+            del xb, z, dxb
+            dx, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
+                dz, x, gamma, None, None, mean, invstd, True, bn.eps,
+                [need_x, need_gamma and gamma is not None, need_beta and beta is not None])
+        return dx, g_gamma, g_beta, g_weight, g_scale, None, None, None
+
+
+def binary_conv_relu(bn: nn.BatchNorm2d, conv: BinaryConv2d, x: torch.Tensor,
+                     factor: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu(conv(bn(x))) * factor`` in training mode through :class:`BinaryConvRelu`."""
+    return BinaryConvRelu.apply(x, bn.weight, bn.bias, conv.binary_weight(), output_scale(conv),
+                                factor, bn, conv)
+
+
+def lean_capable(bn: nn.BatchNorm2d, conv: nn.Module) -> bool:
+    """Whether :func:`binary_conv_relu` computes ``relu(conv(bn(x)))`` for these modules."""
+    return (isinstance(conv, BinaryConv2d) and conv.bias is None and conv.groups == 1
+            and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+            and (bn.weight is None) == (bn.bias is None) and scale_is_per_channel(conv))
+
+
+class CellOutput(torch.autograd.Function):
+    """``cat(nodes, dim=1) + residual`` written straight into one tensor of ``shape`` per node
+    (dtype and device of ``like``); a node given as None is all zeros (it costs
+    nothing). Parameters in ``dead`` (those of operations whose output
+    only ever meets ``zeroise``) get the zero gradient the composed modules give them."""
+
+    @staticmethod
+    def forward(ctx, like: torch.Tensor, shape: Sequence[int], residual: torch.Tensor | None,
+                n_dead: int, *tensors: torch.Tensor | None) -> torch.Tensor:
+        nodes = tensors[n_dead:]
+        channels = shape[1]
+        out = like.new_empty(shape[0], channels * len(nodes), *shape[2:])
+        for i, node in enumerate(nodes):
+            part = out[:, i * channels:(i + 1) * channels]
+            r = None if residual is None else residual[:, i * channels:(i + 1) * channels]
+            if node is None:
+                part.zero_() if r is None else part.copy_(r)
+            elif r is None:
+                part.copy_(node)
+            else:
+                torch.add(r, node, out=part)
+        ctx.channels, ctx.n_dead = channels, n_dead
+        ctx.present = [t is not None for t in nodes]
+        ctx.save_for_backward(*tensors[:n_dead])
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        c = ctx.channels
+        dead = [torch.zeros_like(p) for p in ctx.saved_tensors]
+        nodes = [g[:, i * c:(i + 1) * c] if present else None
+                 for i, present in enumerate(ctx.present)]
+        return (None, None, g if ctx.needs_input_grad[2] else None, None, *dead, *nodes)
+
+
+def set_lean(model: nn.Module, enabled: bool) -> None:
+    """Switch every module of ``model`` with a lean training path (``lean`` attribute) to it, or
+    back to the straightforward composition of its sub-modules (the reference for tests)."""
+    for module in model.modules():
+        if hasattr(module, "lean"):
+            module.lean = enabled

@@ -115,7 +115,7 @@ class BinaryConvRelu(torch.autograd.Function):
         x, gamma, beta, weight, scale, factor, mean, invstd, mask = ctx.saved_tensors
         need_x, need_gamma, need_beta, need_weight, need_scale = ctx.needs_input_grad[:5]
         bn, conv = ctx.bn, ctx.conv
-        gy = torch.where(mask, g, 0.0)
+        gy = g * mask  # faster than torch.where on CPUs
         if factor is not None:
             gy.mul_(factor)
         z = _normalize(x, gamma, beta, bn.eps)

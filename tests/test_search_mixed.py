@@ -11,6 +11,7 @@ from bnas.model.cell import EvalCell
 from bnas.ops import SPACES, Zero
 from bnas.search import topology
 from bnas.search.cell import FastCell
+from bnas.search.mixed import _grouped_input_grad, _pack_masks, _unpack_mask, fast_layout
 from bnas.search.network import SearchNetwork
 from search_helpers import copy_network, edge_convs
 
@@ -110,6 +111,52 @@ def test_fast_path_keeps_far_less_for_the_backward_pass(mode):
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
     assert saved_bytes(fast, x, y, mode) < saved_bytes(ref, x, y, "both") / 3
     assert not any(isinstance(m, Zero) for m in fast.modules())  # zeroise is never computed
+
+
+# -- float32: channels-last memory layout, packed ReLU masks -------------------------------------
+@pytest.mark.parametrize("space", ["bnas", "bnas-skip"])
+def test_float32_channels_last_fast_path_matches_reference_path(space):
+    """In float32 the fast path runs channels-last (see ``fast_layout``); it still computes what
+    the straightforward path computes, to float32 rounding."""
+    fast, ref = pair("plain", space, c=8)
+    fast.float(), ref.float()
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    logits = run(fast, x, y)
+    torch.testing.assert_close(logits, run(ref, x, y), rtol=1e-4, atol=1e-5)
+    grads = [(a.grad, b.grad) for a, b in zip(fast.arch_parameters(), ref.arch_parameters())]
+    grads.append((fast.stem[1].weight.grad, ref.stem[1].weight.grad))
+    for a, b in grads:
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+
+
+def test_fast_layout_is_channels_last_in_float32_only():
+    x = torch.randn(2, 4, 5, 5)
+    assert fast_layout(x).is_contiguous(memory_format=torch.channels_last)
+    assert fast_layout(x.double()).is_contiguous()
+
+
+def test_packed_masks_unpack_to_the_masks():
+    masks = [torch.rand(3, 4, 5) > 0.5 for _ in range(8)]
+    packed = _pack_masks(masks)
+    assert packed.dtype == torch.uint8 and packed.shape == masks[0].shape
+    for k, mask in enumerate(masks):
+        assert torch.equal(_unpack_mask(packed, k), mask.to(torch.uint8))
+
+
+@pytest.mark.parametrize("stride, padding, dilation, k", [(1, 1, 1, 3), (2, 2, 1, 5), (1, 4, 2, 5),
+                                                          (2, 2, 2, 3)])
+def test_grouped_input_gradient_is_each_edges_input_gradient(stride, padding, dilation, k):
+    edges, c_in, c = 3, 4, 2
+    x = torch.randn(2, c_in, 9, 9, dtype=torch.float64)
+    weight = torch.randn(edges * c, c_in, k, k, dtype=torch.float64)
+    g = torch.randn_like(F.conv2d(x, weight, None, stride, padding, dilation))
+    geometry = ((stride,) * 2, (padding,) * 2, (dilation,) * 2)
+    dx = _grouped_input_grad(g, weight, x.shape, geometry, edges)
+    for e in range(edges):
+        xe = x.clone().requires_grad_()
+        ye = F.conv2d(xe, weight[e * c:(e + 1) * c], None, stride, padding, dilation)
+        (expected,) = torch.autograd.grad(ye, xe, g[:, e * c:(e + 1) * c])
+        close(dx[:, e], expected, f"edge {e} input gradient")
 
 
 # -- a supernet with one-hot weights is the genotype's cell ------------------------------------

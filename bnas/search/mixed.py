@@ -51,9 +51,12 @@ from torch.nn.modules.utils import _pair
 from ..binarize.base import Binarizer, BinaryConv2d
 from ..errors import BnasError
 from ..ops import SPACES, BinConvOp, BinFactorizedReduce, Identity, RealConvOp, Zero, make_op
+from ..ops.lean import Geometry
+from ..ops.lean import bn_momentum as _momentum
+from ..ops.lean import conv_backward as _conv_backward
+from ..ops.lean import conv_geometry as _geometry
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
-Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
 
 
 def search_op(name: str, c: int, stride: int, binarizer: Binarizer) -> nn.Module:
@@ -77,25 +80,80 @@ class MixedOp(nn.Module):
 
 
 # -- the fast path ------------------------------------------------------------------------------
-def _conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
-                   mask: tuple[bool, bool]) -> tuple[torch.Tensor | None, ...]:
-    """The input and weight gradients of ``conv2d(x, weight)`` that ``mask`` asks for."""
-    stride, padding, dilation = geometry
-    dx, dw, _ = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1,
-        [mask[0], mask[1], False])
-    return dx, dw
+# Data types whose convolutions (oneDNN on CPUs, cuDNN) run faster channels-last. float64 (the
+# equivalence tests) keeps PyTorch's native NCHW kernels, whose sums do not depend on how many
+# output channels a convolution computes (their native channels-last ones do).
+_CHANNELS_LAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether the fast path lays ``x``'s data type out channels-last."""
+    return x.dtype in _CHANNELS_LAST_DTYPES
+
+
+def fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` in the fast path's memory layout (a no-op when it already is);
+    every operation of the fast path then keeps that layout."""
+    if _channels_last(x):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
+def _edge_layout(a: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``a`` ``(N, E, C, H, W)`` laid out as a stacked convolution's output viewed per edge:
+    ``(N, H, W, E, C)`` in memory when channels-last, else contiguous."""
+    if channels_last:
+        return a.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    return a.contiguous()
 
 
 def _per_edge_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``<a[:, e], b>`` for each edge ``e`` of ``a`` ``(N, E, ...)`` and ``b`` ``(N, ...)``."""
-    n, edges = a.shape[:2]
-    return torch.bmm(a.reshape(n, edges, -1), b.reshape(n, -1, 1)).sum(dim=0).view(edges)
+    """``<a[:, e], b>`` for each edge ``e`` of ``a`` ``(N, E, C, H, W)`` (see
+    :func:`_edge_layout`) and ``b`` ``(N, C, H, W)`` in the same layout."""
+    n, edges, channels = a.shape[:3]
+    if a.is_contiguous():
+        return torch.bmm(a.view(n, edges, -1), b.reshape(n, -1, 1)).sum(dim=0).view(edges)
+    # Channels-last: per pixel an E x C by C product, summed over pixels.
+    pixels = a.permute(0, 3, 4, 1, 2).reshape(-1, edges, channels)
+    return torch.bmm(pixels, b.permute(0, 2, 3, 1).reshape(-1, channels, 1)).sum(dim=0).view(edges)
 
 
-def _edge_sum(a: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_e weights[e] * a[:, e]`` for ``a`` ``(N, E, ...)``."""
-    return (a * weights.view(1, -1, *([1] * (a.dim() - 2)))).sum(dim=1)
+def _add_edge_sum_(out: torch.Tensor, a: torch.Tensor, weights: torch.Tensor) -> None:
+    """``out += sum_e weights[e] * a[:, e]`` for ``a`` ``(N, E, ...)``."""
+    for e in range(a.shape[1]):
+        out.addcmul_(a[:, e], weights[e])
+
+
+def _pack_masks(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Boolean masks (at most 8, same shape) as the bits of one byte per element."""
+    packed = masks[0].view(torch.uint8)
+    for k, mask in enumerate(masks[1:], start=1):
+        packed = packed.add(mask.view(torch.uint8), alpha=1 << k)
+    return packed
+
+
+def _unpack_mask(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask ``k`` of :func:`_pack_masks` as 0 / 1 bytes (multiplying by them is faster than
+    ``torch.where`` on CPUs)."""
+    return torch.bitwise_right_shift(packed, k).bitwise_and_(1)
+
+
+def _per_channel(w: torch.Tensor, channels: int) -> torch.Tensor:
+    """Per-edge factors ``(E,)`` repeated for each of an edge's ``channels`` output channels,
+    shaped to scale a stacked weight ``(E*channels, ...)``."""
+    return w.repeat_interleave(channels).view(-1, 1, 1, 1)
+
+
+def _grouped_input_grad(g: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size,
+                        geometry: Geometry, edges: int) -> torch.Tensor:
+    """``conv^T(g_e, W_e)`` for each edge: the input gradients ``(N, E, C_in, H, W)`` of the
+    ``E`` convolutions stacked in ``weight``, as one grouped transposed convolution (in the
+    layout of ``g``; ``torch.nn.grad.conv2d_input`` would make it contiguous)."""
+    stride, padding, dilation = geometry
+    out_padding = [x_shape[2 + i] - ((g.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                                     + dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in (0, 1)]
+    dx = F.conv_transpose2d(g, weight, None, stride, padding, out_padding, edges, dilation)
+    return dx.view(x_shape[0], edges, *x_shape[1:])
 
 
 class _BinaryMix(torch.autograd.Function):
@@ -103,8 +161,13 @@ class _BinaryMix(torch.autograd.Function):
 
     ``xb`` is the binary input ``(N, C_in, H, W)``; ``W_k`` stacks the binary weights of all
     ``E`` edges for kernel geometry ``k`` (``E*C`` output channels); ``L_l`` are edge-independent
-    terms (pooling, identity). ``out`` is ``(N, E, C, H', W')``. Only the sign of each
-    convolution's output is kept for the backward pass.
+    terms (pooling, identity). ``out`` is ``(N, E, C, H', W')``, channels-last per edge. Only
+    the sign of each convolution's output is kept for the backward pass, as one bit per
+    convolution of one byte per element.
+
+    The backward pass scales the small stacked weights by the edge weights instead of the
+    large output gradients: ``conv^T(w_e g, W_e) = conv^T(g, w_e W_e)`` and
+    ``dW_e(w_e g) = w_e dW_e(g)`` (both linear).
     """
 
     @staticmethod
@@ -123,57 +186,66 @@ class _BinaryMix(torch.autograd.Function):
             masks.append(y > 0)
         for l, term in enumerate(linear):
             ul = u[:, l].view(1, edges, 1, 1, 1)
-            out = term.unsqueeze(1) * ul if out is None else out.addcmul_(term.unsqueeze(1), ul)
-        ctx.geometry = tuple(geometry)
+            if out is None:
+                out = _edge_layout(term.unsqueeze(1) * ul, _channels_last(term))
+            else:
+                out.addcmul_(term.unsqueeze(1), ul)
+        ctx.geometry, ctx.channels_last = tuple(geometry), _channels_last(out)
         ctx.x_dtype = None if xb is None else xb.dtype
         # The terms are only needed for their weights' gradients; a binary input is kept in
         # one byte per value when that is lossless.
         kept = linear if ctx.needs_input_grad[3] else [None] * len(linear)
-        ctx.save_for_backward(_compact(xb), w, u, *weights, *masks, *kept)
+        packed = _pack_masks(masks) if masks else None
+        ctx.save_for_backward(_compact(xb), w, u, packed, *weights, *kept)
         return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         k_convs = len(ctx.geometry)
-        xb, w, u, *rest = ctx.saved_tensors
+        xb, w, u, packed, *rest = ctx.saved_tensors
         xb = None if xb is None else xb.to(ctx.x_dtype)
-        weights, masks, linear = rest[:k_convs], rest[k_convs:2 * k_convs], rest[2 * k_convs:]
+        weights, linear = rest[:k_convs], rest[k_convs:]
         need_w, need_u, need_x = ctx.needs_input_grad[2:5]
         need_weights = ctx.needs_input_grad[5:5 + k_convs]
         need_linear = ctx.needs_input_grad[5 + k_convs:]
-        g = g.contiguous()
+        g = _edge_layout(g, ctx.channels_last)
         n, edges, channels, h, wd = g.shape
         gw = torch.zeros_like(w) if need_w else None
         gu = torch.zeros_like(u) if need_u else None
         gx = torch.zeros_like(xb) if need_x else None
         g_weights: list[torch.Tensor | None] = [None] * k_convs
         for k, geometry in enumerate(ctx.geometry):
-            wk = w[:, k].view(1, edges, 1, 1, 1)
-            gm = g * masks[k]
+            if not (need_w or need_x or need_weights[k]):
+                continue
+            gm = (g * _unpack_mask(packed, k)).view(n, -1, h, wd)
             if need_w:
                 # Per-edge input gradients conv^T(g_e * mask_e, W_e): a grouped transposed
                 # convolution; <., xb> per edge is d loss / d w[e, k].
-                shape = (n, edges * xb.shape[1], *xb.shape[2:])
-                dx = torch.nn.grad.conv2d_input(shape, weights[k], gm.view(n, -1, h, wd),
-                                                *geometry, groups=edges)
-                dx = dx.view(n, edges, *xb.shape[1:])
+                dx = _grouped_input_grad(gm, weights[k], xb.shape, geometry, edges)
                 gw[:, k] = _per_edge_dot(dx, xb)
                 if need_x:
-                    gx += _edge_sum(dx, w[:, k])
+                    _add_edge_sum_(gx, dx, w[:, k])
                 if need_weights[k]:
-                    g_weights[k] = _conv_backward((gm * wk).view(n, -1, h, wd), xb, weights[k],
-                                                  geometry, (False, True))[1]
-            elif need_x or need_weights[k]:
-                gy = gm.mul_(wk).view(n, -1, h, wd)
-                dx, g_weights[k] = _conv_backward(gy, xb, weights[k], geometry,
-                                                  (need_x, need_weights[k]))
+                    dw = _conv_backward(gm, xb, weights[k], geometry, (False, True))[1]
+                    g_weights[k] = dw * _per_channel(w[:, k], channels)
+            else:
+                scale = _per_channel(w[:, k], channels)
+                dx, dw = _conv_backward(gm, xb, weights[k] * scale, geometry,
+                                        (need_x, need_weights[k]))
                 if need_x:
                     gx += dx
+                if need_weights[k]:
+                    g_weights[k] = dw * scale
         g_linear = []
         for l, term in enumerate(linear):
             if need_u:
                 gu[:, l] = _per_edge_dot(g, term)
-            g_linear.append(_edge_sum(g, u[:, l]) if need_linear[l] else None)
+            if need_linear[l]:
+                g_l = torch.zeros_like(g[:, 0])
+                _add_edge_sum_(g_l, g, u[:, l])
+                g_linear.append(g_l)
+            else:
+                g_linear.append(None)
         return (None, None, gw, gu, gx, *g_weights, *g_linear)
 
 
@@ -182,19 +254,19 @@ class _PoolNorm(torch.autograd.Function):
 
     Only ``x`` (which the node's other operations keep anyway) and the batch statistics are
     kept for the backward pass, which recomputes the poolings, instead of each pooled tensor,
-    its normalised copy and (max pooling) 8-byte argmax indices. The poolings run on one
-    channels-last copy of ``x`` (PyTorch's vectorised CPU kernels; same values).
+    its normalised copy and (max pooling) 8-byte argmax indices. Everything is channels-last
+    (PyTorch's vectorised CPU kernels; same values).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, pools: Sequence[nn.Sequential]) -> tuple[torch.Tensor, ...]:
-        xc = x.contiguous(memory_format=torch.channels_last)
+        xc = fast_layout(x)
         outs, stats = [], []
         for op, bn in pools:
             y, mean, invstd = torch.ops.aten.native_batch_norm(
                 _pooled(op, xc), None, None, bn.running_mean, bn.running_var, True,
                 _momentum(bn), bn.eps)
-            outs.append(y.contiguous())
+            outs.append(y)
             stats += [mean, invstd]
         ctx.pools = pools
         ctx.save_for_backward(x, *stats)
@@ -203,12 +275,12 @@ class _PoolNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
         x, *stats = ctx.saved_tensors
-        xc = x.contiguous(memory_format=torch.channels_last)
+        xc = fast_layout(x)
         gx = torch.zeros_like(xc)
         for i, ((op, bn), g) in enumerate(zip(ctx.pools, grads)):
             if g is None:
                 continue
-            g = g.contiguous(memory_format=torch.channels_last)
+            g = fast_layout(g)
             if isinstance(op, nn.MaxPool2d):
                 args = [_pair(v) for v in (op.kernel_size, op.stride, op.padding, op.dilation)]
                 pooled, where = torch.ops.aten.max_pool2d_with_indices(xc, *args, op.ceil_mode)
@@ -224,7 +296,7 @@ class _PoolNorm(torch.autograd.Function):
                 gx += torch.ops.aten.avg_pool2d_backward(gp, xc, op.kernel_size, op.stride,
                                                          op.padding, op.ceil_mode,
                                                          op.count_include_pad, op.divisor_override)
-        return gx.contiguous(), None
+        return gx, None
 
 
 def _pooled(op: nn.Module, xc: torch.Tensor) -> torch.Tensor:
@@ -233,20 +305,14 @@ def _pooled(op: nn.Module, xc: torch.Tensor) -> torch.Tensor:
     return op(xc)
 
 
-def _momentum(bn: nn.BatchNorm2d) -> float:
-    """The running-statistics factor of ``bn``'s next training step (as ``BatchNorm2d.forward``)."""
-    bn.num_batches_tracked.add_(1)
-    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-
-
 def _pools(pools: Sequence[nn.Sequential], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``BatchNorm(pool(x))`` for each search pooling (see :func:`search_op`)."""
     if not pools:
         return ()
     if pools[0][1].training:
         return _PoolNorm.apply(x, pools)
-    xc = x.contiguous(memory_format=torch.channels_last)
-    return tuple(bn(_pooled(op, xc)).contiguous() for op, bn in pools)
+    xc = fast_layout(x)
+    return tuple(bn(_pooled(op, xc)) for op, bn in pools)
 
 
 class _NormConvRelu(torch.autograd.Function):
@@ -325,10 +391,6 @@ def _binary_weight(conv: BinaryConv2d, detach: bool) -> torch.Tensor:
     return weight if scale is None else weight * scale
 
 
-def _geometry(conv: nn.Conv2d) -> Geometry:
-    return conv.stride, conv.padding, conv.dilation
-
-
 # How the fast path treats each kind of candidate module (fail early on anything else).
 _KINDS: dict[type, str] = {Zero: "zero", nn.MaxPool2d: "pool", nn.AvgPool2d: "pool",
                            Identity: "identity", BinConvOp: "conv", BinFactorizedReduce: "reduce"}
@@ -396,6 +458,7 @@ class FanOut(nn.Module):
         return torch.cat([_binary_weight(conv, self.weights_frozen) for conv in convs])
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = fast_layout(x)
         needs_binary = bool(self.convs) or bool(self.reduces)
         z = self.bn(x) if needs_binary else None
         xb = self._binarizing_conv().binarize_input(z) if needs_binary else None

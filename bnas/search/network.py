@@ -21,7 +21,7 @@ from ..model.network import reduction_layers
 from ..ops import SPACES, RealConvOp
 from . import topology
 from .cell import CELLS
-from .mixed import FanOut
+from .mixed import FanOut, fast_layout
 
 ARCH_NAMES = ("alphas_normal", "alphas_reduce")
 GRAD_MODES = ("both", "weights", "arch")
@@ -120,7 +120,7 @@ class SearchNetwork(nn.Module):
         if self.grad_mode == "weights":
             alphas = {k: a.detach() for k, a in alphas.items()}
         weights = {k: F.softmax(a, dim=-1) for k, a in alphas.items()}
-        s0 = s1 = self.stem(x)
+        s0 = s1 = self.stem(fast_layout(x))
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, weights["reduce" if cell.reduction else "normal"])
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))

@@ -17,7 +17,7 @@ BUDGET = {"arch": "resnet20_1w1a", "dataset": "digits", "epochs": 5, "batch_size
 # Adam's rate have decayed: both end at zero for Bop here (as in the papers' ImageNet recipes),
 # and Bop2ndOrder (whose recipe decays them already) starts Adam at 1e-3.
 QUICK = {
-    "rbnn": {"binarizer_hparams": {"Tmax": 1.0}},
+    "rbnn": {"binarizer_hparams": {"Tmax": 1.0}, "lr": 0.05},
     "bop": {"schedule": "linear",
             "binarizer_hparams": {"gamma": {"schedule": "linear", "start": 1e-3, "end": 0.0}}},
     "bop2": {"lr": 1e-3},

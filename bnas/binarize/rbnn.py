@@ -7,8 +7,10 @@ two orthogonal matrices shared by the layer's out-channels, ``R1^T X R2`` (Eq. 4
 is blended in by a learnable angle per out-channel (the adjustable rotated weight vector,
 Eq. 12): ``w3 = w2 + |sin(theta)| * ((R1^T X R2).detach() - w2)``, ``theta`` initialised to
 ``pi/2``. The convolution uses ``sign(w3)`` and multiplies its output by a learnable
-per-out-channel ``alpha`` initialised to ``mean|W|``. At ``theta = pi/2`` the latent weight's
-gradient is exactly zero (only ``theta`` and ``alpha`` learn until ``theta`` moves).
+per-out-channel ``alpha`` initialised to ``mean|W|`` (folded into the weight,
+``sign(w3) * alpha``: the same output and gradients by linearity, for a weight-sized product
+instead of an activation-sized one). At ``theta = pi/2`` the latent weight's gradient is exactly
+zero (only ``theta`` and ``alpha`` learn until ``theta`` moves).
 
 Sign gradient (training-aware approximation, Eq. 15):
 ``d sign(x)/dx ~ k * max(0, sqrt(2)*t - t^2*|x|)`` with
@@ -30,13 +32,14 @@ rotation; nothing needs to be communicated.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
 
 from .base import Binarizer, BinaryConv2d
 from .hparams import flag, invalid, number, positive_int
-from .normalize import standardize
+from .normalize import standardize, standardized_sign
 from .registry import register
 
 
@@ -62,6 +65,11 @@ def temperature(epoch: int, epochs: int, t_min: float, t_max: float) -> float:
     return 10.0 ** (lo + (hi - lo) * epoch / epochs)
 
 
+def rbnn_slope_(x: torch.Tensor, k: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``k * max(0, sqrt(2)*t - t^2*|x|)`` (RBNN Eq. 15), computed in place in ``x``."""
+    return x.mul_(t * t).abs_().neg_().add_(math.sqrt(2.0) * t).mul_(k).clamp_(min=0.0)
+
+
 class SignRBNN(torch.autograd.Function):
     """``sign(x)`` forward; backward ``k * max(0, sqrt(2)*t - t^2*|x|)`` (RBNN Eq. 15)."""
 
@@ -73,8 +81,7 @@ class SignRBNN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, k, t = ctx.saved_tensors
-        slope = k * (math.sqrt(2.0) * t - (t * t * x).abs())
-        return slope.clamp(min=0) * grad, None, None
+        return rbnn_slope_(x.clone(), k, t).mul_(grad), None, None
 
 
 class RBNNConv2d(BinaryConv2d):
@@ -121,18 +128,17 @@ class RBNNConv2d(BinaryConv2d):
         self.R2.copy_(r2)
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = standardize(x)
         if self.input_precision == 32:
-            return x
-        return SignRBNN.apply(x, torch.ones_like(self.k), self.t.clamp(min=1.0))
+            return standardize(x)
+        return standardized_sign(x, partial(rbnn_slope_, k=torch.ones_like(self.k),
+                                            t=self.t.clamp(min=1.0)))
 
     def binary_weight(self) -> torch.Tensor:
         w2 = self.standardized_weight()
-        w3 = w2 + torch.sin(self.theta).abs() * (self.rotate(w2).detach() - w2)
-        return SignRBNN.apply(w3, self.k, self.t)
-
-    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.alpha
+        with torch.no_grad():  # the rotation is a constant of the step
+            rotated = self.rotate(w2)
+        w3 = w2 + torch.sin(self.theta).abs() * (rotated - w2)
+        return SignRBNN.apply(w3, self.k, self.t) * self.alpha.unsqueeze(1)
 
 
 @register("rbnn", aliases=("RBNN",))

@@ -7,7 +7,9 @@ rectified clamp unit (Eq. 6) with ``Q = -mean(|w1|) * ln(2 - 2*tau)`` (the tau-q
 Laplace distribution of scale ``mean|w1|``, taken over the whole layer; no gradient through
 ``Q``): ``bw = sign(clamp(w1, -Q, Q))`` with an identity straight-through gradient, so only the
 clamp zeroes the gradient of weights outside ``[-Q, Q]``. The output is multiplied by a
-learnable per-out-channel ``alpha`` initialised uniformly in ``[0, 1)``.
+learnable per-out-channel ``alpha`` initialised uniformly in ``[0, 1)`` (folded into the weight,
+``bw * alpha``: the same output and gradients by linearity, for a weight-sized product instead of
+an activation-sized one).
 
 ``tau`` grows exponentially over training (Sec. 4.1): ``tau(e) = A*exp(e/E) + B`` with
 ``A = (tau_max - tau_min) / (exp(1) - 1)`` and ``B = tau_min - A``, i.e. ``tau_min`` at epoch 0
@@ -32,9 +34,9 @@ from torch import nn
 from ..data.info import dataset_info
 from .base import Binarizer, BinaryConv2d
 from .hparams import invalid, number
-from .normalize import standardize
+from .normalize import standardize, standardized_sign
 from .registry import register
-from .ste import sign_bireal_ste, straight_through
+from .ste import bireal_slope_, sign_bireal_ste, straight_through
 
 #: Sub-module names of residual downsample branches (BNAS's cell residual, ResNet shortcuts).
 DOWNSAMPLE_NAMES = frozenset({"residual", "downsample", "shortcut"})
@@ -64,17 +66,14 @@ class ReCUConv2d(BinaryConv2d):
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            x = standardize(x, eps=1e-5, center=False)
+            return standardized_sign(x, bireal_slope_, eps=1e-5, center=False)
         return sign_bireal_ste(x)
 
     def binary_weight(self) -> torch.Tensor:
         w1 = standardize(self.weight, eps=1e-5) * (2.0 * math.sqrt(2.0))
         q = (-w1.abs().mean() * torch.log(2.0 - 2.0 * self.tau)).detach()
         w2 = torch.clamp(w1, -q, q)
-        return straight_through(w2, torch.sign(w2))
-
-    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.alpha
+        return straight_through(w2, torch.sign(w2)) * self.alpha.unsqueeze(1)
 
 
 @register("recu", aliases=("ReCU",))

@@ -13,7 +13,9 @@ Weights, on every forward pass (training and evaluation):
    recomputed in training mode and stored in the ``B`` buffer for evaluation.
 4. ``bw = X - X.detach() + (2B - 1)``: +1 for large magnitudes, -1 for small whatever the
    sign, with an identity gradient into ``|w2|``. The output is multiplied by a learnable
-   per-out-channel ``alpha`` initialised to ``mean|W|``.
+   per-out-channel ``alpha`` initialised to ``mean|W|``, folded into the weight (``bw * alpha``:
+   the same output and gradients by linearity, for a weight-sized product instead of an
+   activation-sized one).
 
 Activations: ``(a - mean) / sqrt(var + 1e-5)`` per sample over ``(C, H, W)``, ``sign`` with
 Bi-Real's backward ``max(0, 2 - 2|x|)``.
@@ -28,6 +30,7 @@ the weights, which are identical on every process, so they agree without communi
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,26 +38,40 @@ from torch import nn
 
 from .base import Binarizer, BinaryConv2d
 from .hparams import invalid, number
-from .normalize import standardize
+from .normalize import standardize, standardized_sign
 from .registry import register
-from .ste import sign_bireal_ste, straight_through
+from .ste import bireal_slope_, straight_through
 
 
-def percentile(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The ``q``-th percentile (0-100) of sorted 1-d ``values``, with ``numpy.percentile``'s
-    default linear interpolation. ``q`` is a tensor, so no value has to leave the device."""
-    last = values.numel() - 1
-    pos = (q / 100.0 * last).clamp(0, last)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=last)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+def percentile(values: torch.Tensor, q: float | torch.Tensor) -> torch.Tensor:
+    """The ``q``-th percentile (0-100) of ``values`` (any shape, any order), with
+    ``numpy.percentile``'s default linear interpolation between the order statistics at
+    ``floor(pos)`` and ``floor(pos) + 1``, ``pos = q/100 * (n - 1)``. The two order statistics
+    come from selection (:func:`torch.kthvalue`), several times cheaper than a full sort."""
+    flat = values.reshape(-1)
+    last = flat.numel() - 1
+    pos = min(max(float(q) / 100.0 * last, 0.0), float(last))
+    lo = math.floor(pos)
+    low = flat.kthvalue(lo + 1).values
+    if pos == lo:
+        return low
+    return low + (flat.kthvalue(lo + 2).values - low) * (pos - lo)
 
 
 def half_mask(x: torch.Tensor) -> torch.Tensor:
-    """1 at the ``floor(N/2)`` largest entries of each row of ``x`` ``(O, N)``, 0 elsewhere."""
-    mask = torch.zeros_like(x)
-    top = torch.topk(x, x.shape[1] // 2, dim=1).indices
-    return mask.scatter_(1, top, 1.0)
+    """1 at the ``floor(N/2)`` largest entries of each row of ``x`` ``(O, N)``, 0 elsewhere.
+
+    The entries at or above each row's ``floor(N/2)``-th largest value (found by selection) are
+    those entries unless that value is tied; only then is the choice among the ties left to
+    :func:`torch.topk`."""
+    half = x.shape[1] // 2
+    if half > 0:
+        threshold = x.kthvalue(x.shape[1] - half + 1, dim=1, keepdim=True).values
+        mask = x >= threshold
+        if bool((mask.sum(dim=1) == half).all()):
+            return mask.to(x.dtype)
+    top = torch.topk(x, half, dim=1).indices
+    return torch.zeros_like(x).scatter_(1, top, 1.0)
 
 
 class SiMaNConv2d(BinaryConv2d):
@@ -82,23 +99,20 @@ class SiMaNConv2d(BinaryConv2d):
         place."""
         w1 = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
         magnitude = w1.abs()
-        ranked = magnitude.flatten().sort().values
-        low = percentile(ranked, self.percent)
-        high = percentile(ranked, 100.0 - self.percent)
-        self.weight.copy_(magnitude.clamp(min=low, max=high) * torch.sign(w1))
+        percent = float(self.percent)
+        low = percentile(magnitude, percent)
+        high = percentile(magnitude, 100.0 - percent)
+        self.weight.copy_(magnitude.clamp_(min=low, max=high).mul_(torch.sign(w1)))
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
-        return sign_bireal_ste(standardize(x, eps=1e-5))
+        return standardized_sign(x, bireal_slope_, eps=1e-5)
 
     def binary_weight(self) -> torch.Tensor:
         self.project_()
         x = standardize(self.weight, eps=1e-5).abs()
         if self.training:
             self.B.copy_(self.magnitude_mask(x))
-        return straight_through(x, 2.0 * self.B - 1.0)
-
-    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.alpha
+        return straight_through(x, 2.0 * self.B - 1.0) * self.alpha.unsqueeze(1)
 
 
 @register("siman", aliases=("SiMaN",))

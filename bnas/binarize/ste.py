@@ -21,9 +21,15 @@ class SignClippedSTE(torch.autograd.Function):
         return grad * mask
 
 
+def bireal_slope_(x: torch.Tensor) -> torch.Tensor:
+    """Bi-Real's sign derivative ``max(0, 2 - 2|x|)`` (Liu et al., ECCV 2018, Eq. 5), computed
+    in place in ``x``."""
+    return x.abs_().mul_(-2.0).add_(2.0).clamp_(min=0.0)
+
+
 class SignBiRealSTE(torch.autograd.Function):
     """``sign(x)`` forward; Bi-Real's piecewise-polynomial backward ``max(0, 2 - 2|x|)``
-    (Liu et al., ECCV 2018, Eq. 5), used by ReCU and SiMaN for activations."""
+    (Liu et al., ECCV 2018, Eq. 5), used by ReCU's activations in evaluation mode."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +39,7 @@ class SignBiRealSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return grad * torch.clamp(2 - 2 * x.abs(), min=0)
+        return bireal_slope_(x.clone()).mul_(grad)
 
 
 sign_clipped_ste = SignClippedSTE.apply

@@ -66,6 +66,15 @@ def is_binary_weight(module: nn.Module, name: str, param: nn.Parameter) -> bool:
     return name == "weight" and getattr(module, "weight_precision", 32) == 1
 
 
+
+def _evaluate(closure: Callable[[], Any] | None) -> Any:
+    """The loss ``closure`` returns, evaluated with gradients on (PyTorch's optimizer closure
+    protocol), or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
 class _FlipOptimizer(torch.optim.Optimizer):
     """The step shared by Bop and Bop2ndOrder: a per-weight signal, then the flip rule.
 
@@ -105,10 +114,7 @@ class _FlipOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         flips, count = [], 0
         for group in self.param_groups:
             hyper = self._hyper(group)
@@ -339,10 +345,7 @@ class CaseOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` (if any) once, then step every sub-optimizer."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss

@@ -127,13 +127,25 @@ class Binarizer:
     def before_batch(self, model: nn.Module, epoch: int, batch: int) -> None:
         """Called before every training batch (``batch`` is 0-based within the epoch)."""
 
+    def measured_gradients(self, model: nn.Module) -> list[torch.Tensor]:
+        """The gradients whose joint norm :meth:`clip_grad_norm_` bounds: by default every
+        parameter's own. A scheme whose latent-weight gradient is a linear transform of the
+        gradient its paper clips returns the latter."""
+        return [p.grad for p in model.parameters() if p.grad is not None]
+
     def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> torch.Tensor:
-        """Scale every gradient of ``model`` so that their joint 2-norm is at most ``max_norm``
-        (``torch.nn.utils.clip_grad_norm_``); returns the norm before clipping. A scheme whose
-        latent-weight gradient is a transform of the gradient its paper clips measures the
-        norm of the latter."""
-        return nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None],
-                                        max_norm)
+        """Scale every gradient of ``model`` by ``min(1, max_norm / (norm + 1e-6))``, ``norm``
+        the joint 2-norm of :meth:`measured_gradients` (``torch.nn.utils.clip_grad_norm_``'s
+        rule); returns ``norm``."""
+        measured = self.measured_gradients(model)
+        if not measured:
+            return torch.zeros(())
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in measured]))
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        return total
 
     def param_groups(self, model: nn.Module, weight_decay: float,
                      dataset: str = "cifar") -> list[dict[str, Any]]:

@@ -10,8 +10,8 @@ Activations: ``sign(x)`` with a straight-through gradient where ``|x| < 1``; no 
 Gradient-norm clipping (BNAS's ImageNet recipe) measures, as BNAS's training script does, the
 gradient ``g`` with respect to the binary weights, before the rescaling above; since the
 rescaling is linear, clipping ``g`` and then rescaling equals rescaling and then scaling by the
-same factor, which :meth:`Plain.clip_grad_norm_` does (``g`` is recovered exactly from the
-latent gradient, :func:`binary_weight_gradient`).
+same factor (:meth:`Plain.measured_gradients` recovers ``g`` exactly from the latent gradient,
+:func:`binary_weight_gradient`).
 """
 from __future__ import annotations
 
@@ -101,20 +101,12 @@ class Plain(Binarizer):
     # BNAS's recipes (Sec. 4.1 and its public training scripts): bnas/recipes/bnas-*.yaml.
     recipes = {"cifar": "bnas-cifar", "imagenet": "bnas-imagenet"}
 
-    def clip_grad_norm_(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-        """Clip as BNAS does: the norm counts each binary convolution's gradient with respect to
-        its binary weight (:func:`binary_weight_gradient`), every other parameter's own."""
-        binary = {id(layer.weight): layer.weight for layer in self.binary_convs(model)}
-        grads = [binary_weight_gradient(p.detach(), p.grad) if id(p) in binary else p.grad
-                 for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return torch.zeros(())
-        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale)
-        return total
+    def measured_gradients(self, model: torch.nn.Module) -> list[torch.Tensor]:
+        """What BNAS clips: each binary convolution's gradient with respect to its binary weight
+        (:func:`binary_weight_gradient`), every other parameter's own."""
+        binary = {id(layer.weight) for layer in self.binary_convs(model)}
+        return [binary_weight_gradient(p.detach(), p.grad) if id(p) in binary else p.grad
+                for p in model.parameters() if p.grad is not None]
 
     def set_epoch(self, model: torch.nn.Module, epoch: int, epochs: int) -> None:
         # The reference projects at every binarization, so the first step after a validation

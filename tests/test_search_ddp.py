@@ -4,30 +4,20 @@ alpha gradients."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
+
+from launch import torchrun_two_processes
 
 WORKER = Path(__file__).with_name("search_ddp_worker.py")
 
 
 def test_two_processes_search_as_one(tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
     settings = {"save": "ddp", "dataset": "digits", "layers": 3, "init_channels": 4, "epochs": 2,
                 "subset": 192, "batch_size": 16, "image_size": 16, "device": "cpu",
                 "progress": False, "workers": 0, "out": str(tmp_path)}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(WORKER),
-                           json.dumps(settings)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two_processes(WORKER, settings)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2
     for name, alpha in ranks[0]["alphas"].items():

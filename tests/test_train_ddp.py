@@ -2,15 +2,12 @@
 identical, and rank 0's checkpoint evaluates to the same accuracy in a single process."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from launch import torchrun_two_processes
 
 from bnas.train import evaluate, resolve_config
 from bnas.train import checkpoint
@@ -19,18 +16,11 @@ WORKER = Path(__file__).with_name("train_ddp_worker.py")
 
 
 def test_two_processes_train_as_one(tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
     settings = {"arch": "latest_cell_zeroise", "layers": 3, "init_channels": 8, "dataset": "digits",
                 "epochs": 2, "batch_size": 32, "train_subset": 128, "val_subset": 75, "workers": 0,
                 "progress": False, "drop_path": 0.2, "binarizer": "recu", "device": "cpu",
                 "out": str(tmp_path)}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(WORKER),
-                           json.dumps(settings)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two_processes(WORKER, settings)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()
     for name, tensor in ranks[0].items():

@@ -148,8 +148,11 @@ def check_save_name(cfg: SearchConfig, overwrite: bool) -> None:
     if overwrite:
         return
     for name in (cfg.save, cfg.save + IMAGENET_SUFFIX):
-        path = cfg.genotype_path(name)
-        found = path if path.exists() else G.find(name) if cfg.genotype_dir is None else None
+        if cfg.genotype_dir is None:  # found by name: the user directory or a shipped genotype
+            found = G.find(name)
+        else:
+            path = cfg.genotype_path(name)
+            found = path if path.exists() else None
         if found is not None:
             raise BnasError(f"a genotype named '{name}' exists ({found}); choose another --save "
                             f"name or pass --overwrite")

@@ -51,7 +51,7 @@ from torch.nn.modules.utils import _pair
 from ..binarize.base import Binarizer, BinaryConv2d
 from ..errors import BnasError
 from ..ops import SPACES, BinConvOp, BinFactorizedReduce, Identity, RealConvOp, Zero, make_op
-from ..ops.lean import Geometry
+from ..ops.lean import Geometry, output_scale, scale_is_per_channel
 from ..ops.lean import bn_momentum as _momentum
 from ..ops.lean import conv_backward as _conv_backward
 from ..ops.lean import conv_geometry as _geometry
@@ -362,24 +362,11 @@ def _compact(x: torch.Tensor | None) -> torch.Tensor | None:
     return small if torch.equal(small.to(x.dtype), x) else x
 
 
-def _output_scale(conv: BinaryConv2d) -> torch.Tensor | None:
-    """The per-channel factor ``s`` with ``conv.scale_output(y) == s * y``, or None when the
-    scheme has no output scale."""
-    if type(conv).scale_output is BinaryConv2d.scale_output:
-        return None
-    return conv.scale_output(conv.weight.new_ones(1, conv.out_channels, 1, 1)).reshape(-1, 1, 1, 1)
-
-
 def _check_scale_is_per_channel(conv: BinaryConv2d) -> None:
-    scale = _output_scale(conv)
-    if scale is None:
-        return
-    with torch.no_grad():
-        y = torch.randn(2, conv.out_channels, 3, 3, dtype=conv.weight.dtype)
-        if not torch.allclose(conv.scale_output(y), y * scale.detach().view(1, -1, 1, 1)):
-            raise BnasError(f"the fast search path folds output scales into weights, but "
-                            f"{type(conv).__name__}.scale_output is not a per-channel product; "
-                            f"search with --impl reference")
+    if not scale_is_per_channel(conv):
+        raise BnasError(f"the fast search path folds output scales into weights, but "
+                        f"{type(conv).__name__}.scale_output is not a per-channel product; "
+                        f"search with --impl reference")
 
 
 def _binary_weight(conv: BinaryConv2d, detach: bool) -> torch.Tensor:
@@ -387,8 +374,8 @@ def _binary_weight(conv: BinaryConv2d, detach: bool) -> torch.Tensor:
         with torch.no_grad():
             return _binary_weight(conv, False)
     weight = conv.binary_weight()
-    scale = _output_scale(conv)
-    return weight if scale is None else weight * scale
+    scale = output_scale(conv)
+    return weight if scale is None else weight * scale.view(-1, 1, 1, 1)
 
 
 # How the fast path treats each kind of candidate module (fail early on anything else).

@@ -1,0 +1,139 @@
+"""A scheme may scale each output channel of its binary convolutions (``scale_output``). No
+shipped scheme does any more (they fold their scales into ``binary_weight``), so these tests use
+a test-only scheme with a learnable per-channel gain: the lean cells and the search's fast path
+fold it into the weights and must still compute what the straightforward module composition
+computes, in float64, for values and every gradient. A scale that is not per channel must not be
+folded: lean cells fall back to the composition, the fast search refuses with a clear error."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bnas
+from bnas.binarize.base import Binarizer, BinaryConv2d
+from bnas.binarize.ste import sign_clipped_ste, straight_through
+from bnas.errors import BnasError
+from bnas.ops.lean import output_scale, scale_is_per_channel, set_lean
+from bnas.search import topology
+from bnas.search.network import SearchNetwork
+from search_helpers import copy_network, edge_convs
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+class GainConv2d(BinaryConv2d):
+    """sign(x) * sign(W), times a learnable per-channel gain drawn around zero (both signs)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.randn(self.out_channels))
+
+    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_clipped_ste(x)
+
+    def binary_weight(self) -> torch.Tensor:
+        return straight_through(self.weight, torch.sign(self.weight))
+
+    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.gain.view(1, -1, 1, 1)
+
+
+class OffsetConv2d(GainConv2d):
+    """An output transform that is not a per-channel product (``gain * y + 0.5``)."""
+
+    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
+        return super().scale_output(y) + 0.5
+
+
+class Gain(Binarizer):
+    name = "test-gain"
+    conv_class = GainConv2d
+
+
+class Offset(Binarizer):
+    name = "test-offset"
+    conv_class = OffsetConv2d
+
+
+def test_output_scale_is_the_gain_and_an_offset_is_not_per_channel():
+    conv = GainConv2d(3, 4, 3)
+    torch.testing.assert_close(output_scale(conv), conv.gain.view(1, 4, 1, 1))
+    assert scale_is_per_channel(conv)
+    assert not scale_is_per_channel(OffsetConv2d(3, 4, 3))
+
+
+def step(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = model(x)
+    (out * torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("scheme", [Gain, Offset], ids=["per-channel", "offset"])
+@pytest.mark.parametrize("arch", ["latest_cell_zeroise", "latest_cell"])
+def test_lean_cells_fold_a_per_channel_gain_exactly(arch, scheme):
+    torch.manual_seed(0)
+    lean = bnas.build_model(arch, binarizer=scheme(), num_classes=3, layers=5,
+                            init_channels=4).double()
+    reference = copy.deepcopy(lean)
+    set_lean(reference, False)
+    lean.drop_path_prob = reference.drop_path_prob = 0.3
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    for seed in range(2):
+        torch.testing.assert_close(step(lean, x, seed), step(reference, x, seed), **TOL)
+        for (name, a), b in zip(reference.named_parameters(), lean.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, **TOL, msg=name)
+    gains = [m.gain.grad for m in lean.modules() if isinstance(m, GainConv2d)]
+    assert gains and all(g is not None for g in gains)
+    assert any(g.abs().sum() > 0 for g in gains)
+
+
+def search_pair(scheme: type[Binarizer]) -> tuple[SearchNetwork, SearchNetwork]:
+    torch.manual_seed(1)
+    fast = SearchNetwork(5, c=4, layers=4, space="bnas-skip", binarizer=scheme(),
+                         impl="fast").double()
+    ref = SearchNetwork(5, c=4, layers=4, space="bnas-skip", binarizer=scheme(),
+                        impl="reference").double()
+    with torch.no_grad():
+        for alpha in fast.arch_parameters():
+            alpha.normal_()
+    copy_network(fast, ref)
+    return fast, ref
+
+
+def test_fast_search_folds_a_per_channel_gain_exactly():
+    fast, ref = search_pair(Gain)
+    x = torch.randn(6, 3, 12, 12, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,))
+    outs = []
+    for net in (fast, ref):
+        net.zero_grad(set_to_none=True)
+        out = net(x)
+        F.cross_entropy(out, y).backward()
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[0], outs[1], **TOL)
+    for a, b in zip(fast.arch_parameters(), ref.arch_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, **TOL)
+    checked = 0
+    for f_cell, r_cell in zip(fast.cells, ref.cells):
+        for row, (node, source) in enumerate(topology.edges(f_cell.steps)):
+            for k, op in enumerate(fast.op_names):
+                for key, conv in edge_convs(f_cell, node, source, op).items():
+                    r_op = r_cell.edges[row].ops[k]
+                    r_conv = r_op.conv if key == "conv" else getattr(r_op, f"conv_{key}")
+                    torch.testing.assert_close(conv.gain.grad, r_conv.gain.grad, **TOL)
+                    torch.testing.assert_close(conv.weight.grad, r_conv.weight.grad, **TOL)
+                    checked += 1
+    assert checked > 0
+
+
+def test_fast_search_refuses_a_scale_that_is_not_per_channel():
+    with pytest.raises(BnasError, match="not a per-channel product"):
+        fast, _ = search_pair(Offset)
+        fast(torch.randn(2, 3, 12, 12, dtype=torch.float64))

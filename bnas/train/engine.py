@@ -299,7 +299,9 @@ class Trainer:
         kept = (f"the last good checkpoint is {self.out / 'checkpoint.pt'} (epoch "
                 f"{self.saved_epoch})" if self.saved_epoch else "no checkpoint was written yet")
         raise NonFiniteLoss(f"the training loss became {value.item()} at epoch {epoch + 1}, step "
-                            f"{batch + 1} (lr {self.scheduler.lr():.4g}); stopped: {kept}")
+                            f"{batch + 1} (lr {self.scheduler.lr():.4g}); stopped: {kept}. A lower --lr "
+                            f"(the recipes' rates are for runs of hundreds of epochs) or "
+                            f"--grad-clip may help")
 
     def _sync_buffers(self) -> None:
         """Give every process rank 0's BatchNorm statistics (what the checkpoint will hold)."""

@@ -7,12 +7,14 @@ import torch
 class SignClippedSTE(torch.autograd.Function):
     """``sign(x)`` forward; backward passes the gradient where ``|x| < 1`` (XNOR-Net, BNN).
 
-    Only a 1-bit mask is kept for the backward pass, not a copy of the input.
+    Only a 1-bit mask is kept for the backward pass, not a copy of the input, and none when no
+    gradient is needed (evaluation, or a fused operation that recomputes it).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x.abs() < 1)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x.abs() < 1)
         return torch.sign(x)
 
     @staticmethod

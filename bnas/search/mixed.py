@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..binarize.base import Binarizer, BinaryConv2d
+from ..binarize.ste import masked
 from ..errors import BnasError
 from ..ops import SPACES, BinConvOp, BinFactorizedReduce, Identity, RealConvOp, Zero, make_op
 from ..ops.lean import Geometry, output_scale, scale_is_per_channel
@@ -336,7 +337,7 @@ class _NormConvRelu(torch.autograd.Function):
         shape = (1, -1, 1, 1)
         z = (x - mean.view(shape)) * invstd.view(shape)
         need_x, need_weight = ctx.needs_input_grad[:2]
-        dz, dw = _conv_backward(g * (out > 0), z, weight, ctx.geometry, (need_x, need_weight))
+        dz, dw = _conv_backward(masked(g, out > 0), z, weight, ctx.geometry, (need_x, need_weight))
         dx = None
         if need_x:
             dx = torch.ops.aten.native_batch_norm_backward(dz, x, None, None, None, mean, invstd,

@@ -1,9 +1,12 @@
 """What the benchmark scripts share: one fresh process per workload (so that each peak resident
-memory is its own), the command line, and ratios against the reference figures."""
+memory is its own), started with the allocator settings the ``bnas`` program uses
+(:func:`bnas.allocator.tuned_environment`), the command line, and ratios against the reference
+figures."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -37,6 +40,14 @@ def ratio(ours: float, reference: float | None) -> str:
     return "" if reference is None else f" ({ours / reference:.2f}x ref)"
 
 
+def child_environment() -> dict[str, str]:
+    """The environment ``bnas search`` / ``bnas train`` run with (huge pages for the allocator
+    where glibc and the kernel offer them)."""
+    from bnas.allocator import tuned_environment
+
+    return tuned_environment(os.environ) or dict(os.environ)
+
+
 def run(script: str, args: argparse.Namespace, names: Sequence[str], header: str,
         measure: Callable[[int], dict[str, Any]], row: Callable[[int, dict[str, Any]], str],
         skip: Callable[[int], bool] = lambda index: False) -> int:
@@ -52,7 +63,7 @@ def run(script: str, args: argparse.Namespace, names: Sequence[str], header: str
             continue
         proc = subprocess.run([sys.executable, script, "--child", str(index), "--steps",
                                str(args.steps), "--threads", str(args.threads)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=child_environment())
         if proc.returncode:
             lines = proc.stderr.strip().splitlines() or ["no output"]
             print(f"{name:48} failed: {lines[-1]}", flush=True)

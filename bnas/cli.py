@@ -13,9 +13,13 @@ import pkgutil
 import sys
 
 from . import __version__, commands
+from .allocator import reexec_with_huge_pages
 from .errors import BnasError
 
 EXIT_BAD_INPUT = 2
+#: Commands that run networks for minutes to days: as a program, ``bnas`` starts them with huge
+#: pages for the C allocator (:mod:`bnas.allocator`).
+COMPUTE_COMMANDS = frozenset({"search", "train", "eval", "tune"})
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -37,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``bnas`` command line on ``argv`` (default: this program's arguments)."""
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in COMPUTE_COMMANDS:
+        reexec_with_huge_pages(sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import bnas
@@ -15,7 +14,7 @@ from bnas.binarize import get as get_binarizer
 from bnas.binarize import names
 from bnas.model.cell import live_states
 from bnas.ops import BinConvOp, Zero
-from bnas.ops.lean import conv_backward, drop_factor, set_lean
+from bnas.ops.lean import drop_factor, set_lean
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -146,28 +145,3 @@ def test_live_states_follow_non_zeroise_edges():
     reduce_nodes = [[0, 1], [0, 2], [3, 2], [3, 4]]                  # its reduction cell
     reduce_zero = [False, True, False, True, True, True, True, True]
     assert live_states(reduce_nodes, reduce_zero, [2, 3, 4, 5]) == {0, 2, 3, 4, 5}
-
-
-@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, layout", [
-    ((3, 6, 16, 16), 1, 1, 0, 1, "nchw"),          # pointwise: matrix products
-    ((3, 6, 16, 16), 1, 1, 0, 1, "channels_last"),  # pointwise, other layout: torch's kernel
-    ((3, 6, 8, 8), 1, 1, 0, 1, "nchw"),            # too few pixels: torch's kernel
-    ((3, 6, 16, 16), 1, 2, 0, 1, "nchw"),
-    ((3, 6, 16, 16), 3, 1, 2, 2, "nchw"),
-])
-def test_conv_backward_is_torchs_convolution_gradient(shape, kernel, stride, padding, dilation,
-                                                      layout):
-    torch.manual_seed(0)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(shape, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
-    w = torch.randn(5, shape[1], kernel, kernel, dtype=torch.float64, requires_grad=True)
-    y = F.conv2d(x, w, None, stride, padding, dilation)
-    g = torch.randn_like(y)
-    dx, dw = torch.autograd.grad(y, (x, w), g)
-    geometry = ((stride, stride), (padding, padding), (dilation, dilation))
-    for mask in ((True, True), (True, False), (False, True)):
-        ours = conv_backward(g, x.detach(), w.detach(), geometry, mask)
-        for got, want, needed in zip(ours, (dx, dw), mask):
-            assert (got is None) == (not needed)
-            if needed:
-                torch.testing.assert_close(got, want, **TOL)

@@ -37,41 +37,9 @@ def conv_geometry(conv: nn.Conv2d) -> Geometry:
     return conv.stride, conv.padding, conv.dilation
 
 
-#: Pixels per map from which a pointwise convolution's backward pass runs as matrix products.
-POINTWISE_MIN_PIXELS = 256
-
-
-def _as_matrix_products(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                        geometry: Geometry) -> bool:
-    """Whether :func:`conv_backward` computes this case by :func:`_pointwise_backward`: a 1x1,
-    stride-1, unpadded convolution of contiguous (NCHW) maps of at least
-    :data:`POINTWISE_MIN_PIXELS` pixels, where oneDNN's backward pass is two to six times slower
-    on CPUs than two matrix products (BNAS cells' 1x1 preprocessing of 4C channels)."""
-    stride, padding, _ = geometry
-    return (tuple(weight.shape[2:]) == (1, 1) and tuple(stride) == (1, 1)
-            and tuple(padding) == (0, 0) and x.shape[2] * x.shape[3] >= POINTWISE_MIN_PIXELS
-            and x.is_contiguous() and grad.is_contiguous())
-
-
-def _pointwise_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                        mask: tuple[bool, bool]) -> tuple[torch.Tensor | None, ...]:
-    """A 1x1 convolution ``y_n = W x_n`` (per sample, ``(O, C) @ (C, HW)``):
-    ``dx_n = W^T g_n`` and ``dW = sum_n g_n x_n^T``."""
-    n, c, h, w = x.shape
-    o = weight.shape[0]
-    g = grad.reshape(n, o, h * w)
-    dx = (torch.bmm(weight.reshape(o, c).t().expand(n, c, o), g).view(n, c, h, w)
-          if mask[0] else None)
-    dw = (torch.bmm(g, x.reshape(n, c, h * w).transpose(1, 2)).sum(0).view(o, c, 1, 1)
-          if mask[1] else None)
-    return dx, dw
-
-
 def conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
                   mask: tuple[bool, bool]) -> tuple[torch.Tensor | None, ...]:
     """The input and weight gradients of ``conv2d(x, weight)`` that ``mask`` asks for."""
-    if _as_matrix_products(grad, x, weight, geometry):
-        return _pointwise_backward(grad, x, weight, mask)
     stride, padding, dilation = geometry
     dx, dw, _ = torch.ops.aten.convolution_backward(
         grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1,

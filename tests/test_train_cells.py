@@ -14,7 +14,7 @@ BUDGET = {"arch": "latest_cell_zeroise", "layers": 8, "init_channels": 16, "data
 # The SGD recipes peak at lr 0.05 (BNAS) or 0.1 (RBNN, ReCU, SiMaN) for runs of hundreds of
 # epochs; a hundred steps at those rates diverge in cells, where no BatchNorm follows a binary
 # convolution. Bop and Bop2ndOrder keep their recipes (Adam drives the real-valued parameters).
-QUICK_LR = {"plain": 0.01, "rbnn": 0.005, "recu": 0.01, "siman": 0.02}
+QUICK_LR = {"plain": 0.005, "rbnn": 0.005, "recu": 0.01, "siman": 0.02}
 
 
 @pytest.mark.slow

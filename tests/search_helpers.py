@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from bnas.binarize import Binarizer
 from bnas.search import topology
 from bnas.search.cell import FastCell, ReferenceCell
+from bnas.search.network import SearchNetwork
 
 
 def edge_convs(cell: FastCell, node: int, source: int, op: str) -> dict[str, torch.nn.Module]:
@@ -41,3 +44,27 @@ def copy_network(fast, ref) -> None:
     with torch.no_grad():
         for a, b in zip(ref.arch_parameters(), fast.arch_parameters()):
             a.copy_(b)
+
+
+def supernet_pair(binarizer: str | Binarizer, space: str, layers: int = 4,
+                  c: int = 4) -> tuple[SearchNetwork, SearchNetwork]:
+    """A float64 fast-path supernet with random architecture weights and the reference-path
+    supernet with the same weights, for 5 classes."""
+    torch.manual_seed(1)
+    fast = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer, impl="fast").double()
+    ref = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer,
+                        impl="reference").double()
+    with torch.no_grad():
+        for alpha in fast.arch_parameters():
+            alpha.normal_()
+    copy_network(fast, ref)
+    return fast, ref
+
+
+def cross_entropy_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``net``'s logits for ``x``, after back-propagating their cross-entropy with ``y`` into
+    freshly zeroed gradients."""
+    net.zero_grad(set_to_none=True)
+    out = net(x)
+    F.cross_entropy(out, y).backward()
+    return out.detach()

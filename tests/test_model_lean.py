@@ -15,6 +15,7 @@ from bnas.binarize import names
 from bnas.model.cell import live_states
 from bnas.ops import BinConvOp, Zero
 from bnas.ops.lean import drop_factor, set_lean
+from model_helpers import weighted_step
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -37,16 +38,6 @@ def pair(arch, scheme: str, **kwargs) -> tuple[nn.Module, nn.Module]:
     reference = copy.deepcopy(lean)
     set_lean(reference, False)
     return lean, reference
-
-
-def step(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output and input gradient of a weighted sum of the output (same drop-path seed)."""
-    model.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
-    torch.manual_seed(seed)
-    out = model(x)
-    (out * torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-    return out.detach(), x.grad
 
 
 def assert_same_state(lean: nn.Module, reference: nn.Module) -> None:
@@ -73,8 +64,8 @@ def test_lean_network_matches_the_module_composition(arch, scheme):
     for mode, steps in (("train", 2), ("eval", 1)):
         lean.train(mode == "train"), reference.train(mode == "train")
         for seed in range(steps):
-            out_lean, grad_lean = step(lean, x, seed)
-            out_ref, grad_ref = step(reference, x, seed)
+            out_lean, grad_lean = weighted_step(lean, x, seed)
+            out_ref, grad_ref = weighted_step(reference, x, seed)
             torch.testing.assert_close(out_lean, out_ref, **TOL)
             torch.testing.assert_close(grad_lean, grad_ref, **TOL)
             assert_same_state(lean, reference)

@@ -10,7 +10,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import bnas
@@ -19,8 +18,8 @@ from bnas.binarize.ste import sign_clipped_ste, straight_through
 from bnas.errors import BnasError
 from bnas.ops.lean import output_scale, scale_is_per_channel, set_lean
 from bnas.search import topology
-from bnas.search.network import SearchNetwork
-from search_helpers import copy_network, edge_convs
+from model_helpers import weighted_step
+from search_helpers import cross_entropy_step, edge_convs, supernet_pair
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -66,15 +65,6 @@ def test_output_scale_is_the_gain_and_an_offset_is_not_per_channel():
     assert not scale_is_per_channel(OffsetConv2d(3, 4, 3))
 
 
-def step(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
-    torch.manual_seed(seed)
-    out = model(x)
-    (out * torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
-    return out.detach(), x.grad
-
-
 @pytest.mark.parametrize("scheme", [Gain, Offset], ids=["per-channel", "offset"])
 @pytest.mark.parametrize("arch", ["latest_cell_zeroise", "latest_cell"])
 def test_lean_cells_fold_a_per_channel_gain_exactly(arch, scheme):
@@ -86,7 +76,7 @@ def test_lean_cells_fold_a_per_channel_gain_exactly(arch, scheme):
     lean.drop_path_prob = reference.drop_path_prob = 0.3
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     for seed in range(2):
-        torch.testing.assert_close(step(lean, x, seed), step(reference, x, seed), **TOL)
+        torch.testing.assert_close(weighted_step(lean, x, seed), weighted_step(reference, x, seed), **TOL)
         for (name, a), b in zip(reference.named_parameters(), lean.parameters()):
             torch.testing.assert_close(b.grad, a.grad, **TOL, msg=name)
     gains = [m.gain.grad for m in lean.modules() if isinstance(m, GainConv2d)]
@@ -94,30 +84,11 @@ def test_lean_cells_fold_a_per_channel_gain_exactly(arch, scheme):
     assert any(g.abs().sum() > 0 for g in gains)
 
 
-def search_pair(scheme: type[Binarizer]) -> tuple[SearchNetwork, SearchNetwork]:
-    torch.manual_seed(1)
-    fast = SearchNetwork(5, c=4, layers=4, space="bnas-skip", binarizer=scheme(),
-                         impl="fast").double()
-    ref = SearchNetwork(5, c=4, layers=4, space="bnas-skip", binarizer=scheme(),
-                        impl="reference").double()
-    with torch.no_grad():
-        for alpha in fast.arch_parameters():
-            alpha.normal_()
-    copy_network(fast, ref)
-    return fast, ref
-
-
 def test_fast_search_folds_a_per_channel_gain_exactly():
-    fast, ref = search_pair(Gain)
+    fast, ref = supernet_pair(Gain(), "bnas-skip")
     x = torch.randn(6, 3, 12, 12, dtype=torch.float64)
     y = torch.randint(0, 5, (6,))
-    outs = []
-    for net in (fast, ref):
-        net.zero_grad(set_to_none=True)
-        out = net(x)
-        F.cross_entropy(out, y).backward()
-        outs.append(out.detach())
-    torch.testing.assert_close(outs[0], outs[1], **TOL)
+    torch.testing.assert_close(cross_entropy_step(fast, x, y), cross_entropy_step(ref, x, y), **TOL)
     for a, b in zip(fast.arch_parameters(), ref.arch_parameters()):
         torch.testing.assert_close(a.grad, b.grad, **TOL)
     checked = 0
@@ -135,5 +106,5 @@ def test_fast_search_folds_a_per_channel_gain_exactly():
 
 def test_fast_search_refuses_a_scale_that_is_not_per_channel():
     with pytest.raises(BnasError, match="not a per-channel product"):
-        fast, _ = search_pair(Offset)
+        fast, _ = supernet_pair(Offset(), "bnas-skip")
         fast(torch.randn(2, 3, 12, 12, dtype=torch.float64))

@@ -12,30 +12,10 @@ from bnas.ops import SPACES, Zero
 from bnas.search import topology
 from bnas.search.cell import FastCell
 from bnas.search.mixed import _grouped_input_grad, _pack_masks, _unpack_mask, fast_layout
-from bnas.search.network import SearchNetwork
-from search_helpers import copy_network, edge_convs
+from search_helpers import cross_entropy_step, edge_convs, supernet_pair
 
 CASES = [("plain", "bnas"), ("plain", "bnas-skip"), ("recu", "bnas"), ("rbnn", "bnas-skip"),
          ("siman", "bnas")]
-
-
-def pair(binarizer: str, space: str, layers: int = 4, c: int = 4):
-    torch.manual_seed(1)
-    fast = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer, impl="fast").double()
-    ref = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer,
-                        impl="reference").double()
-    with torch.no_grad():
-        for alpha in fast.arch_parameters():
-            alpha.normal_()
-    copy_network(fast, ref)
-    return fast, ref
-
-
-def run(net, x, y):
-    net.zero_grad(set_to_none=True)
-    out = net(x)
-    F.cross_entropy(out, y).backward()
-    return out.detach()
 
 
 def close(a, b, what):
@@ -44,10 +24,10 @@ def close(a, b, what):
 
 @pytest.mark.parametrize("binarizer, space", CASES)
 def test_fast_path_matches_reference_path(binarizer, space):
-    fast, ref = pair(binarizer, space)
+    fast, ref = supernet_pair(binarizer, space)
     x = torch.randn(6, 3, 12, 12, dtype=torch.float64)
     y = torch.randint(0, 5, (6,))
-    close(run(fast, x, y), run(ref, x, y), "logits")
+    close(cross_entropy_step(fast, x, y), cross_entropy_step(ref, x, y), "logits")
     for a, b in zip(fast.arch_parameters(), ref.arch_parameters()):
         close(a.grad, b.grad, "alpha gradient")
     close(fast.stem[1].weight.grad, ref.stem[1].weight.grad, "stem gradient")
@@ -72,10 +52,10 @@ def test_fast_path_matches_reference_path(binarizer, space):
 
 
 def test_gradient_modes_compute_the_same_gradients():
-    fast, _ = pair("plain", "bnas-skip")
+    fast, _ = supernet_pair("plain", "bnas-skip")
     x = torch.randn(4, 3, 12, 12, dtype=torch.float64)
     y = torch.randint(0, 5, (4,))
-    run(fast, x, y)
+    cross_entropy_step(fast, x, y)
     alphas = [a.grad.clone() for a in fast.arch_parameters()]
     weights = {n: p.grad.clone() for n, p in fast.named_parameters() if "alphas" not in n}
     with fast.grads_for("arch"):
@@ -106,7 +86,7 @@ def saved_bytes(net, x, y, mode):
 
 @pytest.mark.parametrize("mode", ["weights", "arch"])
 def test_fast_path_keeps_far_less_for_the_backward_pass(mode):
-    fast, ref = pair("plain", "bnas", layers=3, c=8)
+    fast, ref = supernet_pair("plain", "bnas", layers=3, c=8)
     fast.float(), ref.float()
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
     assert saved_bytes(fast, x, y, mode) < saved_bytes(ref, x, y, "both") / 3
@@ -118,11 +98,11 @@ def test_fast_path_keeps_far_less_for_the_backward_pass(mode):
 def test_float32_channels_last_fast_path_matches_reference_path(space):
     """In float32 the fast path runs channels-last (see ``fast_layout``); it still computes what
     the straightforward path computes, to float32 rounding."""
-    fast, ref = pair("plain", space, c=8)
+    fast, ref = supernet_pair("plain", space, c=8)
     fast.float(), ref.float()
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
-    logits = run(fast, x, y)
-    torch.testing.assert_close(logits, run(ref, x, y), rtol=1e-4, atol=1e-5)
+    logits = cross_entropy_step(fast, x, y)
+    torch.testing.assert_close(logits, cross_entropy_step(ref, x, y), rtol=1e-4, atol=1e-5)
     grads = [(a.grad, b.grad) for a, b in zip(fast.arch_parameters(), ref.arch_parameters())]
     grads.append((fast.stem[1].weight.grad, ref.stem[1].weight.grad))
     for a, b in grads:

@@ -66,7 +66,6 @@ def is_binary_weight(module: nn.Module, name: str, param: nn.Parameter) -> bool:
     return name == "weight" and getattr(module, "weight_precision", 32) == 1
 
 
-
 def _evaluate(closure: Callable[[], Any] | None) -> Any:
     """The loss ``closure`` returns, evaluated with gradients on (PyTorch's optimizer closure
     protocol), or None without a closure."""
@@ -74,6 +73,7 @@ def _evaluate(closure: Callable[[], Any] | None) -> Any:
         return None
     with torch.enable_grad():
         return closure()
+
 
 class _FlipOptimizer(torch.optim.Optimizer):
     """The step shared by Bop and Bop2ndOrder: a per-weight signal, then the flip rule.

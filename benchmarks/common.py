@@ -41,8 +41,8 @@ def ratio(ours: float, reference: float | None) -> str:
 
 
 def child_environment() -> dict[str, str]:
-    """The environment ``bnas search`` / ``bnas train`` run with (huge pages for the allocator
-    where glibc and the kernel offer them)."""
+    """The environment ``bnas search`` / ``bnas train`` run with (tcmalloc where installed,
+    else huge pages for glibc's allocator; ``BNAS_ALLOCATOR`` chooses, as for the program)."""
     from bnas.allocator import tuned_environment
 
     return tuned_environment(os.environ) or dict(os.environ)

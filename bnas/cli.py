@@ -13,12 +13,12 @@ import pkgutil
 import sys
 
 from . import __version__, commands
-from .allocator import reexec_with_huge_pages
+from .allocator import reexec_with_tuned_allocator
 from .errors import BnasError
 
 EXIT_BAD_INPUT = 2
-#: Commands that run networks for minutes to days: as a program, ``bnas`` starts them with huge
-#: pages for the C allocator (:mod:`bnas.allocator`).
+#: Commands that run networks for minutes to days: as a program, ``bnas`` starts them with a
+#: tuned memory allocator (:mod:`bnas.allocator`).
 COMPUTE_COMMANDS = frozenset({"search", "train", "eval", "tune"})
 
 
@@ -40,17 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_input(command: str, exc: BnasError) -> int:
+    """Say what was wrong in one line on stderr; the exit status for bad input."""
+    sys.stderr.write(f"bnas {command}: error: {exc}\n")
+    return EXIT_BAD_INPUT
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``bnas`` command line on ``argv`` (default: this program's arguments)."""
     if argv is None and len(sys.argv) > 1 and sys.argv[1] in COMPUTE_COMMANDS:
-        reexec_with_huge_pages(sys.argv[1:])
+        try:
+            reexec_with_tuned_allocator(sys.argv[1:])
+        except BnasError as exc:
+            return _bad_input(sys.argv[1], exc)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except BnasError as exc:
-        sys.stderr.write(f"bnas {args.command}: error: {exc}\n")
-        return EXIT_BAD_INPUT
+        return _bad_input(args.command, exc)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

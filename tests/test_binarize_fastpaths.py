@@ -1,5 +1,6 @@
 """The binarizers' fused fast paths against the plain compositions they replace, in float64:
-standardisation (with and without a sign), the selection-based percentile and half mask."""
+standardisation (with and without a sign), the selection-based percentile and half mask; and
+the bit-packed masks."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from bnas.binarize import normalize
 from bnas.binarize.normalize import standardize, standardized_sign
 from bnas.binarize.rbnn import rbnn_slope_
 from bnas.binarize.siman import half_mask, percentile
-from bnas.binarize.ste import bireal_slope_
+from bnas.binarize.ste import bireal_slope_, masked, pack_mask, unpack_mask
 from binarize_formulas import assert_close, seeded
 
 
@@ -110,3 +111,18 @@ def test_half_mask_with_ties_keeps_half():
     mask = half_mask(x)
     assert torch.equal(mask, topk_mask(x))
     assert (mask.sum(dim=1) == 5).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (3, 5, 7), (1,), (13,)])
+def test_packed_masks_are_one_bit_per_element_and_unpack_exactly(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    packed = pack_mask(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
+    # bit k of byte i is element 8 i + k, in flat order (numpy's little-endian packbits)
+    expected = np.packbits(mask.reshape(-1).numpy(), bitorder="little")
+    assert np.array_equal(packed.numpy(), expected)
+    unpacked = unpack_mask(packed, mask.shape)
+    assert unpacked.dtype == torch.uint8 and unpacked.shape == mask.shape
+    assert torch.equal(unpacked, mask.to(torch.uint8))
+    grad = torch.randn(shape)
+    assert torch.equal(masked(grad, unpacked), torch.where(mask, grad, 0.0))

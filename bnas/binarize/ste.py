@@ -11,6 +11,25 @@ def masked(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return grad * mask.view(torch.uint8)
 
 
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean ``mask`` as one bit per element, eight elements per byte in flat order: an
+    eighth of the memory, for masks kept from the forward to the backward pass."""
+    flat = mask.reshape(-1).view(torch.uint8)
+    if flat.numel() % 8:
+        flat = torch.cat((flat, flat.new_zeros(-flat.numel() % 8)))
+    planes = flat.view(-1, 8)
+    packed = planes[:, 0].clone()
+    for bit in range(1, 8):
+        packed.bitwise_or_(planes[:, bit] << bit)
+    return packed
+
+
+def unpack_mask(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The mask of :func:`pack_mask` of ``shape`` as 0 / 1 bytes (what :func:`masked` takes)."""
+    bits = packed.new_tensor([1 << bit for bit in range(8)])
+    return (packed.unsqueeze(1) & bits).ne_(0).view(-1)[:shape.numel()].view(shape)
+
+
 class SignClippedSTE(torch.autograd.Function):
     """``sign(x)`` forward; backward passes the gradient where ``|x| < 1`` (XNOR-Net, BNN).
 

@@ -6,7 +6,7 @@ convolution with the scheme's binary weight ``W_b`` (``binary_weight``), its opt
 per-channel output scale ``s`` (``scale_output``) and a ReLU, optionally times a per-sample
 drop-path factor. Composed from modules, autograd keeps the normalised input, its binary copy,
 the binarizer's own tensors and the float output. :class:`BinaryConvRelu` keeps only ``x``
-(which its other users keep anyway), the batch statistics and a one-byte ReLU mask; the backward
+(which its other users keep anyway), the batch statistics and a one-bit ReLU mask; the backward
 pass recomputes the normalised input and its binarization, and takes the activation gradient by
 running ``binarize_input`` under autograd on it, so every scheme's own straight-through rule
 applies unchanged. The latent weight's gradient goes through ``binary_weight()`` as usual.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..binarize.base import BinaryConv2d
-from ..binarize.ste import masked
+from ..binarize.ste import masked, pack_mask, unpack_mask
 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
 
@@ -104,7 +104,7 @@ class BinaryConvRelu(torch.autograd.Function):
         del xb
         if scale is not None:
             y.mul_(scale)
-        mask = y.relu_() > 0
+        mask = pack_mask(y.relu_() > 0)
         if factor is not None:
             y.mul_(factor)
         ctx.bn, ctx.conv = bn, conv
@@ -116,7 +116,7 @@ class BinaryConvRelu(torch.autograd.Function):
         x, gamma, beta, weight, scale, factor, mean, invstd, mask = ctx.saved_tensors
         need_x, need_gamma, need_beta, need_weight, need_scale = ctx.needs_input_grad[:5]
         bn, conv = ctx.bn, ctx.conv
-        gy = masked(g, mask)
+        gy = masked(g, unpack_mask(mask, g.shape))
         if factor is not None:
             gy.mul_(factor)
         z = _normalize(x, gamma, beta, bn.eps)

@@ -164,7 +164,8 @@ class _BinaryMix(torch.autograd.Function):
     ``E`` edges for kernel geometry ``k`` (``E*C`` output channels); ``L_l`` are edge-independent
     terms (pooling, identity). ``out`` is ``(N, E, C, H', W')``, channels-last per edge. Only
     the sign of each convolution's output is kept for the backward pass, as one bit per
-    convolution of one byte per element.
+    convolution of one byte per element, and the stacked binary weights as int8 signs and a
+    magnitude per output channel.
 
     The backward pass scales the small stacked weights by the edge weights instead of the
     large output gradients: ``conv^T(w_e g, W_e) = conv^T(g, w_e W_e)`` and
@@ -197,7 +198,8 @@ class _BinaryMix(torch.autograd.Function):
         # one byte per value when that is lossless.
         kept = linear if ctx.needs_input_grad[3] else [None] * len(linear)
         packed = _pack_masks(masks) if masks else None
-        ctx.save_for_backward(_compact(xb), w, u, packed, *weights, *kept)
+        stored = [part for weight in weights for part in _compact_weight(weight)]
+        ctx.save_for_backward(_compact(xb), w, u, packed, *stored, *kept)
         return out
 
     @staticmethod
@@ -205,7 +207,8 @@ class _BinaryMix(torch.autograd.Function):
         k_convs = len(ctx.geometry)
         xb, w, u, packed, *rest = ctx.saved_tensors
         xb = None if xb is None else xb.to(ctx.x_dtype)
-        weights, linear = rest[:k_convs], rest[k_convs:]
+        weights = [_restore_weight(*rest[2 * k:2 * k + 2]) for k in range(k_convs)]
+        linear = rest[2 * k_convs:]
         need_w, need_u, need_x = ctx.needs_input_grad[2:5]
         need_weights = ctx.needs_input_grad[5:5 + k_convs]
         need_linear = ctx.needs_input_grad[5 + k_convs:]
@@ -361,6 +364,20 @@ def _compact(x: torch.Tensor | None) -> torch.Tensor | None:
         return x
     small = x.to(torch.int8)
     return small if torch.equal(small.to(x.dtype), x) else x
+
+
+def _compact_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``weight`` as int8 signs and a magnitude per output channel ``(O, 1, 1, 1)`` when that
+    keeps every value (binary weights, per-channel scaled: a quarter of the bytes), else
+    ``weight`` itself and None; :func:`_restore_weight` inverts it."""
+    magnitude = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True)
+    signs = weight.sign().to(torch.int8)
+    return (signs, magnitude) if torch.equal(signs * magnitude, weight) else (weight, None)
+
+
+def _restore_weight(stored: torch.Tensor, magnitude: torch.Tensor | None) -> torch.Tensor:
+    """The weight that :func:`_compact_weight` stored."""
+    return stored if magnitude is None else stored * magnitude
 
 
 def _check_scale_is_per_channel(conv: BinaryConv2d) -> None:

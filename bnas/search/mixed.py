@@ -41,7 +41,7 @@ compute exactly what the reference path computes.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +165,8 @@ class _BinaryMix(torch.autograd.Function):
     terms (pooling, identity). ``out`` is ``(N, E, C, H', W')``, channels-last per edge. Only
     the sign of each convolution's output is kept for the backward pass, as one bit per
     convolution of one byte per element, and the stacked binary weights as int8 signs and a
-    magnitude per output channel.
+    magnitude per output channel. The terms are not kept either: ``remake_linear()`` computes
+    them again when their weights ``u`` need a gradient (the architecture step).
 
     The backward pass scales the small stacked weights by the edge weights instead of the
     large output gradients: ``conv^T(w_e g, W_e) = conv^T(g, w_e W_e)`` and
@@ -174,7 +175,8 @@ class _BinaryMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, geometry: Sequence[Geometry], channels: int, w: torch.Tensor, u: torch.Tensor,
-                xb: torch.Tensor | None, *tensors: torch.Tensor) -> torch.Tensor:
+                xb: torch.Tensor | None, remake_linear: Callable[[], list[torch.Tensor]],
+                *tensors: torch.Tensor) -> torch.Tensor:
         k_convs = len(geometry)
         weights, linear = tensors[:k_convs], tensors[k_convs:]
         edges = w.shape[0]
@@ -194,12 +196,12 @@ class _BinaryMix(torch.autograd.Function):
                 out.addcmul_(term.unsqueeze(1), ul)
         ctx.geometry, ctx.channels_last = tuple(geometry), _channels_last(out)
         ctx.x_dtype = None if xb is None else xb.dtype
-        # The terms are only needed for their weights' gradients; a binary input is kept in
-        # one byte per value when that is lossless.
-        kept = linear if ctx.needs_input_grad[3] else [None] * len(linear)
+        # The terms are only needed for their weights' gradients, and remade for them; a
+        # binary input is kept in one byte per value when that is lossless.
+        ctx.remake_linear, ctx.n_linear = remake_linear, len(linear)
         packed = _pack_masks(masks) if masks else None
         stored = [part for weight in weights for part in _compact_weight(weight)]
-        ctx.save_for_backward(_compact(xb), w, u, packed, *stored, *kept)
+        ctx.save_for_backward(_compact(xb), w, u, packed, *stored)
         return out
 
     @staticmethod
@@ -208,10 +210,11 @@ class _BinaryMix(torch.autograd.Function):
         xb, w, u, packed, *rest = ctx.saved_tensors
         xb = None if xb is None else xb.to(ctx.x_dtype)
         weights = [_restore_weight(*rest[2 * k:2 * k + 2]) for k in range(k_convs)]
-        linear = rest[2 * k_convs:]
         need_w, need_u, need_x = ctx.needs_input_grad[2:5]
-        need_weights = ctx.needs_input_grad[5:5 + k_convs]
-        need_linear = ctx.needs_input_grad[5 + k_convs:]
+        need_weights = ctx.needs_input_grad[6:6 + k_convs]
+        need_linear = ctx.needs_input_grad[6 + k_convs:]
+        with torch.no_grad():
+            linear = ctx.remake_linear() if need_u else [None] * ctx.n_linear
         g = _edge_layout(g, ctx.channels_last)
         n, edges, channels, h, wd = g.shape
         gw = torch.zeros_like(w) if need_w else None
@@ -250,7 +253,7 @@ class _BinaryMix(torch.autograd.Function):
                 g_linear.append(g_l)
             else:
                 g_linear.append(None)
-        return (None, None, gw, gu, gx, *g_weights, *g_linear)
+        return (None, None, gw, gu, gx, None, *g_weights, *g_linear)
 
 
 class _PoolNorm(torch.autograd.Function):
@@ -311,11 +314,17 @@ def _pooled(op: nn.Module, xc: torch.Tensor) -> torch.Tensor:
 
 def _pools(pools: Sequence[nn.Sequential], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``BatchNorm(pool(x))`` for each search pooling (see :func:`search_op`)."""
-    if not pools:
-        return ()
-    if pools[0][1].training:
+    if pools and pools[0][1].training:
         return _PoolNorm.apply(x, pools)
+    return _pool_values(pools, x)
+
+
+def _pool_values(pools: Sequence[nn.Sequential], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`_pools`'s values (the same kernels), leaving the running statistics alone."""
     xc = fast_layout(x)
+    if pools and pools[0][1].training:
+        return tuple(torch.ops.aten.native_batch_norm(_pooled(op, xc), None, None, None, None,
+                                                      True, 0.0, bn.eps)[0] for op, bn in pools)
     return tuple(bn(_pooled(op, xc)) for op, bn in pools)
 
 
@@ -462,19 +471,27 @@ class FanOut(nn.Module):
     def _stacked(self, convs: Sequence[BinaryConv2d]) -> torch.Tensor:
         return torch.cat([_binary_weight(conv, self.weights_frozen) for conv in convs])
 
+    def _linear_terms(self, x: torch.Tensor, pooled: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The edge-independent terms in ``linear_ops`` order: ``x`` for identity, else the
+        next of the ``pooled`` tensors."""
+        remaining = iter(pooled)
+        return [x if name is None else next(remaining) for name in self.linear_ops]
+
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = fast_layout(x)
         needs_binary = bool(self.convs) or bool(self.reduces)
         z = self.bn(x) if needs_binary else None
         xb = self._binarizing_conv().binarize_input(z) if needs_binary else None
-        pooled = iter(_pools([self.pools[name] for name in self.linear_ops if name is not None], x))
-        linear = [x if name is None else next(pooled) for name in self.linear_ops]
+        pools = [self.pools[name] for name in self.linear_ops if name is not None]
+        linear = self._linear_terms(x, _pools(pools, x))
         geometry = [_geometry(convs[0]) for convs in self.convs.values()]
         stacked = [self._stacked(convs) for convs in self.convs.values()]
         out = None
         if geometry or linear:
             out = _BinaryMix.apply(geometry, self.channels, w.index_select(1, self.conv_cols),
-                                   w.index_select(1, self.linear_cols), xb, *stacked, *linear)
+                                   w.index_select(1, self.linear_cols), xb,
+                                   lambda: self._linear_terms(x, _pool_values(pools, x)),
+                                   *stacked, *linear)
         for col, reduces in zip(self.reduce_cols, self.reduces.values()):
             term = w[:, col].view(1, -1, 1, 1, 1) * self._factorized_reduce(z, xb, reduces)
             out = term if out is None else out + term

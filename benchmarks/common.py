@@ -57,13 +57,17 @@ def run(script: str, args: argparse.Namespace, names: Sequence[str], header: str
     if args.child is not None:
         print(json.dumps(measure(args.child)))
         return 0
+    from bnas.allocator import describe
+
+    environment = child_environment()
+    print(f"allocator: {describe(environment)} (BNAS_ALLOCATOR chooses)", flush=True)
     print(header, flush=True)
     for index, name in enumerate(names):
         if (args.only and args.only not in name) or skip(index):
             continue
         proc = subprocess.run([sys.executable, script, "--child", str(index), "--steps",
                                str(args.steps), "--threads", str(args.threads)],
-                              capture_output=True, text=True, env=child_environment())
+                              capture_output=True, text=True, env=environment)
         if proc.returncode:
             lines = proc.stderr.strip().splitlines() or ["no output"]
             print(f"{name:48} failed: {lines[-1]}", flush=True)

@@ -135,6 +135,16 @@ def tuned_environment(environ: Mapping[str, str]) -> Environment | None:
         raise BnasError(f"{CHOICE_VARIABLE}={choice}: {exc}") from None
 
 
+def describe(environ: Mapping[str, str]) -> str:
+    """The allocator a process started with ``environ`` uses, in words (for reports)."""
+    preloaded = [name for name in PRELOADED_ALLOCATORS if name in environ.get("LD_PRELOAD", "")]
+    if preloaded:
+        return preloaded[0]
+    if "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", ""):
+        return "C library's, with transparent huge pages"
+    return "C library's"
+
+
 def reexec_with_tuned_allocator(argv: Sequence[str]) -> None:
     """Replace this process by ``python -m bnas ARGV`` with :func:`tuned_environment` (same
     process id, so launchers such as torchrun keep tracking it); return if there is nothing to

@@ -130,3 +130,11 @@ def test_a_bad_choice_is_one_line_and_exit_2(execs, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("bnas search: error: BNAS_ALLOCATOR=tcmalloc: no tcmalloc library")
     assert err.count("\n") == 1 and not execs
+
+
+def test_reports_name_the_allocator(huge_pages, no_tcmalloc):
+    assert allocator.describe({"LD_PRELOAD": "/usr/lib/libtcmalloc_minimal.so.4"}) == "tcmalloc"
+    assert allocator.describe({"LD_PRELOAD": "libjemalloc.so.2:libx.so"}) == "jemalloc"
+    assert allocator.describe(allocator.tuned_environment({})) == (
+        "C library's, with transparent huge pages")
+    assert allocator.describe({}) == "C library's"

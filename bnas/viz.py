@@ -26,7 +26,7 @@ from .errors import BnasError
 from .genotype import Cell, Genotype, load
 from .model.fixed import build_fixed
 from .ops import OPS
-from .profile import weight_bits
+from .profiling import weight_bits
 
 FORMATS = ("pdf", "png", "svg")
 ZEROISE = "zeroise"

@@ -1,4 +1,4 @@
-"""bnas.profile: parameters, FLOPs, BOPs and packed size against counts worked out by hand."""
+"""bnas.profiling: parameters, FLOPs, BOPs and packed size against counts worked out by hand."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import bnas
 from bnas import binarize
 from bnas.errors import BnasError
 from bnas.genotype import names as genotype_names
-from bnas.profile import LayerProfile, Profile, profile
+from bnas.profiling import LayerProfile, Profile, profile
 
 PLAIN_CONV = binarize.get("plain").conv_class
 

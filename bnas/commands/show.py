@@ -1,4 +1,4 @@
-"""``bnas show``: what a network costs (see :mod:`bnas.profile`): parameters (binary and
+"""``bnas show``: what a network costs (see :mod:`bnas.profiling`): parameters (binary and
 real-valued), FLOPs, binary operations, OPs = FLOPs + BOPs/64, packed size, output shape and a
 per-layer table."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 from .. import genotype
 from ..errors import BnasError, unknown
 from ..model import CONFIGS, build_model
-from ..profile import Profile, profile
+from ..profiling import Profile, profile
 
 EPILOG = """\
 FLOPs count real-valued multiply-accumulates and BOPs binary ones (both operands 1-bit), as in
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "show", help="parameters, FLOPs, BOPs, size and layers of a network",
-        description=__doc__.replace("``", "'").replace(" (see :mod:`bnas.profile`)", ""),
+        description=__doc__.replace("``", "'").replace(" (see :mod:`bnas.profiling`)", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG)
     parser.add_argument("name", metavar="NAME",

@@ -104,7 +104,8 @@ def release_freed_memory(device: torch.device) -> None:
     """Give the host memory freed by the last pass back to the system. glibc keeps freed heap
     blocks, and the next pass (other tensor sizes) cannot reuse them all; trimming after each
     pass keeps the process's resident size near what it uses (about 160 MB less at the
-    benchmark's peak). A no-op off glibc and for GPU tensors."""
+    benchmark's peak). A no-op off glibc, for GPU tensors, and in effect under tcmalloc (which
+    reuses freed blocks itself; :mod:`bnas.allocator`)."""
     if _MALLOC_TRIM is not None and device.type == "cpu":
         _MALLOC_TRIM(0)
 

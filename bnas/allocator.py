@@ -7,8 +7,8 @@ come from one heap that fragments: the BNAS-A step keeps at most 0.69 GB of bloc
 the heap grows to 1.4 GB. Blocks above the threshold (e.g. activations at batch 256) are mapped
 afresh, so the kernel faults in and zeroes their pages every step. tcmalloc (gperftools) keeps
 freed spans by size and hands them out again, which avoids both: the BNAS-A step peaks at
-1.35 GB instead of 1.90 GB at the same speed, and a digits epoch at batch 256 takes 14.0 s
-instead of 18.9 s (README, "Speed and memory"). Where tcmalloc is missing, glibc 2.35 and later
+1.30 GB instead of 1.86 GB at the same speed, and a digits epoch at batch 256 takes 14.9 s
+instead of 19.6 s (README, "Speed and memory"). Where tcmalloc is missing, glibc 2.35 and later
 can at least take transparent huge pages for its fresh mappings
 (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``), 512 times fewer faults.
 
@@ -64,10 +64,16 @@ def find_tcmalloc() -> str | None:
     return None
 
 
-def _with_tcmalloc(environ: Mapping[str, str]) -> Environment | None:
+def _preloaded(environ: Mapping[str, str]) -> str | None:
+    """The allocator of :data:`PRELOADED_ALLOCATORS` that ``LD_PRELOAD`` names, if any."""
     preload = environ.get("LD_PRELOAD", "")
-    if any(name in preload for name in PRELOADED_ALLOCATORS):
+    return next((name for name in PRELOADED_ALLOCATORS if name in preload), None)
+
+
+def _with_tcmalloc(environ: Mapping[str, str]) -> Environment | None:
+    if _preloaded(environ) is not None:
         return None
+    preload = environ.get("LD_PRELOAD", "")
     library = find_tcmalloc()
     if library is None:
         raise Unavailable("no tcmalloc library found (Debian/Ubuntu: apt-get install "
@@ -137,10 +143,10 @@ def tuned_environment(environ: Mapping[str, str]) -> Environment | None:
 
 def describe(environ: Mapping[str, str]) -> str:
     """The allocator a process started with ``environ`` uses, in words (for reports)."""
-    preloaded = [name for name in PRELOADED_ALLOCATORS if name in environ.get("LD_PRELOAD", "")]
-    if preloaded:
-        return preloaded[0]
-    if "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", ""):
+    preloaded = _preloaded(environ)
+    if preloaded is not None:
+        return preloaded
+    if TUNABLE in environ.get("GLIBC_TUNABLES", ""):
         return "C library's, with transparent huge pages"
     return "C library's"
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import presets
 from ..errors import BnasError
+from .ste import sign_clipped_ste
 
 
 OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float, float], torch.optim.Optimizer]] = {
@@ -65,6 +66,17 @@ class BinaryConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", w{self.weight_precision}a{self.input_precision}"
+
+
+class SignInputConv2d(BinaryConv2d):
+    """A binary convolution whose activations are ``sign(x)`` with the clipped straight-through
+    gradient (1 where ``|x| < 1``; XNOR-Net, Rastegari et al., ECCV 2016; BNN, Hubara et al.,
+    NeurIPS 2016). Training cells fuse this binarizer with the BatchNorm before it
+    (:mod:`bnas.ops.native`), so a subclass that binarizes otherwise derives from
+    :class:`BinaryConv2d` instead."""
+
+    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_clipped_ste(x)
 
 
 class Binarizer:

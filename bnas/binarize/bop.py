@@ -23,19 +23,15 @@ import torch
 from torch import nn
 
 from ..errors import BnasError
-from .base import Binarizer, BinaryConv2d
+from .base import Binarizer, SignInputConv2d
 from .hparams import invalid
 from .optim import Bop, Bop2ndOrder, CaseOptimizer, binary_sign, is_binary_weight
 from .registry import register
 from .schedules import from_spec
-from .ste import sign_clipped_ste
 
 
-class BopConv2d(BinaryConv2d):
+class BopConv2d(SignInputConv2d):
     """A binary convolution without latent weights: ``conv(sign(x), s(W))``."""
-
-    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
-        return sign_clipped_ste(x)
 
     def binary_weight(self) -> torch.Tensor:
         w = self.weight

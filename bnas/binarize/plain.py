@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Binarizer, BinaryConv2d
+from .base import Binarizer, SignInputConv2d
 from .registry import register
-from .ste import sign_clipped_ste
 
 
 class XnorWeight(torch.autograd.Function):
@@ -66,7 +65,7 @@ def binary_weight_gradient(w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return torch.where(alpha > 0, g, torch.zeros_like(g))
 
 
-class PlainConv2d(BinaryConv2d):
+class PlainConv2d(SignInputConv2d):
     """BNAS's binary convolution: sign activations, XNOR-scaled sign weights."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -79,9 +78,6 @@ class PlainConv2d(BinaryConv2d):
         w = self.weight
         w.copy_((w - w.mean(dim=1, keepdim=True)).clamp_(-1.0, 1.0))
         self._projected_version = w._version
-
-    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
-        return sign_clipped_ste(x)
 
     def binary_weight(self) -> torch.Tensor:
         # The reference projects once per optimisation step (and before evaluation); the

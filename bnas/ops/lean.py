@@ -20,14 +20,15 @@ the rounding falls. Under autocast the composed modules run instead.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..binarize.base import BinaryConv2d
+from ..binarize.base import BinaryConv2d, SignInputConv2d
 from ..binarize.ste import masked, pack_mask, unpack_mask
+from . import native
 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
 
@@ -88,6 +89,92 @@ def _normalize(x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor |
     return torch.ops.aten.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)[0]
 
 
+InputGrads = Callable[[torch.Tensor, tuple[bool, bool, bool]], tuple[torch.Tensor | None, ...]]
+
+
+class TorchPasses:
+    """The element-wise passes of :class:`BinaryConvRelu` on torch's kernels: any scheme, dtype
+    and device. The backward pass differentiates the scheme's ``binarize_input`` with autograd."""
+
+    @staticmethod
+    def binarize(x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+                 bn: nn.BatchNorm2d, momentum: float, conv: BinaryConv2d
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(b(BN(x)), mean, invstd)``, updating ``bn``'s running statistics."""
+        z, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, gamma, beta, bn.running_mean, bn.running_var, True, momentum, bn.eps)
+        return conv.binarize_input(z), mean, invstd
+
+    @staticmethod
+    def relu_mask_(y: torch.Tensor, scale: torch.Tensor | None,
+                   factor: torch.Tensor | None) -> torch.Tensor:
+        """``y = relu(y * scale) * factor`` in place; returns where the ReLU passed, packed."""
+        if scale is not None:
+            y.mul_(scale)
+        mask = pack_mask(y.relu_() > 0)
+        if factor is not None:
+            y.mul_(factor)
+        return mask
+
+    @staticmethod
+    def mask_grad(g: torch.Tensor, mask: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
+        """The gradient at the convolution's output (before the scale)."""
+        gy = masked(g, unpack_mask(mask, g.shape))
+        return gy if factor is None else gy.mul_(factor)
+
+    @staticmethod
+    def rebinarize(x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+                   mean: torch.Tensor, invstd: torch.Tensor, bn: nn.BatchNorm2d,
+                   conv: BinaryConv2d) -> tuple[torch.Tensor, InputGrads]:
+        """The forward pass's ``b(BN(x))`` again, and the function that takes its gradient to
+        the gradients of ``x``, ``gamma`` and ``beta``."""
+        z = _normalize(x, gamma, beta, bn.eps)
+        with torch.enable_grad():
+            xb = conv.binarize_input(z.requires_grad_())
+
+        def input_grads(dxb: torch.Tensor, need: tuple[bool, bool, bool]):
+            nonlocal z, xb
+            (dz,) = torch.autograd.grad(xb, z, dxb)
+            z = xb = None  # freed before BatchNorm's backward pass
+            return torch.ops.aten.native_batch_norm_backward(
+                dz, x, gamma, None, None, mean, invstd, True, bn.eps,
+                [need[0], need[1] and gamma is not None, need[2] and beta is not None])
+        return xb.detach(), input_grads
+
+
+class FusedPasses:
+    """The same passes through :mod:`bnas.ops.native`'s kernels, for schemes whose activation
+    binarizer is sign with the clipped straight-through gradient (:class:`SignInputConv2d`):
+    bit-identical forward values, gradients equal up to the order of floating-point sums."""
+
+    def __init__(self, kernels: native.Kernels) -> None:
+        self.k = kernels
+
+    def binarize(self, x, gamma, beta, bn, momentum, conv):
+        return self.k.bn_sign_forward(x, gamma, beta, bn.running_mean, bn.running_var,
+                                      momentum, bn.eps)
+
+    def relu_mask_(self, y, scale, factor):
+        return self.k.relu_mask_(y, scale, factor)
+
+    def mask_grad(self, g, mask, factor):
+        return self.k.mask_grad(g, mask, factor)
+
+    def rebinarize(self, x, gamma, beta, mean, invstd, bn, conv):
+        xb = self.k.bn_sign(x, gamma, beta, mean, invstd)
+        return xb, lambda dxb, need: self.k.bn_sign_backward(dxb, x, gamma, beta, mean, invstd,
+                                                            need)
+
+
+def passes(x: torch.Tensor, conv: BinaryConv2d) -> TorchPasses | FusedPasses:
+    """The fused passes where they apply to ``conv`` and ``x``, else torch's."""
+    if type(conv).binarize_input is SignInputConv2d.binarize_input and native.Kernels.accepts(x):
+        kernels = native.kernels()
+        if kernels is not None:
+            return FusedPasses(kernels)
+    return TorchPasses()
+
+
 class BinaryConvRelu(torch.autograd.Function):
     """``relu(s * conv(b(BN(x)), W_b)) * f`` of a :class:`~bnas.ops.BinConvOp` in training mode
     (see the module docstring); ``f`` is the optional drop-path factor ``(N, 1, 1, 1)``."""
@@ -96,18 +183,12 @@ class BinaryConvRelu(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
                 weight: torch.Tensor, scale: torch.Tensor | None, factor: torch.Tensor | None,
                 bn: nn.BatchNorm2d, conv: BinaryConv2d) -> torch.Tensor:
-        z, mean, invstd = torch.ops.aten.native_batch_norm(
-            x, gamma, beta, bn.running_mean, bn.running_var, True, bn_momentum(bn), bn.eps)
-        xb = conv.binarize_input(z)
-        del z
+        ops = passes(x, conv)
+        xb, mean, invstd = ops.binarize(x, gamma, beta, bn, bn_momentum(bn), conv)
         y = F.conv2d(xb, weight, None, *conv_geometry(conv))
         del xb
-        if scale is not None:
-            y.mul_(scale)
-        mask = pack_mask(y.relu_() > 0)
-        if factor is not None:
-            y.mul_(factor)
-        ctx.bn, ctx.conv = bn, conv
+        mask = ops.relu_mask_(y, scale, factor)
+        ctx.bn, ctx.conv, ctx.ops = bn, conv, ops
         ctx.save_for_backward(x, gamma, beta, weight, scale, factor, mean, invstd, mask)
         return y
 
@@ -115,18 +196,14 @@ class BinaryConvRelu(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         x, gamma, beta, weight, scale, factor, mean, invstd, mask = ctx.saved_tensors
         need_x, need_gamma, need_beta, need_weight, need_scale = ctx.needs_input_grad[:5]
-        bn, conv = ctx.bn, ctx.conv
-        gy = masked(g, unpack_mask(mask, g.shape))
-        if factor is not None:
-            gy.mul_(factor)
-        z = _normalize(x, gamma, beta, bn.eps)
-        with torch.enable_grad():
-            xb = conv.binarize_input(z.requires_grad_())
+        bn, conv, ops = ctx.bn, ctx.conv, ctx.ops
+        gy = ops.mask_grad(g, mask, factor)
+        xb, input_grads = ops.rebinarize(x, gamma, beta, mean, invstd, bn, conv)
         folded = weight if scale is None else weight * scale.view(-1, 1, 1, 1)
         need_dx = need_x or need_gamma or need_beta
-        dxb, dw = conv_backward(gy, xb.detach(), folded, conv_geometry(conv),
+        dxb, dw = conv_backward(gy, xb, folded, conv_geometry(conv),
                                 (need_dx, need_weight or need_scale))
-        del gy
+        del gy, xb
         g_weight = g_scale = None
         if dw is not None and scale is not None:
             g_scale = (dw * weight).sum(dim=(1, 2, 3)).view_as(scale) if need_scale else None
@@ -134,11 +211,7 @@ class BinaryConvRelu(torch.autograd.Function):
         g_weight = dw if need_weight else None
         dx = g_gamma = g_beta = None
         if need_dx:
-            (dz,) = torch.autograd.grad(xb, z, dxb)
-            del xb, z, dxb
-            dx, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
-                dz, x, gamma, None, None, mean, invstd, True, bn.eps,
-                [need_x, need_gamma and gamma is not None, need_beta and beta is not None])
+            dx, g_gamma, g_beta = input_grads(dxb, (need_x, need_gamma, need_beta))
         return dx, g_gamma, g_beta, g_weight, g_scale, None, None, None
 
 

@@ -19,7 +19,8 @@ needs_kernels = pytest.mark.skipif(KERNELS is None, reason="fused kernels not bu
 
 
 def test_kernels_are_built_where_a_compiler_is():
-    assert (KERNELS is not None) == (native._compiler() is not None)
+    assert (KERNELS is not None) == (native._compiler() is not None), native.describe()
+    assert native.describe().startswith("on (" if KERNELS is not None else "off (")
 
 
 def test_kernels_share_torchs_openmp_runtime():
@@ -183,16 +184,16 @@ def test_bnas_training_step_is_the_same_on_either_passes(monkeypatch):
 def fresh_build(monkeypatch, tmp_path):
     """kernels() with an empty cache, restored afterwards."""
     monkeypatch.setenv("BNAS_CACHE_DIR", str(tmp_path))
-    native.kernels.cache_clear()
+    native._load.cache_clear()
     yield tmp_path
-    native.kernels.cache_clear()
+    native._load.cache_clear()
 
 
 @needs_kernels
 def test_a_build_that_differs_from_torch_is_not_used(fresh_build, monkeypatch):
     tried = []
     monkeypatch.setattr(native, "matches_torch", lambda k: tried.append(k) or False)
-    assert native.kernels() is None
+    assert native.kernels() is None and "differs" in native.describe()
     assert len(tried) == 2  # with and without fused multiply-adds
     assert len(list(fresh_build.glob("sign_bn-*.so"))) == 2
 
@@ -200,15 +201,15 @@ def test_a_build_that_differs_from_torch_is_not_used(fresh_build, monkeypatch):
 def test_without_a_working_compiler_torchs_passes_run(fresh_build, monkeypatch):
     monkeypatch.setenv("CXX", "false")  # a compiler that always fails
     monkeypatch.setattr(native, "_compiler", lambda: "false")
-    assert native.kernels() is None
+    assert native.kernels() is None and native.describe().startswith("off (false failed")
     assert not list(fresh_build.iterdir())  # no partial library is left behind
     monkeypatch.setattr(native, "_compiler", lambda: None)
-    native.kernels.cache_clear()
-    assert native.kernels() is None
+    native._load.cache_clear()
+    assert native.kernels() is None and "no C++ compiler" in native.describe()
 
 
 def test_bnas_fused_0_turns_the_kernels_off(fresh_build, monkeypatch):
     monkeypatch.setenv("BNAS_FUSED", "0")
-    assert native.kernels() is None
+    assert native.kernels() is None and native.describe() == "off (BNAS_FUSED=0)"
     op = BinConvOp(3, 4, 3, 1, 1, get_binarizer("plain"))
     assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.conv), TorchPasses)

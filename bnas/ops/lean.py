@@ -17,6 +17,12 @@ and to the composed modules' (a sign is sensitive to the last bit of a value nea
 The convolution is ``F.conv2d`` as in the modules, for the same reason: binary convolutions sum
 ``+-alpha`` terms that often cancel exactly, and the ReLU's gradient depends on which side of zero
 the rounding falls. Under autocast the composed modules run instead.
+
+The element-wise passes around the convolution come in two implementations: :class:`TorchPasses`
+(torch's kernels; every scheme, dtype and device) and :class:`FusedPasses` (the CPU kernels of
+:mod:`bnas.ops.native`, for float32 NCHW tensors and schemes whose binarizer is sign with the
+clipped straight-through gradient), which read each tensor fewer times. Their forward values are
+bit-identical; their gradients differ only in the order of floating-point sums.
 """
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import logging
 import os
 import shutil
 import subprocess
@@ -31,7 +30,6 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "sign_bn.cpp"
-log = logging.getLogger(__name__)
 
 _P, _I, _D, _C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
@@ -188,22 +186,30 @@ def matches_torch(k: Kernels) -> bool:
 
 
 @functools.cache
-def kernels() -> Kernels | None:
-    """The fused kernels, or None where they cannot be used (see the module docstring)."""
+def _load() -> tuple[Kernels | None, str]:
+    """The kernels (or None) and a line that says which build runs, or why none does."""
     if os.environ.get("BNAS_FUSED", "1") == "0":
-        return None
+        return None, "off (BNAS_FUSED=0)"
     compiler = _compiler()
     if compiler is None:
-        log.info("no C++ compiler: binary operations run on torch's kernels")
-        return None
+        return None, "off (no C++ compiler: set CXX or install g++)"
     for fma in (True, False):
         try:
-            k = Kernels(ctypes.CDLL(str(_build(compiler, fma))))
+            path = _build(compiler, fma)
+            k = Kernels(ctypes.CDLL(str(path)))
         except (OSError, subprocess.CalledProcessError) as e:
-            detail = getattr(e, "stderr", "") or str(e)
-            log.info("fused kernels unavailable (%s)", detail.strip().splitlines()[-1:])
-            return None
+            detail = (getattr(e, "stderr", None) or str(e)).strip().splitlines()
+            return None, f"off ({compiler} failed: {detail[-1] if detail else e})"
         if matches_torch(k):
-            return k
-    log.info("fused kernels differ from torch's BatchNorm here: using torch's kernels")
-    return None
+            return k, f"on ({path})"
+    return None, "off (the build's BatchNorm differs from torch's here)"
+
+
+def kernels() -> Kernels | None:
+    """The fused kernels, or None where they cannot be used (see the module docstring)."""
+    return _load()[0]
+
+
+def describe() -> str:
+    """Whether the fused kernels run, and which library or why not (builds it on first use)."""
+    return _load()[1]

@@ -115,7 +115,8 @@ def op_pair(scheme: str, affine: bool) -> tuple[BinConvOp, BinConvOp]:
     torch.manual_seed(3)
     op = BinConvOp(6, 8, 3, 1, 1, get_binarizer(scheme), affine=affine)
     if affine:
-        torch.nn.init.uniform_(op.bn.weight, 0.5, 1.5), torch.nn.init.uniform_(op.bn.bias, -0.3, 0.3)
+        torch.nn.init.uniform_(op.bn.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(op.bn.bias, -0.3, 0.3)
     op.lean = True
     return op, copy.deepcopy(op)
 
@@ -125,13 +126,13 @@ def op_pair(scheme: str, affine: bool) -> tuple[BinConvOp, BinConvOp]:
 @pytest.mark.parametrize("affine", [False, True])
 def test_lean_op_uses_the_fused_passes_with_the_same_results(scheme, affine, monkeypatch):
     fused, reference = op_pair(scheme, affine)
-    assert isinstance(lean.passes(torch.empty(2, 6, 5, 5), fused.conv), lean.FusedPasses)
+    assert isinstance(lean.passes(torch.empty(2, 6, 5, 5), fused.bn, fused.conv), lean.FusedPasses)
     factor = drop_factor(4, torch.empty(0), 0.5)
     x = batch((4, 6, 9, 9)) * 0.5
     results = []
     for module, use_torch in ((fused, False), (reference, True)):
         if use_torch:
-            monkeypatch.setattr(lean, "passes", lambda x, conv: TorchPasses())
+            monkeypatch.setattr(lean, "passes", lambda x, bn, conv: TorchPasses())
         xi = x.clone().requires_grad_()
         y = module(xi, factor)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
@@ -148,12 +149,14 @@ def test_lean_op_uses_the_fused_passes_with_the_same_results(scheme, affine, mon
 def test_other_schemes_and_tensors_use_torchs_passes():
     for scheme in ("rbnn", "recu", "siman"):
         op = BinConvOp(3, 4, 3, 1, 1, get_binarizer(scheme))
-        assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.conv), TorchPasses), scheme
-    conv = BinConvOp(3, 4, 3, 1, 1, get_binarizer("plain")).conv
+        assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.bn, op.conv), TorchPasses)
+    op = BinConvOp(3, 4, 3, 1, 1, get_binarizer("plain"))
     for x in (torch.empty(2, 3, 5, 5, dtype=torch.float64), torch.empty(2, 3, 1, 1),
               torch.empty(2, 3, 5, 5).to(memory_format=torch.channels_last),
               torch.empty(2, 5, 5, 3).permute(0, 3, 1, 2)):
-        assert isinstance(lean.passes(x, conv), TorchPasses)
+        assert isinstance(lean.passes(x, op.bn, op.conv), TorchPasses)
+    op.bn.double()  # parameters of another dtype than the input's
+    assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.bn, op.conv), TorchPasses)
 
 
 @needs_kernels
@@ -167,7 +170,7 @@ def test_bnas_training_step_is_the_same_on_either_passes(monkeypatch):
     outputs = []
     for model in (fused, reference):
         if model is reference:
-            monkeypatch.setattr(lean, "passes", lambda x, conv: TorchPasses())
+            monkeypatch.setattr(lean, "passes", lambda x, bn, conv: TorchPasses())
         model.train()
         torch.manual_seed(1)  # the same drop-path draws
         logits = model(x)
@@ -212,4 +215,4 @@ def test_bnas_fused_0_turns_the_kernels_off(fresh_build, monkeypatch):
     monkeypatch.setenv("BNAS_FUSED", "0")
     assert native.kernels() is None and native.describe() == "off (BNAS_FUSED=0)"
     op = BinConvOp(3, 4, 3, 1, 1, get_binarizer("plain"))
-    assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.conv), TorchPasses)
+    assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.bn, op.conv), TorchPasses)

@@ -172,9 +172,11 @@ class FusedPasses:
                                                             need)
 
 
-def passes(x: torch.Tensor, conv: BinaryConv2d) -> TorchPasses | FusedPasses:
-    """The fused passes where they apply to ``conv`` and ``x``, else torch's."""
-    if type(conv).binarize_input is SignInputConv2d.binarize_input and native.Kernels.accepts(x):
+def passes(x: torch.Tensor, bn: nn.BatchNorm2d,
+           conv: BinaryConv2d) -> TorchPasses | FusedPasses:
+    """The fused passes where they apply to ``x``, ``bn`` and ``conv``, else torch's."""
+    if (type(conv).binarize_input is SignInputConv2d.binarize_input and native.Kernels.accepts(
+            x, bn.weight, bn.bias, bn.running_mean, bn.running_var)):
         kernels = native.kernels()
         if kernels is not None:
             return FusedPasses(kernels)
@@ -189,7 +191,7 @@ class BinaryConvRelu(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
                 weight: torch.Tensor, scale: torch.Tensor | None, factor: torch.Tensor | None,
                 bn: nn.BatchNorm2d, conv: BinaryConv2d) -> torch.Tensor:
-        ops = passes(x, conv)
+        ops = passes(x, bn, conv)
         xb, mean, invstd = ops.binarize(x, gamma, beta, bn, bn_momentum(bn), conv)
         y = F.conv2d(xb, weight, None, *conv_geometry(conv))
         del xb

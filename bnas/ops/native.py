@@ -63,12 +63,16 @@ class Kernels:
         self.lib = lib
 
     @staticmethod
-    def accepts(x: torch.Tensor) -> bool:
-        """Whether ``x`` is a tensor these kernels take."""
+    def accepts(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+        """Whether ``x`` and the per-channel ``params`` (None for absent ones) are tensors these
+        kernels take."""
         # A tensor that is also channels-last contiguous (1 x 1 planes, or one channel) takes
         # torch's channels-last BatchNorm kernel, whose sums run in another order.
         return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-                and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last))
+                and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+                and all(p is None or (p.device.type == "cpu" and p.dtype == torch.float32
+                                      and p.is_contiguous() and p.numel() == x.shape[1])
+                        for p in params))
 
     def bn_sign_forward(self, x: torch.Tensor, gamma: torch.Tensor | None,
                         bias: torch.Tensor | None, running_mean: torch.Tensor | None,

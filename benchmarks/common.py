@@ -50,10 +50,11 @@ def child_environment() -> dict[str, str]:
 
 def run(script: str, args: argparse.Namespace, names: Sequence[str], header: str,
         measure: Callable[[int], dict[str, Any]], row: Callable[[int, dict[str, Any]], str],
-        skip: Callable[[int], bool] = lambda index: False) -> int:
+        skip: Callable[[int], bool] = lambda index: False,
+        settings: Callable[[], Sequence[str]] = tuple) -> int:
     """In a child (``--child I``): print workload I's measurements as JSON. Otherwise run each
     workload that ``--only`` selects and ``skip`` keeps in a child process of ``script``, and
-    print ``header`` and one ``row`` per workload."""
+    print the allocator, the lines of ``settings``, ``header`` and one ``row`` per workload."""
     if args.child is not None:
         print(json.dumps(measure(args.child)))
         return 0
@@ -61,6 +62,8 @@ def run(script: str, args: argparse.Namespace, names: Sequence[str], header: str
 
     environment = child_environment()
     print(f"allocator: {describe(environment)} (BNAS_ALLOCATOR chooses)", flush=True)
+    for line in settings():
+        print(line, flush=True)
     print(header, flush=True)
     for index, name in enumerate(names):
         if (args.only and args.only not in name) or skip(index):

@@ -4,6 +4,7 @@
     python benchmarks/train_step.py                 # every workload, 2 threads (slow)
     python benchmarks/train_step.py --only bnas-a --steps 8
     python benchmarks/train_step.py --only resnet20
+    BNAS_FUSED=0 python benchmarks/train_step.py --only bnas-a   # without the fused kernels
 
 Each workload runs in a fresh process (so that its peak resident memory is its own): the
 engine's own :meth:`bnas.train.Trainer.train_step` (forward, backward, the scheme's gradient
@@ -107,9 +108,15 @@ def main() -> int:
                 f"{r['images_per_s']:7.1f}{ratio(r['images_per_s'], w.reference_images_per_s):>11} "
                 f"{r['peak_gb']:6.2f}{ratio(r['peak_gb'], w.reference_gb):>10} {r['import_gb']:9.2f}")
 
+    def fused() -> list[str]:
+        from bnas.ops.native import describe
+
+        return [f"fused CPU kernels: {describe()} (BNAS_FUSED=0 turns them off)"]
+
     return run(__file__, args, [w.name for w in items],
                f"{'workload':48} {'batch':>5} {'step s':>16} {'img/s':>18} {'peak GB':>16} {'import GB':>9}",
-               lambda index: measure(items[index], args.steps, args.threads), row)
+               lambda index: measure(items[index], args.steps, args.threads), row,
+               settings=fused)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,24 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 NUMBER, RATIO = r"[\d.]+", r"[\d.]+ \([\d.]+x ref\)"
 WORKLOADS = [
-    # script, --only, the workload's row: step s, img/s (ratio), peak GB (ratio), import GB
-    ("train_step.py", "resnet20_1w1a rbnn",
+    # script, --only, settings lines, the workload's row: step s, img/s (ratio), peak GB (ratio),
+    # import GB
+    ("train_step.py", "resnet20_1w1a rbnn", ["fused CPU kernels: "],
      rf"resnet20_1w1a rbnn\s+128\s+{NUMBER}\s+{RATIO}\s+{RATIO}\s+{NUMBER}"),
     # step s (ratio), CPU s, peak GB (ratio), import GB
-    ("search_step.py", "fast path, batch 32",
+    ("search_step.py", "fast path, batch 32", [],
      rf"search step, fast path, batch 32\s+{RATIO}\s+{NUMBER}\s+{RATIO}\s+{NUMBER}"),
 ]
 
 
-@pytest.mark.parametrize("script, only, row", WORKLOADS)
-def test_benchmark_prints_its_figures_next_to_the_reference(script, only, row):
+@pytest.mark.parametrize("script, only, settings, row", WORKLOADS)
+def test_benchmark_prints_its_figures_next_to_the_reference(script, only, settings, row):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--only", only,
                            "--steps", "1"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("allocator: ")
-    assert len(lines) == 3, proc.stdout
-    assert re.fullmatch(row, lines[2]), lines[2]
+    assert [line[:len(s)] for line, s in zip(lines[1:], settings)] == settings
+    assert len(lines) == 3 + len(settings), proc.stdout
+    assert lines[-2].split()[0] == "workload"
+    assert re.fullmatch(row, lines[-1]), lines[-1]

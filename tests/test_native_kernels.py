@@ -211,6 +211,14 @@ def test_without_a_working_compiler_torchs_passes_run(fresh_build, monkeypatch):
     assert native.kernels() is None and "no C++ compiler" in native.describe()
 
 
+@pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler")
+def test_an_unwritable_cache_turns_the_kernels_off(fresh_build, monkeypatch):
+    blocker = fresh_build / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("BNAS_CACHE_DIR", str(blocker / "cache"))  # a directory under a file
+    assert native.kernels() is None and native.describe().startswith("off ([Errno")
+
+
 def test_bnas_fused_0_turns_the_kernels_off(fresh_build, monkeypatch):
     monkeypatch.setenv("BNAS_FUSED", "0")
     assert native.kernels() is None and native.describe() == "off (BNAS_FUSED=0)"

@@ -201,9 +201,11 @@ def _load() -> tuple[Kernels | None, str]:
         try:
             path = _build(compiler, fma)
             k = Kernels(ctypes.CDLL(str(path)))
-        except (OSError, subprocess.CalledProcessError) as e:
-            detail = (getattr(e, "stderr", None) or str(e)).strip().splitlines()
+        except subprocess.CalledProcessError as e:
+            detail = (e.stderr or "").strip().splitlines()
             return None, f"off ({compiler} failed: {detail[-1] if detail else e})"
+        except OSError as e:  # an unwritable cache, a library that does not load
+            return None, f"off ({e})"
         if matches_torch(k):
             return k, f"on ({path})"
     return None, "off (the build's BatchNorm differs from torch's here)"

@@ -149,27 +149,34 @@ class TorchPasses:
 
 
 class FusedPasses:
-    """The same passes through :mod:`bnas.ops.native`'s kernels, for schemes whose activation
-    binarizer is sign with the clipped straight-through gradient (:class:`SignInputConv2d`):
-    bit-identical forward values, gradients equal up to the order of floating-point sums."""
+    """The passes of :class:`TorchPasses` (same signatures) through :mod:`bnas.ops.native`'s
+    kernels, for schemes whose activation binarizer is sign with the clipped straight-through
+    gradient (:class:`SignInputConv2d`): bit-identical forward values, gradients equal up to the
+    order of floating-point sums."""
 
     def __init__(self, kernels: native.Kernels) -> None:
         self.k = kernels
 
-    def binarize(self, x, gamma, beta, bn, momentum, conv):
+    def binarize(self, x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+                 bn: nn.BatchNorm2d, momentum: float, conv: BinaryConv2d
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.k.bn_sign_forward(x, gamma, beta, bn.running_mean, bn.running_var,
                                       momentum, bn.eps)
 
-    def relu_mask_(self, y, scale, factor):
+    def relu_mask_(self, y: torch.Tensor, scale: torch.Tensor | None,
+                   factor: torch.Tensor | None) -> torch.Tensor:
         return self.k.relu_mask_(y, scale, factor)
 
-    def mask_grad(self, g, mask, factor):
+    def mask_grad(self, g: torch.Tensor, mask: torch.Tensor,
+                  factor: torch.Tensor | None) -> torch.Tensor:
         return self.k.mask_grad(g, mask, factor)
 
-    def rebinarize(self, x, gamma, beta, mean, invstd, bn, conv):
-        xb = self.k.bn_sign(x, gamma, beta, mean, invstd)
-        return xb, lambda dxb, need: self.k.bn_sign_backward(dxb, x, gamma, beta, mean, invstd,
-                                                            need)
+    def rebinarize(self, x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+                   mean: torch.Tensor, invstd: torch.Tensor, bn: nn.BatchNorm2d,
+                   conv: BinaryConv2d) -> tuple[torch.Tensor, InputGrads]:
+        def input_grads(dxb: torch.Tensor, need: tuple[bool, bool, bool]):
+            return self.k.bn_sign_backward(dxb, x, gamma, beta, mean, invstd, need)
+        return self.k.bn_sign(x, gamma, beta, mean, invstd), input_grads
 
 
 def passes(x: torch.Tensor, bn: nn.BatchNorm2d,

@@ -10,7 +10,9 @@ import torch
 
 import bnas
 from bnas.binarize import get as get_binarizer
-from bnas.binarize.ste import sign_clipped_ste
+from bnas.binarize.normalize import standardized_sign
+from bnas.binarize.plain import PlainConv2d
+from bnas.binarize.ste import bireal_slope_, sign_clipped_ste
 from bnas.ops import BinConvOp, lean, native
 from bnas.ops.lean import TorchPasses, drop_factor
 
@@ -111,6 +113,33 @@ def test_backward_matches_torchs_batchnorm_and_straight_through_gradient(shape, 
     torch.testing.assert_close(dx.double(), xd.grad, rtol=1e-3, atol=1e-4)
 
 
+@needs_kernels
+@pytest.mark.parametrize("affine", [False, True])
+def test_scaled_bireal_backward_matches_recus_binarizer_by_autograd(affine):
+    """ReCU's activations: sign(z / d) per sample, Bi-Real's gradient through the scaling."""
+    shape = (4, 6, 7, 9)
+    x = batch(shape) * 0.3
+    c = shape[1]
+    gamma, bias = (torch.rand(c) + 0.5, torch.randn(c) * 0.2) if affine else (None, None)
+    _, mean, invstd = KERNELS.bn_sign_forward(x, gamma, bias, None, None, 0.1, 1e-5)
+    m, d = KERNELS.sample_moments(x, gamma, bias, mean, invstd, 1e-5)
+    z = torch.ops.aten.native_batch_norm(x, gamma, bias, None, None, True, 0.0, 1e-5)[0]
+    rows = z.double().reshape(shape[0], -1)
+    torch.testing.assert_close(m.double(), rows.mean(dim=1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d.double(), (rows.var(dim=1) + 1e-5).sqrt(), rtol=1e-5, atol=1e-6)
+    dxb = torch.randn(shape)
+    dx, dgamma, dbias = KERNELS.scaled_bireal_backward(dxb, x, gamma, bias, mean, invstd, m, d,
+                                                       (True, affine, affine))
+    xd = x.double().requires_grad_()
+    params = [None if t is None else t.double().requires_grad_() for t in (gamma, bias)]
+    zd = torch.nn.functional.batch_norm(xd, None, None, *params, True, 0.1, 1e-5)
+    standardized_sign(zd, bireal_slope_, eps=1e-5, center=False).backward(dxb.double())
+    torch.testing.assert_close(dx.double(), xd.grad, rtol=1e-4, atol=1e-5)
+    if affine:
+        torch.testing.assert_close(dgamma.double(), params[0].grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(dbias.double(), params[1].grad, rtol=1e-4, atol=1e-4)
+
+
 def op_pair(scheme: str, affine: bool) -> tuple[BinConvOp, BinConvOp]:
     torch.manual_seed(3)
     op = BinConvOp(6, 8, 3, 1, 1, get_binarizer(scheme), affine=affine)
@@ -122,11 +151,12 @@ def op_pair(scheme: str, affine: bool) -> tuple[BinConvOp, BinConvOp]:
 
 
 @needs_kernels
-@pytest.mark.parametrize("scheme", ["plain", "bop"])
+@pytest.mark.parametrize("scheme, kind", [("plain", lean.FusedPasses), ("bop", lean.FusedPasses),
+                                          ("recu", lean.FusedScaledBirealPasses)])
 @pytest.mark.parametrize("affine", [False, True])
-def test_lean_op_uses_the_fused_passes_with_the_same_results(scheme, affine, monkeypatch):
+def test_lean_op_uses_the_fused_passes_with_the_same_results(scheme, kind, affine, monkeypatch):
     fused, reference = op_pair(scheme, affine)
-    assert isinstance(lean.passes(torch.empty(2, 6, 5, 5), fused.bn, fused.conv), lean.FusedPasses)
+    assert type(lean.passes(torch.empty(2, 6, 5, 5), fused.bn, fused.conv)) is kind
     factor = drop_factor(4, torch.empty(0), 0.5)
     x = batch((4, 6, 9, 9)) * 0.5
     results = []
@@ -147,9 +177,18 @@ def test_lean_op_uses_the_fused_passes_with_the_same_results(scheme, affine, mon
 
 
 def test_other_schemes_and_tensors_use_torchs_passes():
-    for scheme in ("rbnn", "recu", "siman"):
+    for scheme in ("rbnn", "siman"):
         op = BinConvOp(3, 4, 3, 1, 1, get_binarizer(scheme))
         assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.bn, op.conv), TorchPasses)
+    op = BinConvOp(3, 4, 3, 1, 1, get_binarizer("recu")).eval()  # ReCU's eval-mode binarizer
+    assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.bn, op.conv), TorchPasses)
+
+    class Overriding(PlainConv2d):  # binarizes otherwise without declaring it
+        def binarize_input(self, x):
+            return torch.sign(x)
+
+    assert lean.fused_input(Overriding(3, 4, 3)) is None
+    assert lean.fused_input(PlainConv2d(3, 4, 3)) == "sign_clipped"
     op = BinConvOp(3, 4, 3, 1, 1, get_binarizer("plain"))
     for x in (torch.empty(2, 3, 5, 5, dtype=torch.float64), torch.empty(2, 3, 1, 1),
               torch.empty(2, 3, 5, 5).to(memory_format=torch.channels_last),
@@ -160,9 +199,10 @@ def test_other_schemes_and_tensors_use_torchs_passes():
 
 
 @needs_kernels
-def test_bnas_training_step_is_the_same_on_either_passes(monkeypatch):
+@pytest.mark.parametrize("scheme", ["plain", "recu"])
+def test_bnas_training_step_is_the_same_on_either_passes(scheme, monkeypatch):
     torch.manual_seed(0)
-    fused = bnas.build_model("latest_cell_zeroise", binarizer="plain", num_classes=10, layers=5,
+    fused = bnas.build_model("latest_cell_zeroise", binarizer=scheme, num_classes=10, layers=5,
                              init_channels=8)
     fused.drop_path_prob = 0.2
     reference = copy.deepcopy(fused)

@@ -37,6 +37,11 @@ class BinaryConv2d(nn.Conv2d):
 
     weight_precision: ClassVar[int] = 1
     input_precision: int = 1
+    #: The activation binarizer of this class's training-mode ``binarize_input``, by the name of
+    #: the fused CPU kernels that compute it (``bnas.ops.lean.FUSED_PASSES``), or None. It holds
+    #: only for the class that declares it with its ``binarize_input``: a subclass that
+    #: overrides ``binarize_input`` is not fused unless it declares its own.
+    fused_input: ClassVar[str | None] = None
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> None:
@@ -72,8 +77,9 @@ class SignInputConv2d(BinaryConv2d):
     """A binary convolution whose activations are ``sign(x)`` with the clipped straight-through
     gradient (1 where ``|x| < 1``; XNOR-Net, Rastegari et al., ECCV 2016; BNN, Hubara et al.,
     NeurIPS 2016). Training cells fuse this binarizer with the BatchNorm before it
-    (:mod:`bnas.ops.native`), so a subclass that binarizes otherwise derives from
-    :class:`BinaryConv2d` instead."""
+    (:mod:`bnas.ops.native`)."""
+
+    fused_input = "sign_clipped"
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         return sign_clipped_ste(x)

@@ -26,7 +26,7 @@ parameter is).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -59,6 +59,10 @@ class ReCUConv2d(BinaryConv2d):
     Buffer ``tau`` (the clamp quantile); parameter ``alpha`` ``(O, 1, 1)``.
     """
 
+    fused_input = "scaled_bireal"
+    #: ``eps`` of the activations' per-sample scaling ``a / sqrt(var + eps)``.
+    activation_eps: ClassVar[float] = 1e-5
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("tau", torch.tensor(1.0))
@@ -66,7 +70,7 @@ class ReCUConv2d(BinaryConv2d):
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            return standardized_sign(x, bireal_slope_, eps=1e-5, center=False)
+            return standardized_sign(x, bireal_slope_, eps=self.activation_eps, center=False)
         return sign_bireal_ste(x)
 
     def binary_weight(self) -> torch.Tensor:

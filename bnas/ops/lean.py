@@ -20,9 +20,10 @@ the rounding falls. Under autocast the composed modules run instead.
 
 The element-wise passes around the convolution come in two implementations: :class:`TorchPasses`
 (torch's kernels; every scheme, dtype and device) and :class:`FusedPasses` (the CPU kernels of
-:mod:`bnas.ops.native`, for float32 NCHW tensors and schemes whose binarizer is sign with the
-clipped straight-through gradient), which read each tensor fewer times. Their forward values are
-bit-identical; their gradients differ only in the order of floating-point sums.
+:mod:`bnas.ops.native`, for float32 NCHW tensors and the activation binarizers they implement:
+sign with the clipped straight-through gradient, and ReCU's), which read each tensor fewer
+times. Their forward values are bit-identical; their gradients differ only in the order of
+floating-point sums.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..binarize.base import BinaryConv2d, SignInputConv2d
+from ..binarize.base import BinaryConv2d
 from ..binarize.ste import masked, pack_mask, unpack_mask
 from . import native
 
@@ -150,9 +151,10 @@ class TorchPasses:
 
 class FusedPasses:
     """The passes of :class:`TorchPasses` (same signatures) through :mod:`bnas.ops.native`'s
-    kernels, for schemes whose activation binarizer is sign with the clipped straight-through
-    gradient (:class:`SignInputConv2d`): bit-identical forward values, gradients equal up to the
-    order of floating-point sums."""
+    kernels, for the activation binarizer sign with the clipped straight-through gradient
+    (:class:`~bnas.binarize.base.SignInputConv2d`): bit-identical forward values, gradients
+    equal up to the order of floating-point sums. One instance serves one call of
+    :class:`BinaryConvRelu`."""
 
     def __init__(self, kernels: native.Kernels) -> None:
         self.k = kernels
@@ -175,18 +177,55 @@ class FusedPasses:
                    mean: torch.Tensor, invstd: torch.Tensor, bn: nn.BatchNorm2d,
                    conv: BinaryConv2d) -> tuple[torch.Tensor, InputGrads]:
         def input_grads(dxb: torch.Tensor, need: tuple[bool, bool, bool]):
-            return self.k.bn_sign_backward(dxb, x, gamma, beta, mean, invstd, need)
+            return self.input_backward(dxb, x, gamma, beta, mean, invstd, need)
         return self.k.bn_sign(x, gamma, beta, mean, invstd), input_grads
+
+    def input_backward(self, dxb: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor | None,
+                       beta: torch.Tensor | None, mean: torch.Tensor, invstd: torch.Tensor,
+                       need: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+        """The gradients of ``x``, ``gamma`` and ``beta`` from that of the binary input."""
+        return self.k.bn_sign_backward(dxb, x, gamma, beta, mean, invstd, need)
+
+
+class FusedScaledBirealPasses(FusedPasses):
+    """:class:`FusedPasses` for ReCU's training-mode activation binarizer: ``sign(z / d)`` per
+    sample (``d = sqrt(var + eps)``; the sign is ``sign(z)``, so the forward pass is the same)
+    with Bi-Real's gradient through the scaling (:class:`~bnas.binarize.recu.ReCUConv2d`)."""
+
+    def binarize(self, x, gamma, beta, bn, momentum, conv):
+        xb, mean, invstd = super().binarize(x, gamma, beta, bn, momentum, conv)
+        self.moments = self.k.sample_moments(x, gamma, beta, mean, invstd, conv.activation_eps)
+        return xb, mean, invstd
+
+    def input_backward(self, dxb, x, gamma, beta, mean, invstd, need):
+        return self.k.scaled_bireal_backward(dxb, x, gamma, beta, mean, invstd, *self.moments,
+                                             need)
+
+
+#: The fused passes by the activation binarizer they compute (``BinaryConv2d.fused_input``).
+FUSED_PASSES: dict[str, type[FusedPasses]] = {"sign_clipped": FusedPasses,
+                                              "scaled_bireal": FusedScaledBirealPasses}
+
+
+def fused_input(conv: BinaryConv2d) -> str | None:
+    """``conv``'s declared ``fused_input``, where its ``binarize_input`` is the one declared
+    with it (not overridden by a subclass), else None."""
+    for cls in type(conv).__mro__:
+        if "fused_input" in vars(cls):
+            own = type(conv).binarize_input is vars(cls).get("binarize_input")
+            return vars(cls)["fused_input"] if own else None
+    return None
 
 
 def passes(x: torch.Tensor, bn: nn.BatchNorm2d,
            conv: BinaryConv2d) -> TorchPasses | FusedPasses:
     """The fused passes where they apply to ``x``, ``bn`` and ``conv``, else torch's."""
-    if (type(conv).binarize_input is SignInputConv2d.binarize_input and native.Kernels.accepts(
+    kind = fused_input(conv)
+    if (kind is not None and conv.training and native.Kernels.accepts(
             x, bn.weight, bn.bias, bn.running_mean, bn.running_var)):
         kernels = native.kernels()
         if kernels is not None:
-            return FusedPasses(kernels)
+            return FUSED_PASSES[kind](kernels)
     return TorchPasses()
 
 

@@ -3,7 +3,7 @@
 Training a BNAS cell spends about as long on the bandwidth-bound passes around its binary
 convolutions (BatchNorm statistics and transform, sign, its straight-through mask, the ReLU
 mask) as on the convolutions themselves. When the activation binarizer is sign with the clipped
-straight-through gradient (BNAS's plain scheme, Bop), these kernels do each side of
+straight-through gradient (BNAS's plain scheme, Bop) or ReCU's, these kernels do each side of
 ``relu(conv(sign(BN(x)), W))`` in as few reads of memory as the maths allows: the statistics, the
 transform and the sign in one kernel; the ReLU and its one-bit mask in another; on the way back,
 the mask, the straight-through gradient and BatchNorm's input gradient.
@@ -38,6 +38,8 @@ _SIGNATURES = {
     "bnas_relu_mask": [_P, _I, _I, _I, _P, _P, _P, _C],
     "bnas_mask_grad": [_P, _P, _I, _I, _I, _P, _P, _C],
     "bnas_bn_sign_backward": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _C],
+    "bnas_sample_moments": [_P, _I, _I, _I, _P, _P, _P, _P, _D, _P, _P, _C],
+    "bnas_scaled_bireal_backward": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _C],
 }
 
 
@@ -130,6 +132,34 @@ class Kernels:
             dxb.contiguous().data_ptr(), x.data_ptr(), *_planes(x), _ptr(gamma), _ptr(bias),
             mean.data_ptr(), invstd.data_ptr(), _ptr(dx), _ptr(dgamma), _ptr(dbias),
             torch.get_num_threads())
+        return dx, dgamma, dbias
+
+
+    def sample_moments(self, x: torch.Tensor, gamma: torch.Tensor | None,
+                       bias: torch.Tensor | None, mean: torch.Tensor, invstd: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample of ``z = BN(x)``: its mean and ``sqrt(unbiased var + eps)``, ``(N,)`` each."""
+        m, d = x.new_empty(x.shape[0]), x.new_empty(x.shape[0])
+        self.lib.bnas_sample_moments(x.data_ptr(), *_planes(x), _ptr(gamma), _ptr(bias),
+                                     mean.data_ptr(), invstd.data_ptr(), eps, m.data_ptr(),
+                                     d.data_ptr(), torch.get_num_threads())
+        return m, d
+
+    def scaled_bireal_backward(self, dxb: torch.Tensor, x: torch.Tensor,
+                               gamma: torch.Tensor | None, bias: torch.Tensor | None,
+                               mean: torch.Tensor, invstd: torch.Tensor, m: torch.Tensor,
+                               d: torch.Tensor, need: tuple[bool, bool, bool]
+                               ) -> tuple[torch.Tensor | None, ...]:
+        """As :meth:`bn_sign_backward` for ReCU's activation binarizer: sign of ``z / d`` per
+        sample with Bi-Real's gradient, through the scaling (``m``, ``d`` of
+        :meth:`sample_moments`)."""
+        dx = torch.empty_like(x) if need[0] else None
+        dgamma = x.new_empty(x.shape[1]) if need[1] else None
+        dbias = x.new_empty(x.shape[1]) if need[2] else None
+        self.lib.bnas_scaled_bireal_backward(
+            dxb.contiguous().data_ptr(), x.data_ptr(), *_planes(x), _ptr(gamma), _ptr(bias),
+            mean.data_ptr(), invstd.data_ptr(), m.data_ptr(), d.data_ptr(), _ptr(dx),
+            _ptr(dgamma), _ptr(dbias), torch.get_num_threads())
         return dx, dgamma, dbias
 
 

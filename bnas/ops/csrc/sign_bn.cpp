@@ -1,6 +1,8 @@
 // Fused CPU kernels for the lean binary operation relu(conv(sign(BN(x)), W)) of BNAS's cells
 // (Kim et al., ECCV 2020, Sec. 3.1) when the activation binarizer is sign with the clipped
-// straight-through gradient (XNOR-Net; BNN): d sign(z)/dz = 1 where |z| < 1, else 0.
+// straight-through gradient (XNOR-Net; BNN): d sign(z)/dz = 1 where |z| < 1, else 0; or ReCU's
+// sign(z / d) per sample with Bi-Real's gradient through the scaling (its forward value is
+// sign(z) too, so the forward kernels serve both).
 //
 // Tensors are float32, contiguous NCHW, seen as n * c planes of hw elements. Every kernel runs
 // on `threads` OpenMP threads (the caller passes torch.get_num_threads()); the library links
@@ -174,6 +176,99 @@ inline v8f unpack_bits(uint8_t byte) {
   return select(set, v8f{} + 1.0f, v8f{});
 }
 
+// The clipped straight-through gradient of sign at z: grad where |z| < 1.
+struct ClippedGrad {
+  float operator()(float z, float grad, int64_t) const { return clipped(z, grad); }
+  v8f operator()(v8f z, v8f grad, int64_t) const { return clipped(z, grad); }
+};
+
+// ReCU's activation gradient (bnas_scaled_bireal_backward): surrogate() is Bi-Real's slope at
+// z / d[b] times the gradient; the call operator goes on through the per-sample scaling.
+struct ScaledBirealGrad {
+  const float* inv_d;  // 1 / d[b]
+  const float* m;      // per-sample means
+  const float* coef;   // per-sample sum(g' * z) / ((count - 1) * d)
+
+  float surrogate(float z, float grad, int64_t b) const {
+    const float slope = 2.0f - 2.0f * std::fabs(z * inv_d[b]);
+    return (slope > 0.0f ? slope : 0.0f) * grad;
+  }
+  v8f surrogate(v8f z, v8f grad, int64_t b) const {
+    const v8f y = z * inv_d[b];
+    const v8f slope = 2.0f - 2.0f * select(y < 0.0f, -y, y);
+    return select(slope > 0.0f, slope, v8f{}) * grad;
+  }
+  float operator()(float z, float grad, int64_t b) const {
+    return (surrogate(z, grad, b) - (z - m[b]) * inv_d[b] * coef[b]) * inv_d[b];
+  }
+  v8f operator()(v8f z, v8f grad, int64_t b) const {
+    return (surrogate(z, grad, b) - (z - m[b]) * inv_d[b] * coef[b]) * inv_d[b];
+  }
+};
+
+// BatchNorm's training-mode input gradient from dz = dz_of(z, dxb, sample), z = BN(x)
+// recomputed as in the forward pass: dx = (dz - mean(dz) - (x - mean) * k) * invstd * gamma
+// with k = sum((x - mean) * dz) * invstd^2 / N, dgamma = sum((x - mean) * dz) * invstd,
+// dbeta = sum(dz). Channels run in parallel; each plane's sums run in SIMD lanes, the planes'
+// sums are added in double.
+template <class Grad>
+void bn_input_backward(const float* dxb, const float* x, int64_t n, int64_t c, int64_t hw,
+                       const float* gamma, const float* bias, const float* mean,
+                       const float* invstd, float* dx, float* dgamma, float* dbeta, int threads,
+                       Grad dz_of) {
+  const int64_t count = n * hw;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const Linear z(ch, gamma, bias, mean, invstd);
+    const float mu = mean[ch];
+    double sum = 0.0, dot = 0.0;
+    for (int64_t b = 0; b < n; ++b) {
+      const float* xp = x + (b * c + ch) * hw;
+      const float* gp = dxb + (b * c + ch) * hw;
+      v8f s8{}, d8{};
+      int64_t i = 0;
+      for (; i + 8 <= hw; i += 8) {
+        const v8f xv = load8(xp + i), dz = dz_of(z(xv), load8(gp + i), b);
+        s8 += dz;
+        d8 += (xv - mu) * dz;
+      }
+      float s = 0.0f, d = 0.0f;
+      for (int k = 0; k < 8; ++k) {
+        s += s8[k];
+        d += d8[k];
+      }
+      for (; i < hw; ++i) {
+        const float dz = dz_of(z(xp[i]), gp[i], b);
+        s += dz;
+        d += (xp[i] - mu) * dz;
+      }
+      sum += s;
+      dot += d;
+    }
+    const float is = invstd[ch];
+    if (dgamma) dgamma[ch] = static_cast<float>(dot * is);
+    if (dbeta) dbeta[ch] = static_cast<float>(sum);
+    if (!dx) continue;
+    const float k = static_cast<float>(dot) * is * is / count;
+    const float grad_mean = static_cast<float>(sum) / count;
+    const float w = gamma ? gamma[ch] : 1.0f;
+    for (int64_t b = 0; b < n; ++b) {
+      const float* xp = x + (b * c + ch) * hw;
+      const float* gp = dxb + (b * c + ch) * hw;
+      float* op = dx + (b * c + ch) * hw;
+      int64_t i = 0;
+      for (; i + 8 <= hw; i += 8) {
+        const v8f xv = load8(xp + i), dz = dz_of(z(xv), load8(gp + i), b);
+        store8(op + i, (dz - grad_mean - (xv - mu) * k) * is * w);
+      }
+      for (; i < hw; ++i) {
+        const float dz = dz_of(z(xp[i]), gp[i], b);
+        op[i] = (dz - grad_mean - (xp[i] - mu) * k) * is * w;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -276,65 +371,96 @@ void bnas_mask_grad(const float* grad, const uint8_t* mask, int64_t n, int64_t c
 
 // Backward of sign(BN(x)) with the clipped straight-through gradient, given the gradient at
 // the binary input: dz = dxb where |z| < 1 (z recomputed as in the forward pass), then
-// BatchNorm's training-mode input gradient dx = (dz - mean(dz) - (x - mean) * k) * invstd *
-// gamma with k = sum((x - mean) * dz) * invstd^2 / N, and dgamma = sum((x - mean) * dz) *
-// invstd, dbeta = sum(dz). dx, dgamma and dbeta may be null (not wanted). Each plane's sums
-// run in SIMD lanes, the planes' sums are added in double.
+// BatchNorm's input gradient (bn_input_backward). dx, dgamma and dbeta may be null (not wanted).
 void bnas_bn_sign_backward(const float* dxb, const float* x, int64_t n, int64_t c, int64_t hw,
                            const float* gamma, const float* bias, const float* mean,
                            const float* invstd, float* dx, float* dgamma, float* dbeta,
                            int threads) {
-  const int64_t count = n * hw;
+  bn_input_backward(dxb, x, n, c, hw, gamma, bias, mean, invstd, dx, dgamma, dbeta, threads,
+                    ClippedGrad{});
+}
+
+// Per sample b of z = BN(x) (batch statistics mean, invstd): the mean m[b] and
+// d[b] = sqrt(var + eps) over its c * hw values, var unbiased (sums in double).
+void bnas_sample_moments(const float* x, int64_t n, int64_t c, int64_t hw, const float* gamma,
+                         const float* bias, const float* mean, const float* invstd, double eps,
+                         float* m, float* d, int threads) {
+  const int64_t count = c * hw;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t ch = 0; ch < c; ++ch) {
-    const Linear z(ch, gamma, bias, mean, invstd);
-    const float mu = mean[ch];
-    double sum = 0.0, dot = 0.0;
-    for (int64_t b = 0; b < n; ++b) {
+  for (int64_t b = 0; b < n; ++b) {
+    double sum = 0.0, squares = 0.0;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const Linear z(ch, gamma, bias, mean, invstd);
       const float* xp = x + (b * c + ch) * hw;
-      const float* gp = dxb + (b * c + ch) * hw;
-      v8f s8{}, d8{};
+      v8f s8{}, q8{};
       int64_t i = 0;
       for (; i + 8 <= hw; i += 8) {
-        const v8f xv = load8(xp + i), dz = clipped(z(xv), load8(gp + i));
-        s8 += dz;
-        d8 += (xv - mu) * dz;
+        const v8f zv = z(load8(xp + i));
+        s8 += zv;
+        q8 += zv * zv;
       }
-      float s = 0.0f, d = 0.0f;
+      float s = 0.0f, q = 0.0f;
       for (int k = 0; k < 8; ++k) {
         s += s8[k];
-        d += d8[k];
+        q += q8[k];
       }
       for (; i < hw; ++i) {
-        const float dz = clipped(z(xp[i]), gp[i]);
-        s += dz;
-        d += (xp[i] - mu) * dz;
+        const float zi = z(xp[i]);
+        s += zi;
+        q += zi * zi;
       }
       sum += s;
-      dot += d;
+      squares += q;
     }
-    const float is = invstd[ch];
-    if (dgamma) dgamma[ch] = static_cast<float>(dot * is);
-    if (dbeta) dbeta[ch] = static_cast<float>(sum);
-    if (!dx) continue;
-    const float k = static_cast<float>(dot) * is * is / count;
-    const float grad_mean = static_cast<float>(sum) / count;
-    const float w = gamma ? gamma[ch] : 1.0f;
-    for (int64_t b = 0; b < n; ++b) {
+    const double mu = sum / count;
+    const double var = count > 1 ? (squares - sum * mu) / (count - 1) : 0.0;
+    m[b] = static_cast<float>(mu);
+    d[b] = static_cast<float>(std::sqrt((var > 0.0 ? var : 0.0) + eps));
+  }
+}
+
+// Backward of ReCU's training-mode activation binarizer on z = BN(x) (Xu et al., ICCV 2021):
+// y = z / d[b] per sample, sign(y) forward, Bi-Real's max(0, 2 - 2|y|) backward
+// (Liu et al., ECCV 2018, Eq. 5), then through the scaling y = z / d with d = sqrt(var + eps)
+// (bnas.binarize.normalize, "not centred"):
+//   g' = slope(y) * dxb,  dz = (g' - ((z - m[b]) / d[b]) * coef[b]) / d[b],
+//   coef[b] = sum(g' * z) / ((count - 1) * d[b]) over the sample's count = c * hw values;
+// then BatchNorm's input gradient (bn_input_backward). dx, dgamma and dbeta may be null.
+void bnas_scaled_bireal_backward(const float* dxb, const float* x, int64_t n, int64_t c,
+                                 int64_t hw, const float* gamma, const float* bias,
+                                 const float* mean, const float* invstd, const float* m,
+                                 const float* d, float* dx, float* dgamma, float* dbeta,
+                                 int threads) {
+  std::vector<float> inv_d(n), coef(n);
+  const int64_t count = c * hw;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < n; ++b) {
+    inv_d[b] = 1.0f / d[b];
+    const ScaledBirealGrad slope{inv_d.data(), nullptr, nullptr};
+    double sum = 0.0;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const Linear z(ch, gamma, bias, mean, invstd);
       const float* xp = x + (b * c + ch) * hw;
       const float* gp = dxb + (b * c + ch) * hw;
-      float* op = dx + (b * c + ch) * hw;
+      v8f s8{};
       int64_t i = 0;
       for (; i + 8 <= hw; i += 8) {
-        const v8f xv = load8(xp + i), dz = clipped(z(xv), load8(gp + i));
-        store8(op + i, (dz - grad_mean - (xv - mu) * k) * is * w);
+        const v8f zv = z(load8(xp + i));
+        s8 += slope.surrogate(zv, load8(gp + i), b) * zv;
       }
+      float s = 0.0f;
+      for (int k = 0; k < 8; ++k) s += s8[k];
       for (; i < hw; ++i) {
-        const float dz = clipped(z(xp[i]), gp[i]);
-        op[i] = (dz - grad_mean - (xp[i] - mu) * k) * is * w;
+        const float zi = z(xp[i]);
+        s += slope.surrogate(zi, gp[i], b) * zi;
       }
+      sum += s;
     }
+    coef[b] = count > 1 ? static_cast<float>(sum / ((count - 1) * static_cast<double>(d[b])))
+                        : 0.0f;
   }
+  bn_input_backward(dxb, x, n, c, hw, gamma, bias, mean, invstd, dx, dgamma, dbeta, threads,
+                    ScaledBirealGrad{inv_d.data(), m, coef.data()});
 }
 
 }  // extern "C"

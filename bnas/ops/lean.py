@@ -89,7 +89,7 @@ def drop_factor(n: int, like: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return mask.div_(keep)
 
 
-def _normalize(x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+def batch_normalize(x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
                eps: float) -> torch.Tensor:
     """BatchNorm of ``x`` with its batch statistics, by the kernel ``BatchNorm2d`` uses (so the
     result is bit-identical to the forward pass's), without touching running statistics."""
@@ -135,7 +135,7 @@ class TorchPasses:
                    conv: BinaryConv2d) -> tuple[torch.Tensor, InputGrads]:
         """The forward pass's ``b(BN(x))`` again, and the function that takes its gradient to
         the gradients of ``x``, ``gamma`` and ``beta``."""
-        z = _normalize(x, gamma, beta, bn.eps)
+        z = batch_normalize(x, gamma, beta, bn.eps)
         with torch.enable_grad():
             xb = conv.binarize_input(z.requires_grad_())
 

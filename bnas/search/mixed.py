@@ -52,7 +52,7 @@ from ..binarize.base import Binarizer, BinaryConv2d
 from ..binarize.ste import masked
 from ..errors import BnasError
 from ..ops import SPACES, BinConvOp, BinFactorizedReduce, Identity, RealConvOp, Zero, make_op
-from ..ops.lean import Geometry, output_scale, scale_is_per_channel
+from ..ops.lean import Geometry, batch_normalize, output_scale, scale_is_per_channel
 from ..ops.lean import bn_momentum as _momentum
 from ..ops.lean import conv_backward as _conv_backward
 from ..ops.lean import conv_geometry as _geometry
@@ -312,19 +312,21 @@ def _pooled(op: nn.Module, xc: torch.Tensor) -> torch.Tensor:
     return op(xc)
 
 
+def _training(pools: Sequence[nn.Sequential]) -> bool:
+    """Whether the poolings' BatchNorms normalise with batch statistics."""
+    return bool(pools) and pools[0][1].training
+
+
 def _pools(pools: Sequence[nn.Sequential], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``BatchNorm(pool(x))`` for each search pooling (see :func:`search_op`)."""
-    if pools and pools[0][1].training:
-        return _PoolNorm.apply(x, pools)
-    return _pool_values(pools, x)
+    return _PoolNorm.apply(x, pools) if _training(pools) else _pool_values(pools, x)
 
 
 def _pool_values(pools: Sequence[nn.Sequential], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """:func:`_pools`'s values (the same kernels), leaving the running statistics alone."""
     xc = fast_layout(x)
-    if pools and pools[0][1].training:
-        return tuple(torch.ops.aten.native_batch_norm(_pooled(op, xc), None, None, None, None,
-                                                      True, 0.0, bn.eps)[0] for op, bn in pools)
+    if _training(pools):
+        return tuple(batch_normalize(_pooled(op, xc), None, None, bn.eps) for op, bn in pools)
     return tuple(bn(_pooled(op, xc)) for op, bn in pools)
 
 

@@ -1,4 +1,4 @@
-"""The fused CPU kernels of sign-input binary operations (bnas.ops.native): BatchNorm forward bit
+"""The fused CPU kernels of binary operations (bnas.ops.native): BatchNorm forward bit
 for bit as torch's, masks and gradients as torch's passes compute them, the lean operation and a
 network step equal on either set of passes, and a clean fallback where the kernels cannot run."""
 from __future__ import annotations
@@ -264,3 +264,22 @@ def test_bnas_fused_0_turns_the_kernels_off(fresh_build, monkeypatch):
     assert native.kernels() is None and native.describe() == "off (BNAS_FUSED=0)"
     op = BinConvOp(3, 4, 3, 1, 1, get_binarizer("plain"))
     assert isinstance(lean.passes(torch.empty(2, 3, 5, 5), op.bn, op.conv), TorchPasses)
+
+
+@pytest.mark.parametrize("arch, scheme, logged", [("latest_cell_zeroise", "plain", True),
+                                                  ("latest_cell_zeroise", "recu", True),
+                                                  ("latest_cell_zeroise", "siman", False),
+                                                  ("resnet20_1w1a", "plain", False)])
+def test_training_logs_whether_the_fused_kernels_run(arch, scheme, logged, tmp_path):
+    from bnas.train import Trainer, resolve_config
+    from bnas.train.distributed import Context
+
+    size = {"layers": 3, "init_channels": 4} if arch.startswith("latest") else {}
+    cfg = resolve_config(None, {"arch": arch, "binarizer": scheme, **size, "dataset": "synthetic",
+                                "epochs": 1, "batch_size": 4, "workers": 0, "progress": False,
+                                "out": str(tmp_path), "device": "cpu"})
+    Trainer(cfg, Context()).close()
+    lines = [line.split(" ", 2)[2] for line in (tmp_path / "log").read_text().splitlines()
+             if "fused CPU kernels" in line]
+    assert lines == ([f"fused CPU kernels for binary operations: {native.describe()}"]
+                     if logged else [])

@@ -30,9 +30,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import build_model
-from ..binarize.base import SignInputConv2d
 from ..errors import BnasError
 from ..ops import BinConvOp, native
+from ..ops.lean import fused_input
 from ..runio import EpochCallback, attach_run_log
 from . import checkpoint
 from .config import TrainConfig, config_dict, save_config
@@ -167,9 +167,9 @@ class Trainer:
         log.info("training %s (%d parameters, binarizer %s) on %s: %d process(es), device %s, "
                  "%d epochs, batch %d; run directory %s", cfg.name, params, cfg.binarizer,
                  cfg.dataset, ctx.world_size, ctx.device, cfg.epochs, cfg.batch_size, self.out)
-        if ctx.device.type == "cpu" and any(isinstance(m, BinConvOp) and isinstance(
-                m.conv, SignInputConv2d) for m in self.model.modules()):
-            log.info("fused CPU kernels for sign-input binary operations: %s", native.describe())
+        if ctx.device.type == "cpu" and any(isinstance(m, BinConvOp) and fused_input(m.conv)
+                                            for m in self.model.modules()):
+            log.info("fused CPU kernels for binary operations: %s", native.describe())
 
     # -- setup ------------------------------------------------------------------------------
     def _run_dir(self) -> Path:

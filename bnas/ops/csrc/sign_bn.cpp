@@ -21,6 +21,7 @@
 // bnas.ops.native checks a probe against torch when it loads the library and does not use a
 // build whose results differ. Channels are processed several at a time so that their
 // independent double-precision sums overlap (one sum's additions are a dependency chain).
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -176,6 +177,28 @@ inline v8f unpack_bits(uint8_t byte) {
   return select(set, v8f{} + 1.0f, v8f{});
 }
 
+// Sums over one plane of the K terms that term(x, g) gives for elements x of xp and g of gp
+// (called on eight elements at a time as v8f, then on the tail as float): each term summed in
+// eight SIMD lanes, the lanes added in order, then the tail.
+template <int K, class Term>
+std::array<float, K> plane_sums(const float* xp, const float* gp, int64_t hw, Term term) {
+  std::array<v8f, K> lanes{};
+  int64_t i = 0;
+  for (; i + 8 <= hw; i += 8) {
+    const std::array<v8f, K> t = term(load8(xp + i), load8(gp + i));
+    for (int j = 0; j < K; ++j) lanes[j] += t[j];
+  }
+  std::array<float, K> sums{};
+  for (int j = 0; j < K; ++j) {
+    for (int k = 0; k < 8; ++k) sums[j] += lanes[j][k];
+  }
+  for (; i < hw; ++i) {
+    const std::array<float, K> t = term(xp[i], gp[i]);
+    for (int j = 0; j < K; ++j) sums[j] += t[j];
+  }
+  return sums;
+}
+
 // The clipped straight-through gradient of sign at z: grad where |z| < 1.
 struct ClippedGrad {
   float operator()(float z, float grad, int64_t) const { return clipped(z, grad); }
@@ -223,25 +246,11 @@ void bn_input_backward(const float* dxb, const float* x, int64_t n, int64_t c, i
     const float mu = mean[ch];
     double sum = 0.0, dot = 0.0;
     for (int64_t b = 0; b < n; ++b) {
-      const float* xp = x + (b * c + ch) * hw;
-      const float* gp = dxb + (b * c + ch) * hw;
-      v8f s8{}, d8{};
-      int64_t i = 0;
-      for (; i + 8 <= hw; i += 8) {
-        const v8f xv = load8(xp + i), dz = dz_of(z(xv), load8(gp + i), b);
-        s8 += dz;
-        d8 += (xv - mu) * dz;
-      }
-      float s = 0.0f, d = 0.0f;
-      for (int k = 0; k < 8; ++k) {
-        s += s8[k];
-        d += d8[k];
-      }
-      for (; i < hw; ++i) {
-        const float dz = dz_of(z(xp[i]), gp[i], b);
-        s += dz;
-        d += (xp[i] - mu) * dz;
-      }
+      const auto [s, d] = plane_sums<2>(
+          x + (b * c + ch) * hw, dxb + (b * c + ch) * hw, hw, [&](auto xv, auto gv) {
+            const auto dz = dz_of(z(xv), gv, b);
+            return std::array{dz, (xv - mu) * dz};
+          });
       sum += s;
       dot += d;
     }
@@ -392,23 +401,10 @@ void bnas_sample_moments(const float* x, int64_t n, int64_t c, int64_t hw, const
     for (int64_t ch = 0; ch < c; ++ch) {
       const Linear z(ch, gamma, bias, mean, invstd);
       const float* xp = x + (b * c + ch) * hw;
-      v8f s8{}, q8{};
-      int64_t i = 0;
-      for (; i + 8 <= hw; i += 8) {
-        const v8f zv = z(load8(xp + i));
-        s8 += zv;
-        q8 += zv * zv;
-      }
-      float s = 0.0f, q = 0.0f;
-      for (int k = 0; k < 8; ++k) {
-        s += s8[k];
-        q += q8[k];
-      }
-      for (; i < hw; ++i) {
-        const float zi = z(xp[i]);
-        s += zi;
-        q += zi * zi;
-      }
+      const auto [s, q] = plane_sums<2>(xp, xp, hw, [&](auto xv, auto) {
+        const auto zv = z(xv);
+        return std::array{zv, zv * zv};
+      });
       sum += s;
       squares += q;
     }
@@ -440,21 +436,11 @@ void bnas_scaled_bireal_backward(const float* dxb, const float* x, int64_t n, in
     double sum = 0.0;
     for (int64_t ch = 0; ch < c; ++ch) {
       const Linear z(ch, gamma, bias, mean, invstd);
-      const float* xp = x + (b * c + ch) * hw;
-      const float* gp = dxb + (b * c + ch) * hw;
-      v8f s8{};
-      int64_t i = 0;
-      for (; i + 8 <= hw; i += 8) {
-        const v8f zv = z(load8(xp + i));
-        s8 += slope.surrogate(zv, load8(gp + i), b) * zv;
-      }
-      float s = 0.0f;
-      for (int k = 0; k < 8; ++k) s += s8[k];
-      for (; i < hw; ++i) {
-        const float zi = z(xp[i]);
-        s += slope.surrogate(zi, gp[i], b) * zi;
-      }
-      sum += s;
+      sum += plane_sums<1>(x + (b * c + ch) * hw, dxb + (b * c + ch) * hw, hw,
+                           [&](auto xv, auto gv) {
+                             const auto zv = z(xv);
+                             return std::array{slope.surrogate(zv, gv, b) * zv};
+                           })[0];
     }
     coef[b] = count > 1 ? static_cast<float>(sum / ((count - 1) * static_cast<double>(d[b])))
                         : 0.0f;

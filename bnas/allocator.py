@@ -8,8 +8,8 @@ the heap grows to 1.4 GB. Blocks above the threshold (e.g. activations at batch 
 afresh, so the kernel faults in and zeroes their pages every step. tcmalloc (gperftools) keeps
 freed spans by size and hands them out again, which avoids both: the BNAS-A step peaks at
 1.26 GB instead of 1.67 GB at about the same speed, and a digits epoch at batch 256 takes
-10.3 s instead of 14.3 s (README, "Speed and memory"). Where tcmalloc is missing, glibc 2.35 and later
-can at least take transparent huge pages for its fresh mappings
+10.3 s instead of 14.3 s (README, "Speed and memory"). Where tcmalloc is missing, glibc 2.35
+and later can at least take transparent huge pages for its fresh mappings
 (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``), 512 times fewer faults.
 
 Both settings are read when a process starts, so the ``bnas`` program re-executes itself once

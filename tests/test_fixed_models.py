@@ -264,7 +264,7 @@ def test_validate_rejects_missing_keyword_and_unknown_family():
     ({"block": "bi_real"}, "unknown residual block 'bi_real'; did you mean bireal"),
     ({"shortcut": "pad"}, "unknown shortcut 'pad'"),
     ({"stem": "conv7x7"}, "unknown stem 'conv7x7'"),
-    ({"init": "kaiming"}, "unknown initialisation 'kaiming'"),
+    ({"init": "kaiming_uniform"}, "unknown initialisation 'kaiming_uniform'"),
     ({"depths": [1, 1, 1]}, "one entry per stage"),
     ({"widths": [8, 0]}, "'widths' must be a non-empty list of positive integers"),
     ({"widths": [16, 8]}, "cannot shrink channels"),

@@ -89,8 +89,10 @@ class Binarizer:
     """A binarization scheme: builds binary convolutions and says how they are trained.
 
     Subclasses set ``name``, ``paper``, ``conv_class``, ``hparams`` (defaults of their
-    keyword arguments, validated in :meth:`validate`) and ``recipes`` (the name of the
-    training preset of their paper per dataset family, see :mod:`bnas.presets`).
+    keyword arguments, validated in :meth:`validate`), ``recipes`` (the name of the
+    training preset of their paper per dataset family, see :mod:`bnas.presets`) and
+    ``networks`` (for a shared model-zoo name, the genotype of the network the paper's own code
+    builds under that name, where it differs).
     """
 
     name: ClassVar[str] = ""
@@ -98,6 +100,7 @@ class Binarizer:
     conv_class: ClassVar[type[BinaryConv2d]] = BinaryConv2d
     hparams: ClassVar[dict[str, Any]] = {}
     recipes: ClassVar[dict[str, str]] = {}
+    networks: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.hparams))
@@ -115,6 +118,12 @@ class Binarizer:
         """The settings of this scheme's training recipe for a dataset family (``cifar`` or
         ``imagenet``); empty when the scheme has none for it."""
         return presets.read(cls.recipes[family]) if family in cls.recipes else {}
+
+    @classmethod
+    def paper_network(cls, arch: object) -> str | None:
+        """The genotype this scheme's paper trained under the model-zoo name ``arch``, when it
+        is another network than ``arch`` (e.g. SiMaN's ``resnet20_1w1a`` has PReLU)."""
+        return cls.networks.get(arch) if isinstance(arch, str) else None
 
     def validate(self) -> None:
         """Raise :class:`BnasError` for impossible hyper-parameters."""

@@ -92,6 +92,7 @@ class ReCU(Binarizer):
     conv_class = ReCUConv2d
     hparams = {"tau_min": 0.85, "tau_max": 0.99}
     recipes = {"cifar": "recu-cifar", "imagenet": "recu-imagenet"}
+    networks = {"resnet20_1w1a": "recu_resnet20_1w1a", "resnet18_1w1a": "recu_resnet18_1w1a"}
 
     def validate(self) -> None:
         lo = number(self.name, "tau_min", self.tau_min)

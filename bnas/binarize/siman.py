@@ -127,6 +127,8 @@ class SiMaN(Binarizer):
     conv_class = SiMaNConv2d
     hparams = {"percent": 15.0}
     recipes = {"cifar": "siman-cifar", "imagenet": "siman-imagenet"}
+    networks = {"resnet20_1w1a": "siman_resnet20_1w1a", "vgg_small_1w1a": "siman_vgg_small_1w1a",
+                "resnet18_1w1a": "siman_resnet18_1w1a", "resnet34_1w1a": "siman_resnet34_1w1a"}
 
     def validate(self) -> None:
         percent = number(self.name, "percent", self.percent)

@@ -62,8 +62,8 @@ def _op_rows() -> list[Row]:
 
 
 def _binarizer_rows() -> list[Row]:
-    return [{"name": name, "hparams": dict(cls.hparams), "paper": cls.paper}
-            for name, cls in BINARIZERS.items()]
+    return [{"name": name, "hparams": dict(cls.hparams), "paper": cls.paper,
+             "networks": dict(cls.networks)} for name, cls in BINARIZERS.items()]
 
 
 def _dataset_rows() -> list[Row]:
@@ -84,7 +84,7 @@ CATEGORIES.add("spaces", Category("search space", _space_rows, ("ops",)),
                aliases=("space", "search-spaces"))
 CATEGORIES.add("ops", Category("operation", _op_rows, ("binary", "spaces", "description")),
                aliases=("op", "operations", "operation"))
-CATEGORIES.add("binarizers", Category("binarizer", _binarizer_rows, ("hparams", "paper")),
+CATEGORIES.add("binarizers", Category("binarizer", _binarizer_rows, ("hparams", "paper", "networks")),
                aliases=("binarizer", "schemes"))
 CATEGORIES.add("datasets",
                Category("dataset", _dataset_rows,

@@ -39,6 +39,7 @@ STEMS: Registry[Callable[[int], nn.Module]] = Registry("stem")
 SHORTCUTS: Registry[Callable[[int, int, int, Binarizer], nn.Module]] = Registry("shortcut")
 BLOCKS: Registry[type[nn.Module]] = Registry("residual block")
 INITS: Registry[Callable[[nn.Module], None]] = Registry("initialisation")
+ACTIVATIONS: Registry[Callable[[int], nn.Module]] = Registry("activation")
 
 _BUILDER_ARGS = ("num_classes", "binarizer")  # supplied by the builder, never by the genotype
 _CIFAR_INPUT = 32
@@ -84,6 +85,26 @@ def _positive_ints(name: str, values: Any) -> list[int]:
     return list(values)
 
 
+# -- activations ------------------------------------------------------------------------------
+@ACTIVATIONS.register("hardtanh")
+def hardtanh(channels: int) -> nn.Module:
+    """``clamp(x, -1, 1)`` (RBNN's and ReCU's networks)."""
+    return nn.Hardtanh()
+
+
+@ACTIVATIONS.register("prelu")
+def prelu(channels: int) -> nn.Module:
+    """``max(x, 0) + a_c * min(x, 0)`` with a learnable slope per channel initialised to 0.25
+    (He et al., ICCV 2015; SiMaN's networks)."""
+    return nn.PReLU(channels)
+
+
+@ACTIVATIONS.register("relu")
+def relu(channels: int) -> nn.Module:
+    """``max(x, 0)`` (SiMaN's stems)."""
+    return nn.ReLU()
+
+
 # -- stems (real-valued) ----------------------------------------------------------------------
 @STEMS.register("conv3x3")
 def conv3x3_stem(c_out: int) -> nn.Module:
@@ -97,12 +118,27 @@ def conv3x3_act_stem(c_out: int) -> nn.Module:
     return nn.Sequential(*conv3x3_stem(c_out), nn.Hardtanh())
 
 
+@STEMS.register("conv3x3_relu")
+def conv3x3_relu_stem(c_out: int) -> nn.Module:
+    """CIFAR stem: real 3x3 conv -> BN -> ReLU (SiMaN's ResNet-20)."""
+    return nn.Sequential(*conv3x3_stem(c_out), nn.ReLU())
+
+
+def _conv7x7_pool(c_out: int, act: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, c_out, 7, stride=2, padding=3, bias=False),
+                         nn.BatchNorm2d(c_out), act, nn.MaxPool2d(3, stride=2, padding=1))
+
+
 @STEMS.register("conv7x7_pool")
 def conv7x7_pool_stem(c_out: int) -> nn.Module:
     """ImageNet stem: real 7x7/2 conv -> BN -> Hardtanh -> 3x3/2 max pool (224 -> 56)."""
-    return nn.Sequential(nn.Conv2d(3, c_out, 7, stride=2, padding=3, bias=False),
-                         nn.BatchNorm2d(c_out), nn.Hardtanh(),
-                         nn.MaxPool2d(3, stride=2, padding=1))
+    return _conv7x7_pool(c_out, nn.Hardtanh())
+
+
+@STEMS.register("conv7x7_relu_pool")
+def conv7x7_relu_pool_stem(c_out: int) -> nn.Module:
+    """ImageNet stem: real 7x7/2 conv -> BN -> ReLU -> 3x3/2 max pool (SiMaN's ResNets)."""
+    return _conv7x7_pool(c_out, nn.ReLU())
 
 
 # -- shortcuts of blocks that change shape ----------------------------------------------------
@@ -119,17 +155,37 @@ class ZeroPadShortcut(nn.Module):
         self.pad_front = (c_out - c_in) // 2
         self.pad_back = c_out - c_in - self.pad_front
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def subsample(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial reduction: every ``stride``-th pixel."""
         s = self.stride
-        return F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, self.pad_front, self.pad_back))
+        return x[:, :, ::s, ::s]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(self.subsample(x), (0, 0, 0, 0, self.pad_front, self.pad_back))
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, pad=({self.pad_front}, {self.pad_back})"
 
 
+class AvgPoolZeroPadShortcut(ZeroPadShortcut):
+    """As :class:`ZeroPadShortcut`, but the spatial reduction averages each ``stride x stride``
+    window (``AvgPool2d(stride)``) instead of keeping its top-left pixel (ReCU's CIFAR ResNets).
+    No parameters."""
+
+    def subsample(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        return F.avg_pool2d(x, s) if s > 1 else x
+
+
 @SHORTCUTS.register("zero_pad")
 def zero_pad_shortcut(c_in: int, c_out: int, stride: int, binarizer: Binarizer) -> nn.Module:
     return ZeroPadShortcut(c_in, c_out, stride)
+
+
+@SHORTCUTS.register("avgpool_zero_pad")
+def avgpool_zero_pad_shortcut(c_in: int, c_out: int, stride: int,
+                              binarizer: Binarizer) -> nn.Module:
+    return AvgPoolZeroPadShortcut(c_in, c_out, stride)
 
 
 @SHORTCUTS.register("binary_conv")
@@ -147,21 +203,22 @@ def real_conv_shortcut(c_in: int, c_out: int, stride: int, binarizer: Binarizer)
 
 # -- residual blocks --------------------------------------------------------------------------
 class _TwoConvBlock(nn.Module):
-    """Two binary 3x3 convolutions, each followed by BN, with Hardtanh activations.
+    """Two binary 3x3 convolutions, each followed by BN, with ``ACTIVATIONS[act]`` activations
+    (Hardtanh by default).
 
     The shortcut is the identity unless the block changes stride or width, in which case it is
     ``SHORTCUTS[shortcut]``. Subclasses say where the shortcuts join.
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int, binarizer: Binarizer,
-                 shortcut: str) -> None:
+                 shortcut: str, act: str = "hardtanh") -> None:
         super().__init__()
         self.conv1 = binarizer.conv(c_in, c_out, 3, stride=stride, padding=1)
         self.bn1 = nn.BatchNorm2d(c_out)
-        self.act1 = nn.Hardtanh()
+        self.act1 = ACTIVATIONS.get(act)(c_out)
         self.conv2 = binarizer.conv(c_out, c_out, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.act2 = nn.Hardtanh()
+        self.act2 = ACTIVATIONS.get(act)(c_out)
         self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out
                          else SHORTCUTS.get(shortcut)(c_in, c_out, stride, binarizer))
 
@@ -202,6 +259,22 @@ def _bn2d_gamma(model: nn.Module, gamma: float) -> None:
 @INITS.register("default")
 def default_init(model: nn.Module) -> None:
     """PyTorch's own layer initialisation (RBNN's CIFAR ResNet-18 sets nothing)."""
+
+
+@INITS.register("kaiming")
+@torch.no_grad()
+def kaiming_init(model: nn.Module) -> None:
+    """Kaiming-normal convolutions; everything else keeps PyTorch's initialisation (ReCU's
+    CIFAR ResNets)."""
+    _kaiming_normal(model, (nn.Conv2d,))
+
+
+@INITS.register("kaiming_fc")
+@torch.no_grad()
+def kaiming_fc_init(model: nn.Module) -> None:
+    """Kaiming-normal convolutions and linear weights; everything else keeps PyTorch's
+    initialisation (SiMaN's ResNet-20)."""
+    _kaiming_normal(model, (nn.Conv2d, nn.Linear))
 
 
 @INITS.register("kaiming_bn1e-8")
@@ -259,16 +332,18 @@ class ResNet1w1a(nn.Module):
 @FAMILIES.register("resnet")
 def resnet(*, num_classes: int, binarizer: Binarizer, stem: str, block: str,
            depths: Sequence[int], widths: Sequence[int], shortcut: str,
-           init: str) -> nn.Module:
+           init: str, act: str = "hardtanh") -> nn.Module:
     """A 1w1a ResNet: ``STEMS[stem](widths[0])``, then ``len(depths)`` stages of
     ``depths[i]`` blocks of width ``widths[i]`` (``BLOCKS[block]``); the first block of every
     stage but the first has stride 2, and blocks that change shape use ``SHORTCUTS[shortcut]``.
-    ``INITS[init]`` initialises the weights.
+    ``INITS[init]`` initialises the weights; ``ACTIVATIONS[act]`` are the blocks' activations.
 
     RBNN's networks: ResNet-20 is ``conv3x3_act``/``basic``/[3, 3, 3]/[16, 32, 64]/``zero_pad``,
     its Bi-Real form the same with ``bireal``; CIFAR ResNet-18 is
     ``conv3x3``/``basic``/[2, 2, 2, 2]/[64, 128, 256, 512]/``binary_conv``; ImageNet
-    ResNet-18/34 are ``conv7x7_pool``/``bireal``/``real_conv``.
+    ResNet-18/34 are ``conv7x7_pool``/``bireal``/``real_conv``. ReCU's CIFAR ResNets use the
+    ``avgpool_zero_pad`` shortcut (ResNet-20 with ``bireal`` blocks); SiMaN's ResNet-20 and
+    ImageNet ResNets ``act: "prelu"`` with ReLU stems (``conv3x3_relu``, ``conv7x7_relu_pool``).
     """
     depths = _positive_ints("depths", depths)
     widths = _positive_ints("widths", widths)
@@ -277,6 +352,7 @@ def resnet(*, num_classes: int, binarizer: Binarizer, stem: str, block: str,
                         f"and {len(widths)}")
     block_cls = BLOCKS.get(block)
     SHORTCUTS.get(shortcut)  # an unknown name fails here even when no block needs it
+    ACTIVATIONS.get(act)
     init_fn = INITS.get(init)
     stages = []
     c_in = widths[0]
@@ -284,7 +360,7 @@ def resnet(*, num_classes: int, binarizer: Binarizer, stem: str, block: str,
         blocks = []
         for j in range(depth):
             stride = 2 if i > 0 and j == 0 else 1
-            blocks.append(block_cls(c_in, width, stride, binarizer, shortcut))
+            blocks.append(block_cls(c_in, width, stride, binarizer, shortcut, act))
             c_in = width
         stages.append(nn.Sequential(*blocks))
     model = ResNet1w1a(STEMS.get(stem)(widths[0]), nn.Sequential(*stages), c_in, num_classes)
@@ -293,8 +369,8 @@ def resnet(*, num_classes: int, binarizer: Binarizer, stem: str, block: str,
 
 
 class VGGSmall1w1a(nn.Module):
-    """Real conv -> BN -> Hardtanh, then binary convs each followed by [2x2 max pool] -> BN ->
-    Hardtanh; the flattened features feed a real Linear classifier."""
+    """Real conv -> BN -> activation, then binary convs each followed by [2x2 max pool] -> BN ->
+    activation; the flattened features feed a real Linear classifier."""
 
     def __init__(self, features: nn.Sequential, pooled: int, c_last: int,
                  num_classes: int) -> None:
@@ -326,13 +402,15 @@ def _vgg_layers(cfg: Sequence[Any]) -> list[tuple[int, bool]]:
 
 @FAMILIES.register("vgg_small")
 def vgg_small(*, num_classes: int, binarizer: Binarizer, cfg: Sequence[Any],
-              init: str) -> nn.Module:
+              init: str, act: str = "hardtanh") -> nn.Module:
     """VGG-small: ``cfg`` lists conv widths, ``"M"`` after a width adds a 2x2 max pool between
-    that conv and its BatchNorm. The first conv is real, the others come from the binarizer.
-    RBNN's network is ``[128, 128, "M", 256, 256, "M", 512, 512, "M"]`` with ``init: "vgg"``
-    (classifier ``Linear(512*4*4, classes)``)."""
+    that conv and its BatchNorm; every BatchNorm is followed by ``ACTIVATIONS[act]``. The first
+    conv is real, the others come from the binarizer. RBNN's network is
+    ``[128, 128, "M", 256, 256, "M", 512, 512, "M"]`` with ``init: "vgg"`` (classifier
+    ``Linear(512*4*4, classes)``); SiMaN's the same with ``act: "prelu"``."""
     layers = _vgg_layers(cfg)
     init_fn = INITS.get(init)
+    make_act = ACTIVATIONS.get(act)
     modules: list[nn.Module] = []
     c_in = 3
     for i, (width, pool) in enumerate(layers):
@@ -342,7 +420,7 @@ def vgg_small(*, num_classes: int, binarizer: Binarizer, cfg: Sequence[Any],
             modules.append(binarizer.conv(c_in, width, 3, padding=1))
         if pool:
             modules.append(nn.MaxPool2d(2, stride=2))
-        modules += [nn.BatchNorm2d(width), nn.Hardtanh()]
+        modules += [nn.BatchNorm2d(width), make_act(width)]
         c_in = width
     pooled = max(1, _CIFAR_INPUT >> sum(pool for _, pool in layers))
     model = VGGSmall1w1a(nn.Sequential(*modules), pooled, c_in, num_classes)

@@ -167,6 +167,10 @@ class Trainer:
         log.info("training %s (%d parameters, binarizer %s) on %s: %d process(es), device %s, "
                  "%d epochs, batch %d; run directory %s", cfg.name, params, cfg.binarizer,
                  cfg.dataset, ctx.world_size, ctx.device, cfg.epochs, cfg.batch_size, self.out)
+        paper_network = self.model.binarizer.paper_network(cfg.arch)
+        if paper_network:
+            log.info("note: %s's published figures for %s used its own network, --arch %s",
+                     cfg.binarizer, cfg.arch, paper_network)
         if ctx.device.type == "cpu" and any(isinstance(m, BinConvOp) and fused_input(m.conv)
                                             for m in self.model.modules()):
             log.info("fused CPU kernels for binary operations: %s", native.describe())

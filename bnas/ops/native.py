@@ -8,9 +8,8 @@ straight-through gradient (BNAS's plain scheme, Bop) or ReCU's, these kernels do
 transform and the sign in one kernel; the ReLU and its one-bit mask in another; on the way back,
 the mask, the straight-through gradient and BatchNorm's input gradient.
 
-The library is compiled with the system's C++ compiler (``$CXX``, else ``g++`` or ``c++``, with
-OpenMP) into ``$BNAS_CACHE_DIR`` (default ``~/.cache/bnas``), keyed by a hash of the source and
-flags, and loaded with :mod:`ctypes`. Before it is used, a probe checks that its BatchNorm
+The library is compiled with the system's C++ compiler (with OpenMP) on first use and cached
+(:mod:`bnas.ops.cxx`). Before it is used, a probe checks that its BatchNorm
 statistics, running statistics and transform equal torch's bit for bit (the build whose
 fused-multiply-add contraction matches torch's CPU kernels is kept). Without a compiler, when
 the probe fails, or with ``BNAS_FUSED=0``, :func:`kernels` returns None and the lean operation
@@ -20,14 +19,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .cxx import build, compiler as _compiler, failure, load
 
 SOURCE = Path(__file__).with_name("csrc") / "sign_bn.cpp"
 
@@ -59,9 +57,6 @@ class Kernels:
     where the C++ comments say so."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        for name, argtypes in _SIGNATURES.items():
-            getattr(lib, name).argtypes = argtypes
-            getattr(lib, name).restype = None
         self.lib = lib
 
     @staticmethod
@@ -163,41 +158,13 @@ class Kernels:
         return dx, dgamma, dbias
 
 
-def cache_dir() -> Path:
-    """Where built libraries are kept: ``$BNAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/bnas``, else
-    ``~/.cache/bnas``."""
-    if os.environ.get("BNAS_CACHE_DIR"):
-        return Path(os.environ["BNAS_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnas"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "g++", "c++"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
 def _build(compiler: str, fma: bool) -> Path:
     """The library built with ``fma`` contraction (cached; written atomically)."""
     flags = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off",
              f"-DBNAS_FMA={int(fma)}"]
     if torch.backends.cpu.get_cpu_capability().startswith("AVX"):
         flags += ["-mavx2", "-mfma"]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode())
-    target = cache_dir() / f"sign_bn-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], check=True,
-                           capture_output=True, text=True)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return target
+    return build(SOURCE, compiler, flags)
 
 
 def matches_torch(k: Kernels) -> bool:
@@ -230,10 +197,9 @@ def _load() -> tuple[Kernels | None, str]:
     for fma in (True, False):
         try:
             path = _build(compiler, fma)
-            k = Kernels(ctypes.CDLL(str(path)))
+            k = Kernels(load(path, _SIGNATURES))
         except subprocess.CalledProcessError as e:
-            detail = (e.stderr or "").strip().splitlines()
-            return None, f"off ({compiler} failed: {detail[-1] if detail else e})"
+            return None, f"off ({failure(compiler, e)})"
         except OSError as e:  # an unwritable cache, a library that does not load
             return None, f"off ({e})"
         if matches_torch(k):

@@ -1,0 +1,432 @@
+// Bit-packed XNOR / popcount kernels of bnas's inference engine (bnas.deploy).
+//
+// A binary convolution of the float model computes, per output channel o and position q,
+// alpha[o] * sum_k x_b[k] * w_b[o, k] with x_b in {-1, 0, +1} (0: zero padding and sign(0))
+// and w_b in {-1, +1}. Here the +-1 values are bits (+1 -> 0, -1 -> 1), 64 input channels to a
+// 64-bit word, and for two +-1 values x * w = 1 - 2 * (bit(x) XOR bit(w)), so over the taps
+//   dot = K_real - 2 * popcount(bits(x) XOR bits(w))        (K_real: the real taps only)
+// Channels past C_in in the last word carry bit 0 in input and weight (XOR 0, adds nothing).
+// Padded positions are packed as +1 (bit 0); the popcount then counts +1 * w_b there, which the
+// caller's per-border-class table subtracts (`corr`), and an interior zero (sign(0) = 0 of the
+// float model) is packed as +1 too and its taps' weights subtracted per output (`extra`).
+// The result, an exact integer, is multiplied by alpha[o] once: the float model's
+// conv(sign(x), sign(W)) * alpha.
+//
+// Layouts. Float tensors are contiguous NCHW (as the float model keeps them). A packed input is
+// n x words x hp x wrow 64-bit words: word j of a pixel holds channels 64j..64j+63; rows carry
+// the zero padding; for a consumer of stride s a row's columns are split in s phases
+// (column c at (c % s) * wc + c / s, wc = ceil(wp / s)), so that the inputs of consecutive
+// outputs are consecutive words whatever the stride and dilation. Weights are
+// O_pad x words x taps words (O_pad a multiple of 8, extra rows zero).
+//
+// Paths, chosen at run time by the caller (bnas.deploy.kernels): AVX-512 with VPOPCNTDQ
+// (8 output positions in the 64-bit lanes of a zmm register, 8 output channels x 3 such vectors
+// of accumulators), AVX2 (4 positions per ymm, popcount by two nibble lookups per byte, bytes
+// summed per lane with vpsadbw) and portable C++. Each path is compiled for its instruction set
+// with function target attributes only: the library itself assumes the x86-64 (or any) base
+// ISA, and nothing runs an instruction the CPU check did not find.
+//
+// Every kernel runs on `threads` OpenMP threads (libgomp: the runtime torch has loaded).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BNAS_X86 1
+#else
+#define BNAS_X86 0
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Packing: bits of z < t, z = x * scale + shift (torch's eval BatchNorm arithmetic, its
+// multiply-add fused or not as torch's build does it) or z = x; t = 0 or a per-sample threshold
+// (the per-sample mean of RBNN's and SiMaN's standardised activations: sign(z - m) = sign of the
+// comparison). z == t is sign 0: recorded in `zeros` when `zero_is_zero`.
+struct Pack {
+  const float* x;
+  int64_t n, c, h, w;
+  const float* scale;   // per channel, or null (z = x)
+  const float* shift;
+  const float* thresh;  // per sample, or null (t = 0)
+  int fma;
+  int zero_is_zero;
+  int64_t pt, pl, hp, wrow, wc, s;
+  uint64_t* out;
+  int64_t* zeros;
+  int64_t zcap;
+  int64_t* zcount;
+};
+
+inline float affine(float x, float a, float b, bool fma) {
+  return fma ? std::fma(x, a, b) : x * a + b;
+}
+
+template <bool BN, bool FMA>
+__attribute__((always_inline)) inline void pack_row(const Pack& p, int64_t b, int64_t j,
+                                                    int64_t y) {
+  const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
+  const float t = p.thresh ? p.thresh[b] : 0.0f;
+  uint64_t* row = p.out + ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
+  alignas(64) uint64_t acc[64];
+  for (int64_t x0 = 0; x0 < p.w; x0 += 64) {
+    const int64_t len = std::min<int64_t>(64, p.w - x0);
+    for (int64_t i = 0; i < 64; ++i) acc[i] = 0;
+    int anyzero = 0;
+    for (int64_t cc = 0; cc < chans; ++cc) {
+      const int64_t ch = 64 * j + cc;
+      const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
+      const uint64_t bit = uint64_t(1) << cc;
+      const float a = BN ? p.scale[ch] : 1.0f, sh = BN ? p.shift[ch] : 0.0f;
+      for (int64_t i = 0; i < len; ++i) {
+        const float z = BN ? affine(src[i], a, sh, FMA) : src[i];
+        acc[i] |= (z < t) ? bit : uint64_t(0);
+        anyzero |= (z == t);
+      }
+    }
+    if (anyzero && p.zero_is_zero) {  // rare: record each sign(0) for the exact correction
+      for (int64_t cc = 0; cc < chans; ++cc) {
+        const int64_t ch = 64 * j + cc;
+        const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
+        for (int64_t i = 0; i < len; ++i) {
+          const float z = BN ? affine(src[i], p.scale[ch], p.shift[ch], FMA) : src[i];
+          if (z == t) {
+            const int64_t k = __atomic_fetch_add(p.zcount, 1, __ATOMIC_RELAXED);
+            if (k < p.zcap) p.zeros[k] = ((b * p.c + ch) * p.h + y) * p.w + x0 + i;
+          }
+        }
+      }
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t col = x0 + i + p.pl;
+      row[(col % p.s) * p.wc + col / p.s] = acc[i];
+    }
+  }
+}
+
+// One row of one word plane, with the BatchNorm variant chosen.
+__attribute__((always_inline)) inline void pack_row_any(const Pack& p, int64_t b, int64_t j,
+                                                        int64_t y) {
+  if (!p.scale) pack_row<false, false>(p, b, j, y);
+  else if (p.fma) pack_row<true, true>(p, b, j, y);
+  else pack_row<true, false>(p, b, j, y);
+}
+
+// The row function of each path: the same code, vectorised for the path's instruction set.
+using RowFn = void (*)(const Pack&, int64_t, int64_t, int64_t);
+void row_portable(const Pack& p, int64_t b, int64_t j, int64_t y) { pack_row_any(p, b, j, y); }
+#if BNAS_X86
+__attribute__((target("avx2,fma"))) void row_avx2(const Pack& p, int64_t b, int64_t j,
+                                                  int64_t y) {
+  pack_row_any(p, b, j, y);
+}
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
+void row_avx512(const Pack& p, int64_t b, int64_t j, int64_t y) { pack_row_any(p, b, j, y); }
+#endif
+
+void pack_all(const Pack& p, int threads, RowFn row) {
+  const int64_t words = (p.c + 63) / 64, rows = p.n * words * p.h;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) row(p, r / (words * p.h), (r / p.h) % words, r % p.h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolution on packed inputs. Output positions are taken in tiles of V consecutive columns of
+// one output row; a block is PV tiles x OB output channels of accumulators.
+struct Conv {
+  const uint64_t* in;
+  int64_t plane, sample, wrow, s;  // plane = hp * wrow, sample = words * plane
+  const uint64_t* w;
+  int64_t words, taps, o;
+  const int64_t* off;  // per tap: word offset from a tile's base
+  int64_t oy, ho, wo;
+  int32_t k_real;
+  const int32_t* rowclass;  // per output row: its border class
+  const int32_t* corr;      // classes x o x wo: sum of the padded taps' weights
+  const int32_t* extra;     // n x o x ho x wo (sign(0) corrections), or null
+  const float* alpha;       // per output channel, or null
+  float* out;
+};
+
+struct Tile {
+  int64_t base;  // word offset of the tile's first input in a sample's plane
+  int64_t oh, ow0;
+  int lanes;
+};
+
+// dot = k_real - 2 * count - corr - extra, times alpha: one output value (portable epilogue,
+// also the reference of the vector ones).
+inline float finish(const Conv& c, int64_t b, int64_t o, int64_t oh, int64_t ow, int64_t count) {
+  int32_t dot = c.k_real - 2 * static_cast<int32_t>(count) -
+                c.corr[(c.rowclass[oh] * c.o + o) * c.wo + ow];
+  if (c.extra) dot -= c.extra[((b * c.o + o) * c.ho + oh) * c.wo + ow];
+  const float f = static_cast<float>(dot);
+  return c.alpha ? f * c.alpha[o] : f;
+}
+
+template <int OB, int PV>
+void block_portable(const Conv& c, int64_t b, int64_t o0, const Tile* tiles, int tn) {
+  const uint64_t* in = c.in + b * c.sample;
+  const int64_t wstride = c.words * c.taps;
+  for (int p = 0; p < tn; ++p) {
+    for (int l = 0; l < tiles[p].lanes; ++l) {
+      int64_t cnt[OB] = {};
+      for (int64_t j = 0; j < c.words; ++j) {
+        const uint64_t* src = in + j * c.plane + tiles[p].base + l;
+        const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
+        for (int64_t t = 0; t < c.taps; ++t) {
+          const uint64_t v = src[c.off[t]];
+          for (int o = 0; o < OB; ++o) cnt[o] += __builtin_popcountll(v ^ wj[o * wstride + t]);
+        }
+      }
+      for (int o = 0; o < OB && o0 + o < c.o; ++o) {
+        const int64_t oh = tiles[p].oh, ow = tiles[p].ow0 + l;
+        c.out[((b * c.o + o0 + o) * c.ho + oh) * c.wo + ow] = finish(c, b, o0 + o, oh, ow, cnt[o]);
+      }
+    }
+  }
+}
+
+#if BNAS_X86
+template <int OB, int PV>
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512vpopcntdq")))
+void block_avx512(const Conv& c, int64_t b, int64_t o0, const Tile* tiles, int tn) {
+  const uint64_t* in = c.in + b * c.sample;
+  const int64_t wstride = c.words * c.taps;
+  __m512i acc[OB][PV];
+  int64_t base[PV];
+  for (int p = 0; p < PV; ++p) base[p] = tiles[p < tn ? p : 0].base;
+  for (int o = 0; o < OB; ++o)
+    for (int p = 0; p < PV; ++p) acc[o][p] = _mm512_setzero_si512();
+  for (int64_t j = 0; j < c.words; ++j) {
+    const uint64_t* src = in + j * c.plane;
+    const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
+    for (int64_t t = 0; t < c.taps; ++t) {
+      __m512i x[PV];
+      const int64_t off = c.off[t];
+      for (int p = 0; p < PV; ++p) x[p] = _mm512_loadu_si512(src + base[p] + off);
+      for (int o = 0; o < OB; ++o) {
+        const __m512i wv = _mm512_set1_epi64(static_cast<long long>(wj[o * wstride + t]));
+        for (int p = 0; p < PV; ++p)
+          acc[o][p] = _mm512_add_epi64(acc[o][p], _mm512_popcnt_epi64(_mm512_xor_si512(x[p], wv)));
+      }
+    }
+  }
+  const __m256i k = _mm256_set1_epi32(c.k_real);
+  for (int p = 0; p < tn; ++p) {
+    const Tile& tile = tiles[p];
+    const __mmask8 m = static_cast<__mmask8>((1u << tile.lanes) - 1u);
+    for (int o = 0; o < OB && o0 + o < c.o; ++o) {
+      const int64_t oc = o0 + o;
+      __m256i dot = _mm256_sub_epi32(k, _mm256_slli_epi32(_mm512_cvtepi64_epi32(acc[o][p]), 1));
+      dot = _mm256_sub_epi32(dot, _mm256_maskz_loadu_epi32(
+          m, c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0));
+      const int64_t at = ((b * c.o + oc) * c.ho + tile.oh) * c.wo + tile.ow0;
+      if (c.extra) dot = _mm256_sub_epi32(dot, _mm256_maskz_loadu_epi32(m, c.extra + at));
+      __m256 f = _mm256_cvtepi32_ps(dot);
+      if (c.alpha) f = _mm256_mul_ps(f, _mm256_set1_ps(c.alpha[oc]));
+      _mm256_mask_storeu_ps(c.out + at, m, f);
+    }
+  }
+}
+
+template <int OB, int PV>
+__attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_t o0,
+                                                const Tile* tiles, int tn) {
+  const uint64_t* in = c.in + b * c.sample;
+  const int64_t wstride = c.words * c.taps;
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  __m256i acc[OB][PV];
+  int64_t base[PV];
+  for (int p = 0; p < PV; ++p) base[p] = tiles[p < tn ? p : 0].base;
+  for (int o = 0; o < OB; ++o)
+    for (int p = 0; p < PV; ++p) acc[o][p] = _mm256_setzero_si256();
+  for (int64_t j = 0; j < c.words; ++j) {
+    const uint64_t* src = in + j * c.plane;
+    const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
+    // Byte counts grow by at most 8 per tap: flush them to the 64-bit lanes every 31 taps.
+    for (int64_t t0 = 0; t0 < c.taps; t0 += 31) {
+      const int64_t t1 = std::min<int64_t>(c.taps, t0 + 31);
+      __m256i bytes[OB][PV];
+      for (int o = 0; o < OB; ++o)
+        for (int p = 0; p < PV; ++p) bytes[o][p] = _mm256_setzero_si256();
+      for (int64_t t = t0; t < t1; ++t) {
+        __m256i x[PV];
+        const int64_t off = c.off[t];
+        for (int p = 0; p < PV; ++p)
+          x[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + base[p] + off));
+        for (int o = 0; o < OB; ++o) {
+          const __m256i wv = _mm256_set1_epi64x(static_cast<long long>(wj[o * wstride + t]));
+          for (int p = 0; p < PV; ++p) {
+            const __m256i v = _mm256_xor_si256(x[p], wv);
+            const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
+            const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+            bytes[o][p] = _mm256_add_epi8(bytes[o][p], _mm256_add_epi8(lo, hi));
+          }
+        }
+      }
+      for (int o = 0; o < OB; ++o)
+        for (int p = 0; p < PV; ++p)
+          acc[o][p] = _mm256_add_epi64(acc[o][p], _mm256_sad_epu8(bytes[o][p], _mm256_setzero_si256()));
+    }
+  }
+  const __m128i k = _mm_set1_epi32(c.k_real);
+  const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  for (int p = 0; p < tn; ++p) {
+    const Tile& tile = tiles[p];
+    const __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(tile.lanes), _mm_setr_epi32(0, 1, 2, 3));
+    for (int o = 0; o < OB && o0 + o < c.o; ++o) {
+      const int64_t oc = o0 + o;
+      const __m128i cnt = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[o][p], evens));
+      __m128i dot = _mm_sub_epi32(k, _mm_slli_epi32(cnt, 1));
+      dot = _mm_sub_epi32(dot, _mm_maskload_epi32(
+          c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0, m));
+      const int64_t at = ((b * c.o + oc) * c.ho + tile.oh) * c.wo + tile.ow0;
+      if (c.extra) dot = _mm_sub_epi32(dot, _mm_maskload_epi32(c.extra + at, m));
+      __m128 f = _mm_cvtepi32_ps(dot);
+      if (c.alpha) f = _mm_mul_ps(f, _mm_set1_ps(c.alpha[oc]));
+      _mm_maskstore_ps(c.out + at, m, f);
+    }
+  }
+}
+#endif
+
+using BlockFn = void (*)(const Conv&, int64_t, int64_t, const Tile*, int);
+
+// Every (sample, block of PV tiles, block of OB output channels) on the OpenMP threads.
+template <int V, int OB, int PV>
+void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
+  const int64_t per_row = (c.wo + V - 1) / V, tiles = c.ho * per_row;
+  const int64_t tblocks = (tiles + PV - 1) / PV, oblocks = (c.o + OB - 1) / OB;
+  const int64_t total = n * tblocks * oblocks;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < total; ++i) {
+    const int64_t b = i / (tblocks * oblocks), ob = i % oblocks, tb = (i / oblocks) % tblocks;
+    Tile tile[PV];
+    int tn = 0;
+    for (int p = 0; p < PV && tb * PV + p < tiles; ++p, ++tn) {
+      const int64_t t = tb * PV + p, oh = t / per_row, ow0 = (t % per_row) * V;
+      tile[p] = {(c.oy + oh * c.s) * c.wrow + ow0, oh, ow0,
+                 static_cast<int>(std::min<int64_t>(V, c.wo - ow0))};
+    }
+    block(c, b, ob * OB, tile, tn);
+  }
+}
+
+enum Isa { PORTABLE = 0, AVX2 = 1, AVX512 = 2 };
+
+}  // namespace
+
+extern "C" {
+
+// Bit i set when path i (PORTABLE, AVX2, AVX512 with VPOPCNTDQ) can run on this CPU.
+int bnas_xnor_isas() {
+  int isas = 1 << PORTABLE;
+#if BNAS_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) isas |= 1 << AVX2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vpopcntdq"))
+    isas |= 1 << AVX512;
+#endif
+  return isas;
+}
+
+// Pack x (n x c x h x w float32) into out (n x words x hp x wrow, zero-initialised by the
+// caller): see struct Pack. Returns nothing; *zcount is the number of sign(0) found (the first
+// zcap of their flat indices are in zeros).
+void bnas_xnor_pack(const float* x, int64_t n, int64_t c, int64_t h, int64_t w,
+                    const float* scale, const float* shift, const float* thresh, int fma,
+                    int zero_is_zero, int64_t pt, int64_t pl, int64_t hp, int64_t wrow,
+                    int64_t wc, int64_t s, uint64_t* out, int64_t* zeros, int64_t zcap,
+                    int64_t* zcount, int isa, int threads) {
+  *zcount = 0;
+  const Pack p{x, n, c, h, w, scale, shift, thresh, fma, zero_is_zero, pt, pl, hp, wrow, wc, s,
+               out, zeros, zcap, zcount};
+#if BNAS_X86
+  if (isa == AVX512) return pack_all(p, threads, row_avx512);
+  if (isa == AVX2) return pack_all(p, threads, row_avx2);
+#endif
+  pack_all(p, threads, row_portable);
+}
+
+// z = x * scale + shift per channel as the packing computes it (for the probe against torch).
+void bnas_xnor_affine(const float* x, int64_t n, int64_t c, int64_t hw, const float* scale,
+                      const float* shift, int fma, float* out) {
+  for (int64_t i = 0; i < n * c * hw; ++i) {
+    const int64_t ch = (i / hw) % c;
+    out[i] = affine(x[i], scale[ch], shift[ch], fma != 0);
+  }
+}
+
+// torch's eval BatchNorm terms: scale = gamma / sqrt(var + eps) (as 1 / sqrt then a product),
+// shift = beta - mean * scale, the product-difference fused when fma (gamma, beta nullable).
+void bnas_xnor_bn_terms(const float* mean, const float* var, const float* gamma,
+                        const float* beta, int64_t c, double eps, int fma, float* scale,
+                        float* shift) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const float invstd = 1.0f / std::sqrt(var[ch] + static_cast<float>(eps));
+    scale[ch] = invstd * (gamma ? gamma[ch] : 1.0f);
+    const float b = beta ? beta[ch] : 0.0f;
+    shift[ch] = fma ? std::fma(-mean[ch], scale[ch], b) : b - mean[ch] * scale[ch];
+  }
+}
+
+// The binary convolution (struct Conv; geometry in g: n, words, hp, wrow, wc, s, o, kh, kw, d,
+// oy, ox, ho, wo, k_real).
+void bnas_xnor_conv(const uint64_t* in, const int64_t* g, const uint64_t* weights,
+                    const int32_t* rowclass, const int32_t* corr, const int32_t* extra,
+                    const float* alpha, float* out, int isa, int threads) {
+  const int64_t n = g[0], words = g[1], hp = g[2], wrow = g[3], wc = g[4], s = g[5], o = g[6],
+                kh = g[7], kw = g[8], d = g[9], oy = g[10], ox = g[11], ho = g[12], wo = g[13];
+  std::vector<int64_t> off(kh * kw);
+  for (int64_t i = 0; i < kh; ++i)
+    for (int64_t j = 0; j < kw; ++j) {
+      const int64_t col = ox + j * d;
+      off[i * kw + j] = i * d * wrow + (col % s) * wc + col / s;
+    }
+  const Conv c{in, hp * wrow, words * hp * wrow, wrow, s, weights, words, kh * kw, o,
+               off.data(), oy, ho, wo, static_cast<int32_t>(g[14]), rowclass, corr, extra,
+               alpha, out};
+#if BNAS_X86
+  if (isa == AVX512) return conv_run<8, 8, 3>(c, n, threads, block_avx512<8, 3>);
+  if (isa == AVX2) return conv_run<4, 4, 2>(c, n, threads, block_avx2<4, 2>);
+#endif
+  conv_run<4, 4, 1>(c, n, threads, block_portable<4, 1>);
+}
+
+// extra[b, o, oh, ow] += w_b[o, ch, i, j] for every recorded sign(0) at (b, ch, y, x) and
+// every tap (i, j) through which output (oh, ow) reads it (padded coordinates y + pt, x + pl).
+void bnas_xnor_zero_fix(const int64_t* zeros, int64_t count, const int64_t* g, int64_t c,
+                        int64_t h, int64_t w, int64_t pt, int64_t pl, const uint64_t* weights,
+                        int32_t* extra) {
+  const int64_t words = g[1], s = g[5], o = g[6], kh = g[7], kw = g[8], d = g[9], oy = g[10],
+                ox = g[11], ho = g[12], wo = g[13], taps = kh * kw;
+  for (int64_t z = 0; z < count; ++z) {
+    const int64_t idx = zeros[z], xx = idx % w, y = (idx / w) % h, ch = (idx / (w * h)) % c,
+                  b = idx / (w * h * c);
+    for (int64_t i = 0; i < kh; ++i) {
+      const int64_t r = y + pt - oy - i * d;
+      if (r < 0 || r % s || r / s >= ho) continue;
+      for (int64_t j = 0; j < kw; ++j) {
+        const int64_t q = xx + pl - ox - j * d;
+        if (q < 0 || q % s || q / s >= wo) continue;
+        for (int64_t oc = 0; oc < o; ++oc) {
+          const uint64_t word = weights[(oc * words + ch / 64) * taps + i * kw + j];
+          extra[((b * o + oc) * ho + r / s) * wo + q / s] += 1 - 2 * int32_t((word >> (ch % 64)) & 1);
+        }
+      }
+    }
+  }
+}
+
+}  // extern "C"

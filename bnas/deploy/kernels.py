@@ -1,0 +1,285 @@
+"""The packed engine's XNOR / popcount kernels (``csrc/xnor.cpp``) on torch tensors.
+
+:func:`kernels` builds the library on first use (:mod:`bnas.ops.cxx`) and picks the fastest
+path this CPU runs: ``avx512`` (AVX-512 with VPOPCNTDQ), ``avx2`` (nibble-lookup popcount) or
+``portable``; ``BNAS_XNOR_ISA`` forces one (a path the CPU lacks is refused). Before the
+packing's BatchNorm is used, a probe checks that its ``x * scale + shift`` equals torch's eval
+BatchNorm bit for bit (with the multiply-add fused or not, whichever torch's build does); where
+neither matches, packed operations normalise with torch and pack the result (same values).
+
+:class:`BinaryConvPlan` is one binary convolution: its weights packed 64 input channels to a
+word, and :meth:`BinaryConvPlan.run` maps a float input (NCHW, float32) to the float model's
+``conv(sign(x), sign(W)) * alpha`` exactly (the deploy spec: ``/docs`` of bnas, deploy.md).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BnasError
+from ..ops.cxx import build, compiler, failure, load
+
+SOURCE = Path(__file__).with_name("csrc") / "xnor.cpp"
+ISAS = ("portable", "avx2", "avx512")  # bit i of bnas_xnor_isas()
+#: Output channels are padded to a multiple of this in the weights' kernel layout.
+O_BLOCK = 8
+#: Words read past a packed input's end by the vector paths' last tile.
+SLACK = 8
+
+_P, _I, _D, _C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+_SIGNATURES = {
+    "bnas_xnor_pack": [_P, _I, _I, _I, _I, _P, _P, _P, _C, _C, _I, _I, _I, _I, _I, _I, _P, _P,
+                       _I, _P, _C, _C],
+    "bnas_xnor_affine": [_P, _I, _I, _I, _P, _P, _C, _P],
+    "bnas_xnor_bn_terms": [_P, _P, _P, _P, _I, _D, _C, _P, _P],
+    "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
+    "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P],
+}
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class Kernels:
+    """The loaded library, the path it runs (``isa``) and whether the packing's BatchNorm
+    fuses its multiply-add (``fma``; None: torch normalises)."""
+
+    def __init__(self, lib: ctypes.CDLL, isa: str, fma: bool | None) -> None:
+        self.lib, self.isa, self.fma = lib, isa, fma
+        self._isa = ISAS.index(isa)
+
+    def bn_terms(self, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)`` of an eval-mode BatchNorm as torch computes them."""
+        return _bn_terms(self.lib, bn, bool(self.fma))
+
+    def pack(self, x: torch.Tensor, geo: "Geometry", scale: torch.Tensor | None = None,
+             shift: torch.Tensor | None = None, thresh: torch.Tensor | None = None,
+             zero_is_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (float32 NCHW) packed for a consumer of geometry ``geo``: ``(words, zeros)``,
+        ``zeros`` the flat indices of the inputs whose sign is 0 (see ``csrc/xnor.cpp``)."""
+        n, c, h, w = x.shape
+        hp, wrow, wc = geo.padded(h, w)
+        words = (c + 63) // 64
+        out = torch.zeros(n * words * hp * wrow + SLACK, dtype=torch.int64)
+        count = torch.zeros(1, dtype=torch.int64)
+        cap = 64
+        while True:
+            zeros = torch.empty(cap, dtype=torch.int64)
+            self.lib.bnas_xnor_pack(
+                x.data_ptr(), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(thresh),
+                int(bool(self.fma)), int(zero_is_zero), geo.pad[0], geo.pad[1], hp, wrow, wc,
+                geo.stride, out.data_ptr(), zeros.data_ptr(), cap, count.data_ptr(), self._isa,
+                torch.get_num_threads())
+            if int(count) <= cap:
+                return out, zeros[:int(count)]
+            cap = int(count)
+            out.zero_()
+
+
+def _bn_terms(lib: ctypes.CDLL, bn: torch.nn.BatchNorm2d, fma: bool
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    c = bn.num_features
+    scale, shift = torch.empty(c), torch.empty(c)
+    gamma = bn.weight.detach().contiguous() if bn.weight is not None else None
+    beta = bn.bias.detach().contiguous() if bn.bias is not None else None
+    lib.bnas_xnor_bn_terms(bn.running_mean.data_ptr(), bn.running_var.data_ptr(), _ptr(gamma),
+                           _ptr(beta), c, float(bn.eps), int(fma), scale.data_ptr(),
+                           shift.data_ptr())
+    return scale, shift
+
+
+def matches_torch_bn(lib: ctypes.CDLL, fma: bool) -> bool:
+    """Whether the packing's ``x * scale + shift`` equals torch's eval BatchNorm bit for bit on
+    a probe (planes of several sizes, with and without affine parameters)."""
+    gen = torch.Generator().manual_seed(0)
+    for affine, (h, w) in ((True, (7, 9)), (False, (5, 5)), (True, (1, 1))):
+        bn = torch.nn.BatchNorm2d(11, affine=affine).eval()
+        with torch.no_grad():
+            bn.running_mean.copy_(torch.randn(11, generator=gen))
+            bn.running_var.copy_(torch.rand(11, generator=gen) * 3 + 0.01)
+            if affine:
+                bn.weight.copy_(torch.randn(11, generator=gen))
+                bn.bias.copy_(torch.randn(11, generator=gen))
+        x = torch.randn(3, 11, h, w, generator=gen) * 3.0
+        scale, shift = _bn_terms(lib, bn, fma)
+        ours = torch.empty_like(x)
+        lib.bnas_xnor_affine(x.data_ptr(), 3, 11, h * w, scale.data_ptr(), shift.data_ptr(),
+                             int(fma), ours.data_ptr())
+        with torch.no_grad():
+            if not torch.equal(ours, bn(x)):
+                return False
+    return True
+
+
+@functools.cache
+def _load(isa_request: str | None) -> tuple[Kernels | None, str]:
+    cxx = compiler()
+    if cxx is None:
+        return None, "off (no C++ compiler: set CXX or install g++)"
+    flags = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off"]
+    try:
+        path = build(SOURCE, cxx, flags)
+        lib = load(path, _SIGNATURES)
+    except subprocess.CalledProcessError as e:
+        return None, f"off ({failure(cxx, e)})"
+    except OSError as e:
+        return None, f"off ({e})"
+    lib.bnas_xnor_isas.restype = ctypes.c_int
+    supported = [name for i, name in enumerate(ISAS) if lib.bnas_xnor_isas() >> i & 1]
+    if isa_request is not None:
+        if isa_request not in ISAS:
+            raise BnasError(f"BNAS_XNOR_ISA={isa_request}: expected one of {', '.join(ISAS)}")
+        if isa_request not in supported:
+            raise BnasError(f"BNAS_XNOR_ISA={isa_request}: this CPU runs only "
+                            f"{', '.join(supported)}")
+    isa = isa_request or supported[-1]
+    fma = next((f for f in (True, False) if matches_torch_bn(lib, f)), None)
+    bn = ("BatchNorm fused into the packing" + (" (multiply-add fused)" if fma else "")
+          if fma is not None else "BatchNorm by torch (the packing's differs here)")
+    return Kernels(lib, isa, fma), f"{isa} ({bn}; {path})"
+
+
+def kernels() -> Kernels:
+    """The kernels on the path ``BNAS_XNOR_ISA`` asks for, else the fastest this CPU runs.
+    Raises :class:`BnasError` when they cannot be built or the asked path cannot run."""
+    k, line = _load(os.environ.get("BNAS_XNOR_ISA") or None)
+    if k is None:
+        raise BnasError(f"the packed engine's kernels are {line}")
+    return k
+
+
+def describe() -> str:
+    """Which path the packed engine runs, or why it cannot (builds the library on first use)."""
+    try:
+        return _load(os.environ.get("BNAS_XNOR_ISA") or None)[1]
+    except BnasError as e:
+        return f"off ({e})"
+
+
+def supported_isas() -> list[str]:
+    """The paths this CPU runs (builds the library on first use)."""
+    k = kernels()
+    return [name for i, name in enumerate(ISAS) if k.lib.bnas_xnor_isas() >> i & 1]
+
+
+# -- geometry ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Geometry:
+    """Where a binary convolution reads its input: kernel ``(kh, kw)``, ``stride``,
+    ``dilation``, zero padding ``pad = (top, left, bottom, right)`` and the ``origin`` (in
+    padded coordinates) of output (0, 0)'s first tap: output ``(i, j)`` reads padded input
+    ``(origin[0] + i * stride + a * dilation, origin[1] + j * stride + b * dilation)``."""
+
+    kh: int
+    kw: int
+    stride: int = 1
+    dilation: int = 1
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    origin: tuple[int, int] = (0, 0)
+
+    def padded(self, h: int, w: int) -> tuple[int, int, int]:
+        """``(hp, wrow, wc)`` of a packed input of ``h x w`` (see ``csrc/xnor.cpp``)."""
+        wp = w + self.pad[1] + self.pad[3]
+        wc = -(-wp // self.stride)
+        return h + self.pad[0] + self.pad[2], self.stride * wc, wc
+
+    def output(self, h: int, w: int) -> tuple[int, int]:
+        """The output size for an ``h x w`` input."""
+        span_h, span_w = self.dilation * (self.kh - 1) + 1, self.dilation * (self.kw - 1) + 1
+        ho = (h + self.pad[0] + self.pad[2] - self.origin[0] - span_h) // self.stride + 1
+        wo = (w + self.pad[1] + self.pad[3] - self.origin[1] - span_w) // self.stride + 1
+        return ho, wo
+
+    def valid(self, size: int, before: int, origin: int, k: int, out: int) -> np.ndarray:
+        """``(out, k)``: whether output index i's tap a falls inside the real input."""
+        pos = origin + np.arange(out)[:, None] * self.stride + np.arange(k)[None, :] * self.dilation
+        return (pos >= before) & (pos < before + size)
+
+
+def pack_weight_bits(negative: torch.Tensor) -> torch.Tensor:
+    """``(O, C, kh, kw)`` booleans (True where the binary weight is -1) in the kernels' layout:
+    ``O_pad x words x taps`` 64-bit words, channel ``c`` at bit ``c % 64`` of word ``c // 64``."""
+    o, c, kh, kw = negative.shape
+    words = -(-c // 64)
+    o_pad = -(-o // O_BLOCK) * O_BLOCK
+    bits = np.zeros((o_pad, words * 64, kh * kw), dtype=np.uint8)
+    bits[:o, :c] = negative.reshape(o, c, kh * kw).numpy()
+    bits = bits.reshape(o_pad, words, 64, kh * kw).transpose(0, 1, 3, 2)
+    packed = np.packbits(np.ascontiguousarray(bits), axis=-1, bitorder="little")
+    return torch.from_numpy(packed.view("<u8").reshape(o_pad, words, kh * kw).view(np.int64).copy())
+
+
+class BinaryConvPlan:
+    """One binary convolution ready for the kernels: weights ``negative`` (``(O, C, kh, kw)``
+    booleans, True for -1), per-output ``alpha`` (or None: no scale) and its :class:`Geometry`.
+    Border corrections are computed once per input size."""
+
+    def __init__(self, negative: torch.Tensor, alpha: torch.Tensor | None, geo: Geometry) -> None:
+        self.out_channels, self.in_channels = negative.shape[:2]
+        self.geo = geo
+        self.words = -(-self.in_channels // 64)
+        self.weights = pack_weight_bits(negative)
+        # per output channel and tap: the sum over input channels of the packed weights (+-1)
+        self.tap_sums = (self.in_channels - 2 * negative.sum(dim=1, dtype=torch.int64)).numpy()
+        self.alpha = None if alpha is None else alpha.detach().float().contiguous()
+        self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def borders(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rowclass, corr)`` for an ``h x w`` input: each output row's border class and, per
+        class, output channel and column, the sum of the weights at the taps in the padding."""
+        key = (h, w)
+        if key not in self._borders:
+            g = self.geo
+            ho, wo = g.output(h, w)
+            rows = g.valid(h, g.pad[0], g.origin[0], g.kh, ho)
+            cols = g.valid(w, g.pad[1], g.origin[1], g.kw, wo)
+            classes, rowclass = np.unique(rows, axis=0, return_inverse=True)
+            # padded[r, a, j, b]: tap (a, b) of output column j lies in the padding (class r)
+            padded = ~(classes[:, :, None, None] & cols[None, None, :, :])
+            psum = self.tap_sums.reshape(self.out_channels, g.kh, g.kw)
+            corr = np.einsum("oab,rajb->roj", psum, padded.astype(np.int64))
+            self._borders[key] = (torch.from_numpy(rowclass.astype(np.int32).reshape(-1)),
+                                  torch.from_numpy(np.ascontiguousarray(corr, dtype=np.int32)))
+        return self._borders[key]
+
+    def geometry(self, n: int, h: int, w: int) -> torch.Tensor:
+        """The kernels' geometry vector for an ``n x C x h x w`` input."""
+        g = self.geo
+        hp, wrow, wc = g.padded(h, w)
+        ho, wo = g.output(h, w)
+        return torch.tensor([n, self.words, hp, wrow, wc, g.stride, self.out_channels, g.kh, g.kw,
+                             g.dilation, g.origin[0], g.origin[1], ho, wo,
+                             self.in_channels * g.kh * g.kw], dtype=torch.int64)
+
+    def run(self, k: Kernels, x: torch.Tensor, packed: torch.Tensor,
+            zeros: torch.Tensor) -> torch.Tensor:
+        """The convolution of the input ``x`` (only its shape is read) that :meth:`Kernels.pack`
+        packed for this geometry, ``zeros`` the signs 0 it found: a new float32 NCHW tensor."""
+        n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise BnasError(f"a packed binary convolution of {self.in_channels} input channels "
+                            f"got {c}")
+        geo = self.geometry(n, h, w)
+        ho, wo = int(geo[12]), int(geo[13])
+        if ho <= 0 or wo <= 0:
+            raise BnasError(f"input {h}x{w} is too small for a packed binary convolution")
+        rowclass, corr = self.borders(h, w)
+        extra = None
+        if zeros.numel():
+            extra = torch.zeros(n, self.out_channels, ho, wo, dtype=torch.int32)
+            k.lib.bnas_xnor_zero_fix(zeros.data_ptr(), zeros.numel(), geo.data_ptr(), c, h, w,
+                                     self.geo.pad[0], self.geo.pad[1], self.weights.data_ptr(),
+                                     extra.data_ptr())
+        out = torch.empty(n, self.out_channels, ho, wo)
+        k.lib.bnas_xnor_conv(packed.data_ptr(), geo.data_ptr(), self.weights.data_ptr(),
+                             rowclass.data_ptr(), corr.data_ptr(), _ptr(extra), _ptr(self.alpha),
+                             out.data_ptr(), k._isa, torch.get_num_threads())
+        return out

@@ -1,0 +1,185 @@
+"""The packed engine's XNOR / popcount kernels, every path this CPU runs, against an
+independently computed float64 convolution of the signs (and against each other), on the cases
+where bit-packed convolutions go wrong: zero padding at every border class, stride, dilation,
+1x1, a shifted origin (factorized reduce), input channels not a multiple of 64, output channels
+not a multiple of the register block, interior zeros (sign(0) = 0), BatchNorm folded into the
+packing (gamma < 0, gamma = 0) and per-sample thresholds."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnas.deploy import kernels as K
+from bnas.errors import BnasError
+
+ISAS = K.supported_isas()
+
+
+@pytest.fixture(params=K.ISAS)
+def kern(request, monkeypatch):
+    if request.param not in ISAS:
+        pytest.skip(f"this CPU does not run the {request.param} path")
+    monkeypatch.setenv("BNAS_XNOR_ISA", request.param)
+    k = K.kernels()
+    assert k.isa == request.param
+    return k
+
+
+def reference(xb: torch.Tensor, negative: torch.Tensor, alpha: torch.Tensor | None,
+              geo: K.Geometry) -> torch.Tensor:
+    """``conv(xb, sign W) * alpha`` with ``xb`` in {-1, 0, 1}: the sum in float64 (exact), one
+    float32 rounding of the scale, the zero padding and origin applied explicitly."""
+    t, l, b, r = geo.pad
+    xp = F.pad(xb.double(), (l, r, t, b))[:, :, geo.origin[0]:, geo.origin[1]:]
+    y = F.conv2d(xp, 1.0 - 2.0 * negative.double(), stride=geo.stride, dilation=geo.dilation)
+    y = y.float()
+    return y if alpha is None else y * alpha.view(1, -1, 1, 1)
+
+
+def run(k: K.Kernels, x: torch.Tensor, negative: torch.Tensor, alpha: torch.Tensor | None,
+        geo: K.Geometry, **pack) -> torch.Tensor:
+    plan = K.BinaryConvPlan(negative, alpha, geo)
+    packed, zeros = k.pack(x, geo, **pack)
+    return plan.run(k, x, packed, zeros)
+
+
+def sym(k: int, stride: int = 1, dilation: int = 1) -> K.Geometry:
+    p = dilation * (k - 1) // 2
+    return K.Geometry(k, k, stride, dilation, (p, p, p, p))
+
+
+CASES = [  # n, c_in, c_out, h, w, geometry
+    (2, 37, 13, 9, 11, sym(3)),            # tail mask, odd sizes, O % 8 != 0
+    (1, 64, 64, 8, 8, sym(3, 2)),          # stride 2
+    (2, 130, 20, 7, 10, sym(5, 1, 2)),     # dilation 2, 5x5 (bin_dil_conv_5x5), 3 words
+    (1, 70, 9, 6, 5, sym(1, 2)),           # 1x1 stride 2
+    (1, 200, 17, 13, 6, sym(3, 2, 2)),     # stride and dilation
+    (1, 64, 24, 5, 17, sym(5)),            # padding wider than some outputs reach
+    (1, 48, 16, 9, 9, K.Geometry(1, 1, 2, 1, (0, 0, 1, 1), (1, 1))),  # factorized reduce's shift
+    (3, 3, 8, 4, 4, sym(3)),               # a handful of channels
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_binary_conv_equals_the_float64_reference(kern, case):
+    n, c, o, h, w, geo = case
+    gen = torch.Generator().manual_seed(sum(case[:5]))
+    x = torch.randn(n, c, h, w, generator=gen)
+    x[0, 1 % c, 2 % h, 3 % w] = 0.0  # interior sign(0) = 0
+    x[-1, -1, -1, -1] = -0.0
+    negative = torch.rand(o, c, geo.kh, geo.kw, generator=gen) < 0.5
+    alpha = torch.rand(o, generator=gen) - 0.2  # a negative scale too
+    expected = reference(torch.sign(x), negative, alpha, geo)
+    out = run(kern, x, negative, alpha, geo)
+    assert out.shape == expected.shape
+    assert torch.equal(out, expected)
+
+
+def test_scale_free_weights_give_the_integer_sums(kern):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 100, 6, 6, generator=gen)
+    negative = torch.rand(10, 100, 3, 3, generator=gen) < 0.5
+    out = run(kern, x, negative, None, sym(3))
+    assert torch.equal(out, reference(torch.sign(x), negative, None, sym(3)))
+    assert torch.equal(out, out.round())
+
+
+def test_many_interior_zeros_are_all_corrected(kern):
+    """More zeros than the first packing records: it packs again with room for all."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 66, 8, 8, generator=gen)
+    x[:, ::3] = 0.0  # whole constant channels, as a BatchNorm with beta 0 makes them
+    negative = torch.rand(12, 66, 3, 3, generator=gen) < 0.5
+    alpha = torch.rand(12, generator=gen)
+    assert torch.equal(run(kern, x, negative, alpha, sym(3)),
+                       reference(torch.sign(x), negative, alpha, sym(3)))
+
+
+def test_zeros_as_plus_one_when_the_scheme_says_so(kern):
+    x = torch.zeros(1, 5, 4, 4)
+    x[0, 0, 0, 0] = -1.0
+    negative = torch.rand(3, 5, 3, 3) < 0.5
+    out = run(kern, x, negative, None, sym(3), zero_is_zero=False)
+    xb = torch.where(x < 0, -1.0, 1.0)
+    assert torch.equal(out, reference(xb, negative, None, sym(3)))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm_folded_into_the_packing_matches_torch_then_sign(kern, affine):
+    """sign(BN(x)) packed from x: gamma < 0 flips the comparison, gamma = 0 gives the constant
+    sign(beta) (and sign(0) = 0 for beta = 0)."""
+    gen = torch.Generator().manual_seed(3)
+    c = 72
+    bn = torch.nn.BatchNorm2d(c, affine=affine).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(c, generator=gen))
+        bn.running_var.copy_(torch.rand(c, generator=gen) + 0.1)
+        if affine:
+            bn.weight.copy_(torch.randn(c, generator=gen))
+            bn.weight[:4] = 0.0
+            bn.bias.copy_(torch.randn(c, generator=gen))
+            bn.bias[0] = 0.0
+            bn.weight[4:8] = -bn.weight[4:8].abs()
+    x = torch.randn(2, c, 7, 7, generator=gen) * 2
+    x[0, 10, 3, 3] = float(bn.running_mean[10])  # exactly the mean: BN(x) = beta
+    negative = torch.rand(16, c, 3, 3, generator=gen) < 0.5
+    alpha = torch.rand(16, generator=gen)
+    with torch.no_grad():
+        expected = reference(torch.sign(bn(x)), negative, alpha, sym(3))
+    if kern.fma is None:
+        pytest.skip("the packing's BatchNorm differs from torch's here: torch normalises")
+    scale, shift = kern.bn_terms(bn)
+    out = run(kern, x, negative, alpha, sym(3), scale=scale, shift=shift)
+    assert torch.equal(out, expected)
+
+
+def test_per_sample_thresholds(kern):
+    """sign(x - m) per sample (RBNN's and SiMaN's centred activations) as a comparison."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 40, 5, 5, generator=gen)
+    m = x.reshape(3, -1).sum(dim=1) / x[0].numel()
+    x[1, 2, 2, 2] = m[1]
+    negative = torch.rand(8, 40, 3, 3, generator=gen) < 0.5
+    out = run(kern, x, negative, None, sym(3), thresh=m.contiguous())
+    assert torch.equal(out, reference(torch.sign(x - m.view(3, 1, 1, 1)), negative, None, sym(3)))
+
+
+def test_every_path_agrees_with_every_other(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 150, 12, 12, generator=gen)
+    x[0, :3] = 0.0
+    negative = torch.rand(33, 150, 3, 3, generator=gen) < 0.5
+    alpha = torch.rand(33, generator=gen)
+    outs = []
+    for isa in ISAS:
+        monkeypatch.setenv("BNAS_XNOR_ISA", isa)
+        outs.append(run(K.kernels(), x, negative, alpha, sym(3, 2)))
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+def test_the_bn_probe_finds_torchs_arithmetic():
+    k = K.kernels()
+    assert k.fma is not None and K.matches_torch_bn(k.lib, k.fma)
+    assert k.isa in K.describe()
+
+
+def test_an_unknown_or_unsupported_path_is_refused(monkeypatch):
+    monkeypatch.setenv("BNAS_XNOR_ISA", "neon")
+    with pytest.raises(BnasError, match="expected one of portable, avx2, avx512"):
+        K.kernels()
+    missing = [isa for isa in K.ISAS if isa not in ISAS]
+    if missing:
+        monkeypatch.setenv("BNAS_XNOR_ISA", missing[0])
+        with pytest.raises(BnasError, match="this CPU runs only"):
+            K.kernels()
+
+
+def test_weights_pack_64_channels_to_a_word():
+    negative = torch.zeros(3, 70, 1, 1, dtype=torch.bool)
+    negative[1, 0] = negative[1, 63] = negative[2, 64] = negative[2, 69] = True
+    words = K.pack_weight_bits(negative).view(torch.int64)
+    assert words.shape == (K.O_BLOCK, 2, 1)
+    assert words[1, 0, 0] == (1 | -(1 << 63)) and words[1, 1, 0] == 0
+    assert words[2, 0, 0] == 0 and words[2, 1, 0] == (1 | 1 << 5)
+    assert not words[3:].any()

@@ -1,0 +1,44 @@
+"""``import_checkpoint``: a seed project's released checkpoint -> a bnas weights file.
+
+The file written is a ``best.pt``-style weights file (:mod:`bnas.train.checkpoint`): the
+network's state dict, its identity and the settings that rebuild it, so that ``bnas eval``,
+``bnas train --init-weights`` and ``bnas export`` take it like weights bnas trained, plus an
+``imported`` record (project, file, the checkpoint's own epoch / accuracy / model name, and the
+dropped and missing tensors). Nothing is written unless every tensor matched.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import build_model
+from ..train import checkpoint
+from .convert import convert
+from .reading import read_state_dict
+from .sources import SOURCES
+
+
+def import_checkpoint(source: str, path: str | Path, out: str | Path, *, arch: str | None,
+                      dataset: str | None = None, num_classes: int | None = None,
+                      config: str | None = None, layers: int | None = None,
+                      init_channels: int | None = None) -> dict[str, Any]:
+    """Convert the checkpoint ``path`` saved by project ``source`` for network ``arch`` and
+    write it to ``out``; returns the ``imported`` record."""
+    src = SOURCES.get(source)
+    state, meta = read_state_dict(path)
+    model = build_model(arch, dataset=dataset, num_classes=num_classes, layers=layers,
+                        init_channels=init_channels, config=config, binarizer=src.binarizer)
+    name = model.genotype.name or str(arch)
+    conversion = convert(state, model, src, str(path), name)
+    model.load_state_dict(conversion.state, strict=True)
+    record = {"from": src.name, "project": src.project, "file": str(Path(path).expanduser()),
+              "checkpoint": meta, **conversion.report()}
+    settings = {"arch": arch, "config": config, "layers": layers, "init_channels": init_channels,
+                "num_classes": num_classes, "binarizer": src.binarizer, "binarizer_hparams": {},
+                "dataset": model.dataset}
+    checkpoint.atomic_save({
+        "format": checkpoint.FORMAT, "kind": "weights", "model": model.state_dict(),
+        "identity": checkpoint.identity(model, layers=layers, init_channels=init_channels,
+                                        config=config),
+        "config": settings, "imported": record}, out)
+    return record

@@ -1,0 +1,72 @@
+"""Where each module of a bnas network sits in the seeds' own model definitions.
+
+For every module of a bnas network that holds tensors, :func:`reference_modules` gives the
+module names the seeds' code uses for it (several where the projects differ, e.g. ``linear``
+in the CIFAR ResNets and ``fc`` in the ImageNet ones). The names were read off the model
+definitions of RBNN (lmbxmu/RBNN), ReCU (z-hXu/ReCU) and SiMaN (lmbxmu/SiMaN), which share them:
+
+* ResNets: ``conv1``/``bn1`` (stem), ``layer{s}.{b}.conv1/bn1/conv2/bn2`` (blocks, ``s`` from 1),
+  ``layer{s}.{b}.nonlinear1/nonlinear2`` (SiMaN's PReLU), ``layer{s}.{b}.shortcut.{k}`` (CIFAR)
+  or ``layer{s}.{b}.downsample.{k}`` (ImageNet) for the 1x1 convolution and its BatchNorm,
+  ``bn2`` (the BatchNorm1d before the classifier) and ``linear`` / ``fc``;
+* VGG-small: ``conv{k}``, ``bn{k}`` and ``nonlinear{k}`` for the k-th convolution (from 0) and
+  the BatchNorm and activation after it, ``fc``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..errors import BnasError
+from ..model.fixed import ResNet1w1a, VGGSmall1w1a
+from ..registry import Registry
+
+Names = dict[str, tuple[str, ...]]
+NAMERS: Registry[Callable[[nn.Module], Names]] = Registry("network layout")
+
+#: bnas block sub-module -> the seeds' names for it.
+_BLOCK_PARTS = {"conv1": ("conv1",), "bn1": ("bn1",), "conv2": ("conv2",), "bn2": ("bn2",),
+                "act1": ("nonlinear1",), "act2": ("nonlinear2",)}
+
+
+@NAMERS.register(ResNet1w1a.__name__)
+def resnet_names(model: nn.Module) -> Names:
+    """The seeds' names of a :class:`~bnas.model.fixed.ResNet1w1a`'s modules."""
+    names: Names = {"stem.0": ("conv1",), "stem.1": ("bn1",), "bn": ("bn2",),
+                    "classifier": ("linear", "fc")}
+    for s, stage in enumerate(model.stages):
+        for b, block in enumerate(stage):
+            ours, theirs = f"stages.{s}.{b}", f"layer{s + 1}.{b}"
+            for part, refs in _BLOCK_PARTS.items():
+                names[f"{ours}.{part}"] = tuple(f"{theirs}.{r}" for r in refs)
+            for k, _ in enumerate(block.shortcut.children()):
+                names[f"{ours}.shortcut.{k}"] = (f"{theirs}.shortcut.{k}",
+                                                 f"{theirs}.downsample.{k}")
+    return names
+
+
+@NAMERS.register(VGGSmall1w1a.__name__)
+def vgg_small_names(model: nn.Module) -> Names:
+    """The seeds' names of a :class:`~bnas.model.fixed.VGGSmall1w1a`'s modules: each BatchNorm
+    and activation is numbered after the convolution before it."""
+    names: Names = {"classifier": ("fc",)}
+    conv = -1
+    for i, module in enumerate(model.features):
+        if isinstance(module, nn.Conv2d):
+            conv += 1
+            names[f"features.{i}"] = (f"conv{conv}",)
+        elif isinstance(module, nn.BatchNorm2d):
+            names[f"features.{i}"] = (f"bn{conv}",)
+        elif list(module.parameters()):
+            names[f"features.{i}"] = (f"nonlinear{conv}",)
+    return names
+
+
+def reference_modules(model: nn.Module) -> Names:
+    """bnas module name -> the seeds' candidate names, for every module of ``model``'s kind."""
+    kind = type(model).__name__
+    if kind not in NAMERS:
+        raise BnasError(f"importing weights into a {kind} is not supported (importable: "
+                        f"{', '.join(NAMERS.names())})")
+    return NAMERS.get(kind)(model)

@@ -217,3 +217,46 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "linear.weight" in err
     assert not (tmp_path / "w.pt").exists()
+
+
+# -- fine-tuning from imported weights ----------------------------------------------------------
+def _imported_recu(tmp_path):
+    torch.save({"state_dict": ref.cifar_resnet20("recu")}, tmp_path / "recu.pth.tar")
+    out = tmp_path / "recu.pt"
+    import_checkpoint("recu", tmp_path / "recu.pth.tar", out, arch="recu_resnet20_1w1a",
+                      dataset="digits")
+    return out
+
+
+FINETUNE = {"arch": "recu_resnet20_1w1a", "binarizer": "recu", "dataset": "digits", "epochs": 1,
+            "batch_size": 32, "train_subset": 64, "val_subset": 32, "workers": 0,
+            "progress": False, "device": "cpu"}
+
+
+def test_init_weights_starts_a_new_run_from_imported_weights(tmp_path):
+    from bnas.train import Trainer, resolve_config
+    from bnas.train.distributed import Context
+
+    weights = _imported_recu(tmp_path)
+    cfg = resolve_config(None, {**FINETUNE, "init_weights": str(weights),
+                                "out": str(tmp_path / "run")})
+    trainer = Trainer(cfg, Context())
+    saved = checkpoint.load(weights)["model"]
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+    assert trainer.start_epoch == 0 and not trainer.optimizer.state  # fresh optimizer
+    trainer.fit()
+    log = (tmp_path / "run" / "log").read_text()
+    assert f"initial weights from {weights} (imported from ReCU" in log
+
+
+def test_init_weights_of_another_network_is_one_line(tmp_path, capsys):
+    weights = _imported_recu(tmp_path)
+    argv = ["train", "--arch", "resnet20_1w1a", "--binarizer", "recu", "--dataset", "digits",
+            "--epochs", "1", "--workers", "0", "--no-progress", "--device", "cpu",
+            "--out", str(tmp_path / "run"), "--init-weights", str(weights)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds weights of 'recu_resnet20_1w1a'" in err
+    assert main([*argv[:-1], str(tmp_path / "absent.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err

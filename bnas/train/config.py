@@ -93,6 +93,9 @@ class TrainConfig:
     out: str | None = _opt(None, "run directory (default: runs/train-<arch>-<time>)")
     resume: bool | str = _opt(False, "continue from the run directory's checkpoint (or a "
                                      "checkpoint file)")
+    init_weights: str | None = _opt(None, "start a new run (fresh optimizer and schedule) from "
+                                          "these weights: a best.pt, checkpoint.pt or bnas import "
+                                          "file of the same architecture")
 
     # -- derived ------------------------------------------------------------------------------
     @property

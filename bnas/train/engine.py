@@ -12,7 +12,8 @@ Resuming (``--resume``) restarts from the last completed epoch with the saved mo
 state, gradient scaler and generator states; the data order and the schedule depend only on the
 seed and the position, so the run reaches the same weights as one never interrupted (on the
 CPU, same seed, one process). Optimizer state comes from the checkpoint; the learning rate
-follows the configuration.
+follows the configuration. ``--init-weights`` instead starts a new run from saved or imported
+weights (fresh optimizer and schedule); a run resumed after its first epoch keeps its own.
 """
 from __future__ import annotations
 
@@ -153,6 +154,8 @@ class Trainer:
         self.best_top1: float | None = None
         self.last: dict[str, Any] = {}
         self._resume()
+        if self.start_epoch == 0 and cfg.init_weights:
+            self._init_weights(Path(cfg.init_weights).expanduser())
         self.net = (DistributedDataParallel(self.model, device_ids=[ctx.device.index]
                                             if ctx.device.type == "cuda" else None)
                     if ctx.distributed else self.model)
@@ -233,6 +236,15 @@ class Trainer:
                      len(states), self.ctx.world_size)
         log.info("resumed from %s after epoch %d (best top-1 %.2f)", path, self.start_epoch,
                  self.best_top1 or 0.0)
+
+    def _init_weights(self, path: Path) -> None:
+        """Load the weights of ``path`` into the new run's model, strictly (``--init-weights``:
+        ReCU's fine-tuning from a trained model); optimizer and schedule start afresh."""
+        saved = checkpoint.load(path)
+        checkpoint.load_model_state(path, saved, self.model, self.identity)
+        origin = saved.get("imported") or {}
+        log.info("initial weights from %s%s", path,
+                 f" (imported from {origin['project']}: {origin['file']})" if origin else "")
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from ..errors import BnasError
 from ..ops import SPACES
 from ..search.cell import CELLS
 from ..search.config import DATASET_PRESETS
+from ..search.cost import COST_KINDS, PENALTIES, parse_weights
 
 EPILOG = """\
 examples:
@@ -65,6 +66,20 @@ OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
     (("--gamma",), "gamma", {"type": float}, "zeroise down-weighting of the ImageNet genotype (3)"),
     (("--order",), "order", {"type": int, "choices": (1, 2)},
      "1: first-order DARTS (BNAS); 2: second-order (unrolled) DARTS"),
+    (("--cost",), "cost", {"metavar": "KIND"},
+     "search for cost as well: " + ", ".join(COST_KINDS.names()) + " (bnas.search.cost)"),
+    (("--cost-weight",), "cost_weight", {"metavar": "W[,W...]"},
+     "weight of the cost term, >= 0 (0 records the cost without optimising it)"),
+    (("--cost-target",), "cost_target", {"metavar": "BUDGET"},
+     "drive the cost toward a budget instead: 100M, 1.2G (counts), 5ms (latency)"),
+    (("--cost-penalty",), "cost_penalty", {"metavar": "NAME"},
+     "penalty above the budget: " + ", ".join(PENALTIES.names()) + " (default hinge)"),
+    (("--cost-layers",), "cost_layers", {"type": int},
+     "cells of the retrained network whose cost counts (20 for CIFAR-style data, 12 ImageNet)"),
+    (("--cost-init-channels",), "cost_init_channels", {"type": int},
+     "initial channels of the retrained network (36 for CIFAR-style data, 64 ImageNet)"),
+    (("--cost-image-size",), "cost_image_size", {"type": int},
+     "input resolution of the retrained network (the dataset's)"),
     (("--seed",), "seed", {"type": int}, "random seed (2)"),
     (("--workers",), "workers", {"type": int}, "data-loading worker processes (2)"),
     (("--impl",), "impl", {}, "supernet implementation: " + ", ".join(CELLS.names())
@@ -120,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         overrides = {dest: getattr(args, dest) for _, dest, _, _ in OPTIONS}
         overrides["binarizer_hparams"] = _hparams(args.binarizer_hparams)
+        weights = parse_weights(args.cost_weight) if args.cost_weight is not None else [None]
+        if len(weights) > 1:
+            raise BnasError("--cost-weight takes one weight")
+        overrides["cost_weight"] = weights[0]
         result = search(resolve(overrides))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"genotypes '{result.genotype.name}' and '{result.genotype_imagenet.name}' from epoch "

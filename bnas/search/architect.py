@@ -7,7 +7,9 @@ architecture split,
 
 where ``H(p) = -sum_k p_k log p_k`` and the mean runs over every edge of both cell types
 (``lambda = 1``, ``tau = 7.7``, ``epoch`` counted from 0). BNAS's code sums the reduction
-cell's entropy over one row only (a stale loop index); here every row counts.
+cell's entropy over one row only (a stale loop index); here every row counts. A search for cost
+as well (``--cost``) adds a term of the alphas alone, ``W * C(alpha) / C_max`` or a budget
+penalty (:mod:`bnas.search.cost`).
 
 Optimiser: Adam, lr 3e-4, betas (0.5, 0.999), weight decay 1e-3 (BNAS / DARTS).
 
@@ -36,6 +38,8 @@ from ..errors import BnasError
 from .network import SearchNetwork
 
 Average = Callable[[Sequence[torch.Tensor]], None]
+#: A term of the architecture loss that depends on the alphas only (e.g. the expected cost).
+AlphaTerm = Callable[[Sequence[torch.Tensor]], torch.Tensor]
 
 
 def mean_edge_entropy(alphas: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -58,19 +62,21 @@ class Architect:
 
     def __init__(self, net: SearchNetwork, *, lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999),
                  weight_decay: float = 1e-3, lam: float = 1.0, tau: float = 7.7, order: int = 1,
-                 average: Average = _no_average) -> None:
+                 average: Average = _no_average, cost: AlphaTerm | None = None) -> None:
         if order not in (1, 2):
             raise BnasError(f"--order must be 1 or 2, got {order}")
         self.net, self.lam, self.tau, self.order, self.average = net, lam, tau, order, average
+        self.cost = cost
         self.optimizer = torch.optim.Adam(net.arch_parameters(), lr=lr, betas=betas,
                                           weight_decay=weight_decay)
         self.scratch = net.new() if order == 2 else None
 
     def objective(self, logits: torch.Tensor, target: torch.Tensor, alphas: Sequence[torch.Tensor],
                   epoch: int) -> torch.Tensor:
-        """``L_arch`` for given logits (the diversity term uses ``alphas``)."""
-        return (F.cross_entropy(logits, target)
+        """``L_arch`` for given logits (the diversity and cost terms use ``alphas``)."""
+        loss = (F.cross_entropy(logits, target)
                 - diversity_weight(epoch, self.lam, self.tau) * mean_edge_entropy(alphas))
+        return loss if self.cost is None else loss + self.cost(alphas)
 
     def step(self, x_val: torch.Tensor, y_val: torch.Tensor, epoch: int, *,
              x_train: torch.Tensor | None = None, y_train: torch.Tensor | None = None,

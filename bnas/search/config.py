@@ -59,6 +59,13 @@ class SearchConfig:
     tau: float = 7.7
     gamma: float = 3.0
     order: int = 1
+    cost: str | None = None
+    cost_weight: float | None = None
+    cost_target: str | None = None
+    cost_penalty: str | None = None
+    cost_layers: int | None = None
+    cost_init_channels: int | None = None
+    cost_image_size: int | None = None
     seed: int = 2
     workers: int = 2
     impl: str = "fast"
@@ -94,7 +101,38 @@ class SearchConfig:
         for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "lam"):
             _check(name, getattr(self, name), lambda v: _finite(v) and v >= 0, "a number >= 0")
         _check("order", self.order, lambda v: v in (1, 2), "1 (first order) or 2 (second order)")
+        self._validate_cost()
         return self
+
+    def _validate_cost(self) -> None:
+        """The cost settings (:mod:`bnas.search.cost`): a kind, a weight >= 0, an optional
+        budget in the kind's units and its penalty, the retraining size."""
+        from .cost import COST_KINDS, PENALTIES, parse_target
+
+        given = [name for name in COST_FIELDS if getattr(self, name) is not None]
+        if self.cost is None:
+            if given:
+                raise BnasError(f"--{given[0].replace('_', '-')} needs --cost KIND "
+                                f"({', '.join(COST_KINDS.names())})")
+            return
+        self.cost = COST_KINDS.canonical(self.cost)
+        if self.cost_weight is None:
+            raise BnasError("give --cost-weight W with --cost (0 records the cost without "
+                            "optimising it)")
+        _check("cost_weight", self.cost_weight, lambda v: _finite(v) and v >= 0, "a number >= 0")
+        if self.cost_target is not None:
+            parse_target(self.cost_target).check_kind(COST_KINDS.get(self.cost))
+        if self.cost_penalty is not None:
+            if self.cost_target is None:
+                raise BnasError("--cost-penalty shapes the pull toward --cost-target; give one")
+            self.cost_penalty = PENALTIES.canonical(self.cost_penalty)
+        for name in ("cost_layers", "cost_init_channels", "cost_image_size"):
+            if getattr(self, name) is not None:
+                _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1,
+                       "an integer >= 1")
+        if self.cost_layers is not None:
+            _check("cost_layers", self.cost_layers, lambda v: v >= 3,
+                   "at least 3 (two reduction cells)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,6 +145,9 @@ class SearchConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
+#: The cost settings other than ``cost`` itself (each needs it).
+COST_FIELDS = ("cost_weight", "cost_target", "cost_penalty", "cost_layers", "cost_init_channels",
+               "cost_image_size")
 
 
 def resolve(overrides: dict[str, Any]) -> SearchConfig:

@@ -62,6 +62,7 @@ from ..train.metrics import Meter
 from ..train.progress import Progress
 from .architect import Architect
 from .config import SearchConfig, from_dict
+from .cost import CostObjective
 from .derive import derive
 from .network import ARCH_NAMES, SearchNetwork
 from .record import SearchRecord
@@ -198,8 +199,11 @@ class Searcher:
         self.net = SearchNetwork(self.num_classes, cfg.init_channels, cfg.layers, cfg.steps,
                                  cfg.space, binarizer, cfg.impl).to(ctx.device)
         self.optimizer = weight_optimizer(self.net, cfg, len(self.weight_loader))
+        self.cost = (CostObjective.for_search(cfg, self.net.op_names, self.num_classes, binarizer)
+                     if cfg.cost is not None else None)
         self.architect = Architect(self.net, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
-                                   lam=cfg.lam, tau=cfg.tau, order=cfg.order, average=self._average)
+                                   lam=cfg.lam, tau=cfg.tau, order=cfg.order, average=self._average,
+                                   cost=self.cost)
         self.start_epoch = 0
         self.best: dict[str, Any] | None = None
         if saved is not None:
@@ -222,6 +226,8 @@ class Searcher:
                  cfg.space, self.net.binarizer.config(), cfg.dataset, self.split_sizes[0],
                  self.split_sizes[1], self.num_classes, cfg.init_channels, cfg.layers, n_params,
                  cfg.epochs, cfg.batch_size, cfg.order, ctx.world_size, ctx.device, self.out)
+        if self.cost is not None:
+            log.info("%s", self.cost.describe())
 
     # -- setup ------------------------------------------------------------------------------
     def _run_dir(self, saved: dict[str, Any] | None) -> Path:
@@ -370,6 +376,8 @@ class Searcher:
         genotypes = self.genotypes()
         metrics = {"val_top1": val["top1"], "val_loss": val["loss"], "train_top1": train["top1"],
                    "train_loss": train["loss"], "lr": train["lr"], "seconds": round(seconds, 3)}
+        if self.cost is not None:
+            metrics["cost"] = self.cost.model.of_genotype(genotypes["genotype"])
         if self.best is None or val["top1"] > self.best["val_top1"]:
             self.best = {"epoch": epoch, "val_top1": val["top1"],
                          **{k: g.to_json() for k, g in genotypes.items()}}
@@ -385,6 +393,9 @@ class Searcher:
         log.info("epoch %d/%d  train loss %.4f top1 %.2f | val loss %.4f top1 %.2f | lr %.5f "
                  "| %.1fs | %s", epoch + 1, self.cfg.epochs, train["loss"], train["top1"],
                  val["loss"], val["top1"], train["lr"], seconds, _describe(genotypes["genotype"]))
+        if self.cost is not None:
+            log.info("genotype costs %s%s", self.cost.model.kind.format(metrics["cost"]),
+                     _budget(self.cost.meets(metrics["cost"])))
         return metrics
 
     def provenance(self, gamma: float) -> dict[str, Any]:
@@ -408,6 +419,8 @@ class Searcher:
         for key, gamma in (("genotype", 1.0), ("genotype_imagenet", cfg.gamma)):
             genotype = G.from_json(self.best[key], f"search result {key}")
             genotype.provenance = self.provenance(gamma)
+            if self.cost is not None:
+                genotype.provenance["cost"] = self.cost.report(genotype)
             genotype.description = (f"searched by bnas {__version__} on {cfg.dataset} "
                                     f"({cfg.space} space, binarizer {cfg.binarizer})")
             found[key] = genotype
@@ -423,6 +436,10 @@ class Searcher:
                             self.best["val_top1"], self.out,
                             {k: a.detach().cpu() for k, a in
                              zip(("normal", "reduce"), self.net.arch_parameters())})
+
+
+def _budget(meets: bool | None) -> str:
+    return {None: "", True: " (within the budget)", False: " (over the budget)"}[meets]
 
 
 def _describe(genotype: G.Genotype) -> str:

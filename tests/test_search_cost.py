@@ -1,0 +1,246 @@
+"""Search for cost: the expected cost, its gradient and the budget penalties against values
+worked out by hand; one-hot architectures against bnas show's counts; the pull of the weight;
+budgets and bad input."""
+import json
+import math
+
+import pytest
+import torch
+
+from bnas import genotype as G
+from bnas.binarize import get as get_binarizer
+from bnas.cli import main
+from bnas.errors import BnasError
+from bnas.ops import SPACES
+from bnas.search.cost import (COST_KINDS, CostModel, CostObjective, RetrainSize, parse_target,
+                              parse_weights)
+
+OPS3 = ("zeroise", "max_pool_3x3", "bin_conv_3x3")
+
+
+def hand_model(fixed=10.0):
+    """One intermediate node (two edges: rows 0 and 1), three operations; two normal cells and
+    one reduction cell, with costs chosen by hand."""
+    normal1 = torch.tensor([[0.0, 2.0, 8.0], [0.0, 1.0, 5.0]], dtype=torch.float64)
+    normal2 = torch.tensor([[0.0, 0.0, 4.0], [0.0, 3.0, 1.0]], dtype=torch.float64)
+    reduce1 = torch.tensor([[0.0, 6.0, 2.0], [0.0, 0.0, 10.0]], dtype=torch.float64)
+    return CostModel(COST_KINDS.get("ops"), OPS3, 1, RetrainSize("digits", 3, 4, 8), fixed,
+                     [("normal", normal1), ("reduce", reduce1), ("normal", normal2)])
+
+
+def hand_alphas():
+    # softmax rows: [1/4, 1/4, 1/2], [3/5, 1/5, 1/5]; reduce [1/3, 1/3, 1/3], [1/2, 1/4, 1/4]
+    normal = torch.tensor([[0.0, 0.0, math.log(2)], [math.log(3), 0.0, 0.0]], dtype=torch.float64)
+    reduce = torch.tensor([[0.0, 0.0, 0.0], [math.log(2), 0.0, 0.0]], dtype=torch.float64)
+    return [normal.requires_grad_(), reduce.requires_grad_()]
+
+
+# summed normal table: [[0, 2, 12], [0, 4, 6]]; reduce: [[0, 6, 2], [0, 0, 10]]
+EXPECTED = 10 + (2 / 4 + 12 / 2) + (4 / 5 + 6 / 5) + (6 / 3 + 2 / 3) + (10 / 4)  # 23.6666...
+# dC/dalpha_k = p_k (c_k - sum_j p_j c_j), row by row
+GRAD_NORMAL = [[0.25 * (0 - 6.5), 0.25 * (2 - 6.5), 0.5 * (12 - 6.5)],
+               [0.6 * (0 - 2.0), 0.2 * (4 - 2.0), 0.2 * (6 - 2.0)]]
+GRAD_REDUCE = [[(0 - 8 / 3) / 3, (6 - 8 / 3) / 3, (2 - 8 / 3) / 3],
+               [0.5 * (0 - 2.5), 0.25 * (0 - 2.5), 0.25 * (10 - 2.5)]]
+# the dearest one-hot architecture: each row's largest entry of the summed tables (the two
+# normal cells share their alphas, so the per-cell maxima 8 + 4, 5 + 3 are not reachable)
+MAXIMUM = 10 + (12 + 6) + (6 + 10)
+
+
+def test_expected_cost_and_its_gradient_by_hand():
+    model, alphas = hand_model(), hand_alphas()
+    cost = model.expected(alphas)
+    assert cost.item() == pytest.approx(EXPECTED, rel=1e-12)
+    cost.backward()
+    torch.testing.assert_close(alphas[0].grad, torch.tensor(GRAD_NORMAL, dtype=torch.float64))
+    torch.testing.assert_close(alphas[1].grad, torch.tensor(GRAD_REDUCE, dtype=torch.float64))
+    assert model.maximum == MAXIMUM == 44
+
+
+def test_weighted_term_divides_by_the_dearest_one_hot_architecture():
+    alphas = hand_alphas()
+    term = CostObjective(hand_model(), 0.3)(alphas)
+    assert term.item() == pytest.approx(0.3 * EXPECTED / 44, rel=1e-12)
+    term.backward()
+    torch.testing.assert_close(alphas[0].grad,
+                               0.3 / 44 * torch.tensor(GRAD_NORMAL, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("penalty, target, value, slope", [
+    ("hinge", 20.0, EXPECTED / 20 - 1, 1 / 20),               # over budget: (r - 1)
+    ("hinge", 30.0, 0.0, 0.0),                                # within budget: nothing
+    ("log", 20.0, math.log(EXPECTED / 20), 1 / EXPECTED),     # d log(C/T) / dC = 1 / C
+    ("log", 30.0, 0.0, 0.0),
+    ("absolute", 30.0, 1 - EXPECTED / 30, -1 / 30),           # under budget: pulled up
+])
+def test_budget_penalties_by_hand(penalty, target, value, slope):
+    alphas = hand_alphas()
+    objective = CostObjective(hand_model(), 2.0, parse_target(f"{target}"), penalty)
+    term = objective(alphas)
+    assert term.item() == pytest.approx(2.0 * value, rel=1e-12, abs=1e-15)
+    term.backward()
+    torch.testing.assert_close(alphas[1].grad,
+                               2.0 * slope * torch.tensor(GRAD_REDUCE, dtype=torch.float64))
+
+
+def one_hot_alphas(genotype, op_names, steps):
+    """Alphas whose softmax is (to 1e-21) the genotype: its edges' ops, zeroise elsewhere."""
+    from bnas.search.topology import edges
+
+    rows = {edge: row for row, edge in enumerate(edges(steps))}
+    alphas = []
+    for cell in (genotype.normal, genotype.reduce):
+        alpha = torch.zeros(len(rows), len(op_names), dtype=torch.float64)
+        alpha[:, op_names.index("zeroise")] = 50.0
+        for node, op, j in cell.edges:
+            alpha[rows[(node, j)]] = 0.0
+            alpha[rows[(node, j)], op_names.index(op)] = 50.0
+        alphas.append(alpha)
+    return alphas
+
+
+@pytest.mark.parametrize("kind", ["ops", "bops", "flops"])
+def test_one_hot_architecture_costs_what_bnas_show_counts(kind, capsys):
+    genotype = G.load("latest_cell_zeroise")
+    op_names = SPACES.get("bnas")
+    size = RetrainSize.of("digits", 5, 8)
+    model = CostModel.build(kind, op_names, 4, "bnas", size, get_binarizer("plain"))
+    assert main(["show", "latest_cell_zeroise", "--dataset", "digits", "--layers", "5",
+                 "--init-channels", "8", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)[kind]
+    assert model.of_genotype(genotype) == pytest.approx(shown, rel=1e-12)
+    expected = model.expected(one_hot_alphas(genotype, op_names, 4)).item()
+    assert expected == pytest.approx(shown, rel=1e-12)
+    if kind != "flops":  # binary operations cost no FLOPs: the edges cost nothing in that kind
+        assert model.fixed < shown < model.maximum
+
+
+def test_fixed_part_is_the_network_without_its_edges():
+    """A network whose every edge is a pooling (no counted layer) costs exactly C_fixed."""
+    from bnas.genotype import Cell, Genotype
+    from bnas.model import build_model
+    from bnas.profiling import profile
+
+    nodes = tuple((("max_pool_3x3", 0), ("avg_pool_3x3", 1)) for _ in range(4))
+    cell = Cell(nodes, (2, 3, 4, 5))
+    pools = Genotype(name="pools", kind="cell", normal=cell, reduce=cell, space="bnas")
+    size = RetrainSize.of("cifar10", 4, 6, 16)
+    model = CostModel.build("bops", SPACES.get("bnas"), 4, "bnas", size, get_binarizer("plain"))
+    built = build_model(pools, dataset="cifar10", layers=4, init_channels=6)
+    assert model.fixed == profile(built, (3, 16, 16)).bops == model.of_genotype(pools)
+
+
+def digits_batches(n_batches, batch=16, seed=0):
+    from bnas.data import build_dataset
+
+    data = build_dataset("digits", "train", augment=False, image_size=8)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=gen)
+    for b in range(n_batches):
+        items = [data[int(i)] for i in order[b * batch:(b + 1) * batch]]
+        yield torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def test_larger_weight_finds_cheaper_genotypes_on_digits():
+    """Fast representative of the search: architecture steps of a small supernet on digits,
+    same seed and batches for every weight; the derived genotype's cost falls as W grows."""
+    from bnas.search.architect import Architect
+    from bnas.search.derive import derive
+    from bnas.search.network import SearchNetwork
+
+    batches = list(digits_batches(4))
+    costs = []
+    cost_model = None
+    for weight in (0.0, 0.3, 3.0):
+        torch.manual_seed(0)
+        net = SearchNetwork(10, c=4, layers=3)
+        if cost_model is None:
+            cost_model = CostModel.build("ops", net.op_names, net.steps, "bnas",
+                                         RetrainSize.of("digits", 5, 8, 8), net.binarizer)
+        architect = Architect(net, lr=0.05, cost=CostObjective(cost_model, weight))
+        for epoch in range(3):
+            for x, y in batches:
+                architect.step(x, y, epoch)
+        genotype = derive(net.edge_weights(), net.op_names, net.steps, "bnas")
+        costs.append(cost_model.of_genotype(genotype))
+    assert costs[0] > costs[1] > costs[2] >= cost_model.fixed
+
+
+@pytest.mark.parametrize("text, value, time", [
+    ("100M", 1e8, False), ("1.2G", 1.2e9, False), ("250k", 2.5e5, False), ("3e8", 3e8, False),
+    ("5ms", 5e-3, True), ("5 ms", 5e-3, True), ("800us", 8e-4, True), ("0.01s", 0.01, True)])
+def test_budgets_parse(text, value, time):
+    target = parse_target(text)
+    assert target.value == pytest.approx(value, rel=1e-12) and target.time is time
+
+
+@pytest.mark.parametrize("text", ["", "M", "5 parsecs", "-3M", "0ms", "1..2G", "fast"])
+def test_unreadable_budgets_are_refused(text):
+    with pytest.raises(BnasError):
+        parse_target(text)
+
+
+def test_weights_parse_one_or_a_sweep():
+    assert parse_weights("0.1") == [0.1]
+    assert parse_weights("0,0.01,0.1,1") == [0.0, 0.01, 0.1, 1.0]
+    for bad in ("-1", "0,-0.1", "x", "inf", "nan", "0,,1"):
+        with pytest.raises(BnasError):
+            parse_weights(bad)
+
+
+TINY = ["search", "--dataset", "digits", "--save", "x", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--cost", "joules", "--cost-weight", "1"], "unknown cost kind 'joules'"),
+    (["--cost", "ops", "--cost-weight", "-0.5"], "--cost-weight must be a number >= 0"),
+    (["--cost", "ops", "--cost-weight", "much"], "is not a number"),
+    (["--cost", "ops"], "give --cost-weight"),
+    (["--cost-weight", "1"], "--cost-weight needs --cost KIND"),
+    (["--cost", "ops", "--cost-weight", "1", "--cost-target", "lots"], "cannot read --cost-target"),
+    (["--cost", "ops", "--cost-weight", "1", "--cost-target", "5ms"], "needs --cost latency"),
+    (["--cost", "ops", "--cost-weight", "1", "--cost-penalty", "log"], "give one"),
+    (["--cost", "ops", "--cost-weight", "1", "--cost-target", "1M", "--cost-penalty", "cubic"],
+     "unknown cost penalty 'cubic'"),
+    (["--cost", "ops", "--cost-weight", "1", "--cost-layers", "2"], "--cost-layers must be at least 3"),
+])
+def test_bad_cost_settings_are_one_line_exit_2(extra, words, capsys, tmp_path):
+    assert main([*TINY, "--out", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_flops_of_an_all_binary_space_cannot_steer_the_search():
+    model = CostModel.build("flops", SPACES.get("bnas"), 4, "bnas", RetrainSize.of("digits", 3, 4, 8),
+                            get_binarizer("plain"))
+    CostObjective(model, 0.0)  # recording the cost is fine
+    with pytest.raises(BnasError, match="cannot tell architectures apart"):
+        CostObjective(model, 1.0)
+
+
+def test_search_records_the_cost_setting_and_the_genotypes_cost(tmp_path, capsys):
+    folder = tmp_path / "g"
+    args = [*TINY[:-4], "--save", "cheap", "--device", "cpu", "--layers", "3",
+            "--init-channels", "4", "--epochs", "1", "--subset", "64", "--batch-size", "32",
+            "--no-progress", "--genotype-dir", str(folder), "--out", str(tmp_path / "run"),
+            "--cost", "bops", "--cost-weight", "0.5", "--cost-target", "2M",
+            "--cost-layers", "5", "--cost-init-channels", "8", "--cost-image-size", "16"]
+    assert main(args) == 0
+    found = G.load(folder / "cheap.json")
+    cost = found.provenance["cost"]
+    assert {k: cost[k] for k in ("kind", "unit", "weight", "target", "target_value", "penalty")} == {
+        "kind": "bops", "unit": "BOPs", "weight": 0.5, "target": "2M", "target_value": 2e6,
+        "penalty": "hinge"}
+    assert cost["size"] == {"dataset": "digits", "layers": 5, "init_channels": 8, "image_size": 16}
+    assert main(["show", str(folder / "cheap.json"), "--dataset", "digits", "--layers", "5",
+                 "--init-channels", "8", "--json"]) == 0
+    capsys.readouterr()
+    from bnas.model import build_model
+    from bnas.profiling import profile
+
+    built = build_model(found, dataset="digits", layers=5, init_channels=8)
+    assert cost["genotype_cost"] == profile(built, (3, 16, 16)).bops
+    assert cost["meets_target"] is (cost["genotype_cost"] <= 2e6)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "cost bops: weight 0.5 x hinge(C / 2.00 M BOPs)" in log and "genotype costs" in log

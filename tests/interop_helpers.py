@@ -277,3 +277,106 @@ def vgg_small_forward(sd, x, scheme, *, prelu):
             out = F.max_pool2d(out, 2, 2)
         out = act(sd, f"nonlinear{k}", bn(sd, f"bn{k}", out), kind)
     return linear(sd, "fc", out.flatten(1))
+
+
+# -- BNAS's cell networks (gistvision/bnas model.py), CIFAR form ------------------------------
+#: latest_cell_zeroise (BNAS-A) as BNAS writes it: (op, input) per edge, two edges per node.
+BNAS_A = {"normal": [("none", 1), ("bin_dil_conv_3x3", 0), ("bin_conv_3x3", 1), ("none", 2),
+                     ("none", 2), ("none", 3), ("none", 3), ("none", 4)],
+          "reduce": [("max_pool_3x3", 0), ("none", 1), ("max_pool_3x3", 0), ("none", 2),
+                     ("none", 3), ("none", 2), ("none", 3), ("none", 4)]}
+#: (kernel, padding, dilation) of BNAS's binary operations
+BNAS_CONVS = {"bin_conv_3x3": (3, 1, 1), "bin_dil_conv_3x3": (3, 2, 2)}
+
+
+def _bnas_cells(c: int, layers: int):
+    """(index, reduction, reduction_prev, C_prev_prev, C_prev, C) of each cell."""
+    cells, c_pp, c_p, c_cur, red_prev = [], 3 * c, 3 * c, c, False
+    for i in range(layers):
+        red = i in (layers // 3, 2 * layers // 3)
+        c_cur *= 2 if red else 1
+        cells.append((i, red, red_prev, c_pp, c_p, c_cur))
+        red_prev, c_pp, c_p = red, c_p, 4 * c_cur
+    return cells
+
+
+def bnas_cifar(c: int, layers: int, classes: int = 10) -> dict[str, torch.Tensor]:
+    """A BNAS-A-style state dict in BNAS's registration order."""
+    m = Maker("bnas")
+
+    def bn(name, ch, affine=True):
+        m.bn(name, ch)
+        if not affine:
+            del m.sd[f"{name}.weight"], m.sd[f"{name}.bias"]
+
+    bn("stem.bn", 3)
+    m.conv("stem.op.0", 3 * c, 3, 3)
+    for i, red, red_prev, c_pp, c_p, ch in _bnas_cells(c, layers):
+        p = f"cells.{i}"
+        bn(f"{p}.preprocess0.bn", c_pp, affine=not red_prev)
+        m.conv(f"{p}.preprocess0.op.0", ch, c_pp, 3 if red_prev else 1)
+        bn(f"{p}.preprocess1.bn", c_p)
+        m.conv(f"{p}.preprocess1.op.0", ch, c_p, 1)
+        if red:
+            bn(f"{p}.preprocess_res.0", c_p)
+            m.sd[f"{p}.preprocess_res.1.weight"] = m.randn(4 * ch, c_p, 2, 2) * 0.2
+            m.sd[f"{p}.preprocess_res.1.bias"] = 0.1 * m.randn(4 * ch)
+        for k, (op, _) in enumerate(BNAS_A["reduce" if red else "normal"]):
+            if op in BNAS_CONVS:
+                bn(f"{p}._ops.{k}.bn", ch)
+                m.conv(f"{p}._ops.{k}.op.0", ch, ch, BNAS_CONVS[op][0])
+    m.linear("classifier", classes, 4 * _bnas_cells(c, layers)[-1][5])
+    return m.sd
+
+
+def _bn_maybe_affine(sd, name, x):
+    mean, var = sd[f"{name}.running_mean"].to(DT), sd[f"{name}.running_var"].to(DT)
+    y = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5)
+    if f"{name}.weight" in sd:
+        y = y * sd[f"{name}.weight"].to(DT).view(1, -1, 1, 1) + sd[f"{name}.bias"].to(DT).view(1, -1, 1, 1)
+    return y
+
+
+def bnas_binop(sd, name, x, stride, padding, dilation, real):
+    """BN -> sign -> conv -> ReLU with BNAS's evaluation-time weights: sign(W~) * mean|W~| of the
+    centred (over input channels) and clamped weight, or the stored weight as it is."""
+    w = sd[f"{name}.op.0.weight"].to(DT)
+    if not real:
+        w = (w - w.mean(1, keepdim=True)).clamp(-1, 1)
+        w = torch.sign(w) * w.abs().mean((1, 2, 3), keepdim=True)
+    xb = torch.sign(_bn_maybe_affine(sd, f"{name}.bn", x))
+    return torch.relu(F.conv2d(xb, w, None, stride, padding, dilation))
+
+
+def bnas_cifar_forward(sd, x, c: int, layers: int, real: set[str]):
+    s = torch.relu(F.conv2d(_bn_maybe_affine(sd, "stem.bn", x), sd["stem.op.0.weight"].to(DT),
+                            None, 1, 1))
+    s0 = s1 = s
+    for i, red, red_prev, *_ in _bnas_cells(c, layers):
+        p = f"cells.{i}"
+        states = [bnas_binop(sd, f"{p}.preprocess0", s0, 2 if red_prev else 1,
+                             1 if red_prev else 0, 1, f"{p}.preprocess0" in real),
+                  bnas_binop(sd, f"{p}.preprocess1", s1, 1, 0, 1, f"{p}.preprocess1" in real)]
+        edges = BNAS_A["reduce" if red else "normal"]
+        for node in range(4):
+            total = 0
+            for k in (2 * node, 2 * node + 1):
+                op, j = edges[k]
+                stride = 2 if red and j < 2 else 1
+                h = states[j]
+                if op == "none":
+                    h = h[:, :, ::stride, ::stride] * 0.0
+                elif op == "max_pool_3x3":
+                    h = F.max_pool2d(h, 3, stride, 1)
+                else:
+                    kernel, pad, dil = BNAS_CONVS[op]
+                    h = bnas_binop(sd, f"{p}._ops.{k}", h, stride, pad, dil, f"{p}._ops.{k}" in real)
+                total = total + h
+            states.append(total)
+        out = torch.cat(states[2:], dim=1)
+        if i > 0:
+            out = out + (F.conv2d(_bn_maybe_affine(sd, f"{p}.preprocess_res.0", s1),
+                                  sd[f"{p}.preprocess_res.1.weight"].to(DT),
+                                  sd[f"{p}.preprocess_res.1.bias"].to(DT), 2) if red else s1)
+        s0, s1 = s1, out
+    return linear(sd, "classifier", s1.mean((2, 3)))

@@ -260,3 +260,50 @@ def test_init_weights_of_another_network_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "holds weights of 'recu_resnet20_1w1a'" in err
     assert main([*argv[:-1], str(tmp_path / "absent.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+# -- BNAS -------------------------------------------------------------------------------------
+def test_bnas_cell_network_with_its_real_leftover_convolutions(tmp_path):
+    c, layers = 4, 5  # reductions at cells 1 and 3: two residual convolutions
+    sd = ref.bnas_cifar(c, layers)
+    convs = [k for k, v in sd.items() if v.dim() == 4 and "preprocess_res" not in k]
+    real = {name.rpartition(".op.0")[0] for name in convs[-2:]}
+    assert real == {"cells.4._ops.1", "cells.4._ops.2"}  # the last cell's two convolutions
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "b.pt")
+    out = tmp_path / "w.pt"
+    record = import_checkpoint("bnas", tmp_path / "b.pt", out, arch="latest_cell_zeroise",
+                               layers=layers, init_channels=c)
+    assert record["layer_overrides"] == {"cells.4.ops.1.conv": "real_weight",
+                                         "cells.4.ops.2.conv": "real_weight"}
+    saved = checkpoint.load(out)
+    model = build_model("latest_cell_zeroise", layers=layers, init_channels=c,
+                        layer_overrides=saved["config"]["layer_overrides"])
+    model.load_state_dict(saved["model"])
+    model.double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        got = model(x)
+    torch.testing.assert_close(got, ref.bnas_cifar_forward(sd, x, c, layers, real),
+                               rtol=1e-9, atol=1e-9)
+    # binarizing the leftovers changes the function: the overrides matter
+    plain = build_model("latest_cell_zeroise", layers=layers, init_channels=c).double().eval()
+    plain.load_state_dict(saved["model"])
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), got)
+
+
+def test_bnas_weights_need_their_overrides(tmp_path, capsys):
+    c, layers = 4, 5
+    torch.save(ref.bnas_cifar(c, layers, classes=10), tmp_path / "b.pt")
+    out = tmp_path / "w.pt"
+    assert main(["import", "--from", "bnas", str(tmp_path / "b.pt"), "--arch",
+                 "latest_cell_zeroise", "--layers", "5", "--init-channels", "4", "--dataset",
+                 "digits", "--out", str(out)]) == 0
+    assert "cells.4.ops.1.conv = real_weight" in capsys.readouterr().out
+    assert main(["eval", "--weights", str(out), "--json", "--val-subset", "32", "--workers", "0",
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 32
+    argv = ["eval", "--weights", str(out), "--val-subset", "32", "--workers", "0",
+            "--device", "cpu", "--layer-override", "cells.4.ops.1.conv=real_weight"]
+    assert main(argv) == 2
+    assert "layer overrides" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from ..train.options import add_config_options, overrides_from_args
 
 #: The settings ``bnas eval`` takes (the model's default to those the weights were trained with).
 EVAL_FIELDS = ("arch", "config", "layers", "init_channels", "num_classes", "binarizer",
-               "binarizer_hparams", "dataset", "data", "image_size", "loader", "workers",
+               "binarizer_hparams", "layer_overrides", "dataset", "data", "image_size", "loader", "workers",
                "val_subset", "batch_size", "device", "amp", "channels_last", "seed")
 
 EPILOG = """\

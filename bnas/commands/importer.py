@@ -1,5 +1,5 @@
-"""``bnas import``: convert a released checkpoint of RBNN, ReCU or SiMaN into a bnas weights
-file."""
+"""``bnas import``: convert a released checkpoint of BNAS, RBNN, ReCU or SiMaN into a bnas
+weights file."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ examples:
   bnas import --from recu model_best.pth.tar --arch recu_resnet20_1w1a --out recu-r20.pt
   bnas import --from siman model_best.pth.tar --arch siman_resnet18_1w1a --dataset imagenet \\
       --out siman-r18.pt
+  bnas import --from bnas weights.pt --config bnas-a --out bnas-a.pt
   bnas eval --weights rbnn-r20.pt --data ./data
 """
 
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
                        ("missing", "never saved by the project; bnas's values kept")):
         if record[kind]:
             print(f"{kind} ({note}): {', '.join(record[kind])}")
+    for layer, kind in record["layer_overrides"].items():
+        print(f"layer override (as the project evaluated it): {layer} = {kind}")
     for key, value in record["checkpoint"].items():
         print(f"checkpoint {key}: {value}")
     return 0

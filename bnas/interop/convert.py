@@ -29,6 +29,8 @@ class Conversion:
     dropped: list[str] = field(default_factory=list)
     #: bnas tensors the project never saves (bnas's values kept)
     missing: list[str] = field(default_factory=list)
+    #: bnas tensor name -> the project's, for every tensor found
+    found: dict[str, str] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         return {"tensors": len(self.state) - len(self.missing), "dropped": self.dropped,
@@ -75,6 +77,7 @@ def convert(state: dict[str, torch.Tensor], model: nn.Module, source: Source,
                             f"a checkpoint of another network?")
         tensor = state[found]
         used.add(found)
+        result.found[key] = found
         if tuple(tensor.shape) != tuple(mine.shape):
             if not (leaf in source.reshaped and tensor.numel() == mine.numel()):
                 raise BnasError(f"{where}: {found} has shape {tuple(tensor.shape)}, '{arch}' needs "

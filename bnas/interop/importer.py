@@ -3,8 +3,9 @@
 The file written is a ``best.pt``-style weights file (:mod:`bnas.train.checkpoint`): the
 network's state dict, its identity and the settings that rebuild it, so that ``bnas eval``,
 ``bnas train --init-weights`` and ``bnas export`` take it like weights bnas trained, plus an
-``imported`` record (project, file, the checkpoint's own epoch / accuracy / model name, and the
-dropped and missing tensors). Nothing is written unless every tensor matched.
+``imported`` record (project, file, the checkpoint's own epoch / accuracy / model name, the
+dropped and missing tensors, and the layer overrides its weights need, which the file's
+settings carry so that the builder applies them). Nothing is written unless every tensor matched.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import build_model
+from ..model.overrides import apply_overrides
 from ..train import checkpoint
 from .convert import convert
 from .reading import read_state_dict
@@ -30,12 +32,14 @@ def import_checkpoint(source: str, path: str | Path, out: str | Path, *, arch: s
                         init_channels=init_channels, config=config, binarizer=src.binarizer)
     name = model.genotype.name or str(arch)
     conversion = convert(state, model, src, str(path), name)
+    overrides = src.overrides(state, conversion.found) if src.overrides else {}
+    apply_overrides(model, overrides)
     model.load_state_dict(conversion.state, strict=True)
     record = {"from": src.name, "project": src.project, "file": str(Path(path).expanduser()),
-              "checkpoint": meta, **conversion.report()}
+              "checkpoint": meta, **conversion.report(), "layer_overrides": overrides}
     settings = {"arch": arch, "config": config, "layers": layers, "init_channels": init_channels,
                 "num_classes": num_classes, "binarizer": src.binarizer, "binarizer_hparams": {},
-                "dataset": model.dataset}
+                "layer_overrides": overrides, "dataset": model.dataset}
     checkpoint.atomic_save({
         "format": checkpoint.FORMAT, "kind": "weights", "model": model.state_dict(),
         "identity": checkpoint.identity(model, layers=layers, init_channels=init_channels,

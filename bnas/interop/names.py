@@ -11,6 +11,12 @@ definitions of RBNN (lmbxmu/RBNN), ReCU (z-hXu/ReCU) and SiMaN (lmbxmu/SiMaN), w
   ``bn2`` (the BatchNorm1d before the classifier) and ``linear`` / ``fc``;
 * VGG-small: ``conv{k}``, ``bn{k}`` and ``nonlinear{k}`` for the k-th convolution (from 0) and
   the BatchNorm and activation after it, ``fc``.
+
+BNAS (gistvision/bnas, ``model.py`` / ``model_imagenet.py``) names its cell networks as bnas
+does, except: an operation's convolution is ``op.0`` (bnas: ``conv``), the cell operations are
+``_ops`` (bnas: ``ops``), the reduction cells' residual is ``preprocess_res`` (bnas:
+``residual``) and the ImageNet network's reduction cells call their preprocessing
+``preprocess0_red`` / ``preprocess1_red``.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from torch import nn
 
 from ..errors import BnasError
 from ..model.fixed import ResNet1w1a, VGGSmall1w1a
+from ..model.network import CellNetwork
 from ..registry import Registry
 
 Names = dict[str, tuple[str, ...]]
@@ -60,6 +67,33 @@ def vgg_small_names(model: nn.Module) -> Names:
             names[f"features.{i}"] = (f"bn{conv}",)
         elif list(module.parameters()):
             names[f"features.{i}"] = (f"nonlinear{conv}",)
+    return names
+
+
+def _operation(ours: str, theirs: tuple[str, ...]) -> Names:
+    """A BatchNorm -> convolution operation: ``bn`` and ``conv`` (BNAS: ``bn`` and ``op.0``)."""
+    return {f"{ours}.bn": tuple(f"{t}.bn" for t in theirs),
+            f"{ours}.conv": tuple(f"{t}.op.0" for t in theirs)}
+
+
+@NAMERS.register(CellNetwork.__name__)
+def cell_network_names(model: nn.Module) -> Names:
+    """BNAS's names of a :class:`~bnas.model.network.CellNetwork`'s modules."""
+    names: Names = {"classifier": ("classifier",)}
+    if model.stem_kind == "cifar":
+        names.update(_operation("stem", ("stem",)))
+    else:
+        names.update({f"{stem}.{i}": (f"{stem}.{i}",) for stem in ("stem0", "stem1")
+                      for i, _ in enumerate(getattr(model, stem))})
+    for i, cell in enumerate(model.cells):
+        c = f"cells.{i}"
+        for pre in ("preprocess0", "preprocess1"):
+            names.update(_operation(f"{c}.{pre}", (f"{c}.{pre}", f"{c}.{pre}_red")))
+        for k, _ in enumerate(cell.ops):
+            names.update(_operation(f"{c}.ops.{k}", (f"{c}._ops.{k}",)))
+        if cell.residual is not None:
+            names.update({f"{c}.residual.{j}": (f"{c}.preprocess_res.{j}",)
+                          for j, _ in enumerate(cell.residual.children())})
     return names
 
 

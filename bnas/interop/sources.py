@@ -13,14 +13,38 @@ its per-layer tensors differ from bnas's (read off the projects' ``BinarizeConv2
   mask ``B``, an untrained parameter of shape (O, 1, N) in a fresh CIFAR model and (O, N) once
   trained (bnas keeps it in the weight's shape, the same entries in the same order).
 
+* BNAS (Kim et al., ECCV 2020): plain convolutions (XNOR-style binarization applied around each
+  step by a helper). The helper leaves the last ``k`` convolutions in module order real-valued
+  (``k`` = the number of ``preprocess_res`` convolutions; their inputs are still binarized), so
+  those become ``real_weight`` layer overrides (:mod:`bnas.model.overrides`). The module order
+  is the order of the saved state dict, which ``state_dict()`` writes in registration order.
+
 The tensors are carried exactly as saved: the rotations, masks and quantiles of a trained model
 are what it was evaluated with, and re-deriving them in float32 flips signs near zero.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from ..registry import Registry
+
+#: ``overrides(state, found)``: the layer overrides a checkpoint needs, from the project's state
+#: dict (in saved order) and ``found`` (bnas tensor name -> the project's).
+Overrides = Callable[[dict[str, torch.Tensor], dict[str, str]], dict[str, str]]
+
+
+def bnas_real_leftovers(state: dict[str, torch.Tensor], found: dict[str, str]) -> dict[str, str]:
+    """``{bnas convolution: "real_weight"}`` for the convolutions BNAS's binarization helper
+    left real: among all convolution weights (4-D tensors) in module order, the last ``k``,
+    ``k`` the number of ``preprocess_res`` convolutions (those stay real anyway)."""
+    convs = [name for name, t in state.items() if name.endswith(".weight") and t.dim() == 4]
+    k = sum(".preprocess_res." in name for name in convs)
+    ours = {theirs: mine for mine, theirs in found.items()}
+    left = [name for name in convs[len(convs) - k:] if ".preprocess_res." not in name] if k else []
+    return {ours[name].rpartition(".")[0]: "real_weight" for name in left}
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,8 @@ class Source:
     unused: frozenset[str] = frozenset()
     #: tensor names only this project's binary convolutions have (to recognise its files).
     signature: frozenset[str] = frozenset()
+    #: the layer overrides its checkpoints need, if any.
+    overrides: Overrides | None = None
 
     def reference_leaf(self, leaf: str) -> str:
         return self.renames.get(leaf, leaf)
@@ -58,5 +84,6 @@ for _source in (
            signature=frozenset({"tau"})),
     Source("siman", "SiMaN (lmbxmu/SiMaN)", "siman", reshaped=frozenset({"B"}),
            signature=frozenset({"B", "percent"})),
+    Source("bnas", "BNAS (gistvision/bnas)", "plain", overrides=bnas_real_leftovers),
 ):
     SOURCES.add(_source.name, _source)

@@ -1,6 +1,7 @@
 """``bnas.build_model``: the one entry point that builds every architecture."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -12,6 +13,7 @@ from ..genotype import Genotype, load
 from .configs import CONFIGS, DEFAULT_SIZE
 from .fixed import build_fixed
 from .network import CellNetwork
+from .overrides import apply_overrides
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -22,7 +24,9 @@ def _positive(name: str, value: int | None) -> None:
 def build_model(arch: str | Genotype | None = None, *, dataset: str | None = None,
                 num_classes: int | None = None, layers: int | None = None,
                 init_channels: int | None = None, config: str | None = None,
-                binarizer: str | Binarizer = "plain", **binarizer_hparams: Any) -> nn.Module:
+                binarizer: str | Binarizer = "plain",
+                layer_overrides: Mapping[str, str] | None = None,
+                **binarizer_hparams: Any) -> nn.Module:
     """Build a network from a genotype (name, path or :class:`Genotype`) or a configuration.
 
     ``dataset`` (default: the configuration's, else ``cifar10``) picks the stem family and the
@@ -30,8 +34,11 @@ def build_model(arch: str | Genotype | None = None, *, dataset: str | None = Non
     genotypes ignore them and reject other values); ``config`` is a named configuration such as
     ``"bnas-a"`` or ``"bnas-f"`` whose architecture, dataset and size are the defaults.
     ``binarizer`` is a registry name or instance; extra keywords are its hyper-parameters.
+    ``layer_overrides`` maps binary convolutions by name to another kind of layer
+    (:mod:`bnas.model.overrides`; weights imported from BNAS's reference code need them).
 
-    The returned module carries ``genotype``, ``binarizer`` and ``dataset`` attributes.
+    The returned module carries ``genotype``, ``binarizer``, ``dataset`` and
+    ``layer_overrides`` attributes.
     """
     cfg = CONFIGS.get(config) if config is not None else None
     if arch is None:
@@ -63,6 +70,7 @@ def build_model(arch: str | Genotype | None = None, *, dataset: str | None = Non
             default_layers, default_c = cfg.layers, cfg.init_channels
         model = CellNetwork(genotype, init_channels or default_c, layers or default_layers,
                             num_classes, scheme, stem=info.style)
+    apply_overrides(model, layer_overrides or {})
     model.genotype = genotype
     model.binarizer = scheme
     model.dataset = dataset

@@ -63,6 +63,7 @@ def identity(model: nn.Module, *, layers: int | None, init_channels: int | None,
     return {"arch": model.genotype.name, "config": config, "layers": layers,
             "init_channels": init_channels, "num_classes": model_classes(model),
             "dataset": model.dataset, "binarizer": model.binarizer.name,
+            "layer_overrides": dict(getattr(model, "layer_overrides", {})),
             "structure": structure(model.genotype)}
 
 
@@ -96,6 +97,10 @@ def check_compatible(path: str | Path, saved: dict[str, Any], model: nn.Module,
         reasons.append("a different genotype")
     if ident.get("binarizer") != current["binarizer"]:
         reasons.append(f"binarizer {ident.get('binarizer')}, not {current['binarizer']}")
+    theirs_overrides = ident.get("layer_overrides") or {}
+    if theirs_overrides != current.get("layer_overrides", {}):
+        reasons.append(f"layer overrides {theirs_overrides or 'none'}, not "
+                       f"{current.get('layer_overrides') or 'none'} (--layer-override)")
     mine = model.state_dict()
     theirs = saved["model"]
     missing = sorted(set(mine) - set(theirs))

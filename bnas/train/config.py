@@ -60,6 +60,8 @@ class TrainConfig:
     num_classes: int | None = _opt(None, "classes (default: the dataset's)")
     binarizer: str = _opt("plain", "binarization scheme (bnas list binarizers)")
     binarizer_hparams: dict = _opt({}, "the scheme's hyper-parameters, KEY=VALUE (repeatable)")
+    layer_overrides: dict = _opt({}, "LAYER=KIND: build that binary convolution as KIND "
+                                     "(real_weight: weights imported from BNAS; repeatable)")
     # -- data ---------------------------------------------------------------------------------
     dataset: str = _opt("cifar10", "dataset: " + ", ".join(DATASET_INFO.names()))
     data: str | None = _opt(None, "dataset root (CIFAR download dir; train/ and val/ folders)")
@@ -140,7 +142,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 _check(name, value, _is_subset, "a count >= 1 or a fraction in (0, 1)")
-        for name in DEPENDENT:
+        for name in (*DEPENDENT, "layer_overrides"):
             if not isinstance(getattr(self, name), dict):
                 raise BnasError(f"{name} must be a mapping of names to values")
         build_schedule(self.schedule, self.epochs, 1, self.warmup_epochs, self.schedule_args)

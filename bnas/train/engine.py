@@ -62,7 +62,8 @@ def build_network(cfg: TrainConfig, num_classes: int, ctx: Context) -> nn.Module
     """The configured model on the run's device (channels-last, SyncBatchNorm if asked)."""
     model = build_model(cfg.arch, dataset=cfg.dataset, num_classes=num_classes, layers=cfg.layers,
                         init_channels=cfg.init_channels, config=cfg.config,
-                        binarizer=cfg.binarizer, **cfg.binarizer_hparams)
+                        binarizer=cfg.binarizer, layer_overrides=cfg.layer_overrides,
+                        **cfg.binarizer_hparams)
     if cfg.sync_bn and ctx.distributed:
         if ctx.device.type != "cuda":
             raise BnasError("--sync-bn needs GPUs (SyncBatchNorm does not run on the CPU)")
@@ -74,7 +75,7 @@ def build_network(cfg: TrainConfig, num_classes: int, ctx: Context) -> nn.Module
 
 
 def _keep_attributes(converted: nn.Module, original: nn.Module) -> nn.Module:
-    for name in ("genotype", "binarizer", "dataset"):
+    for name in ("genotype", "binarizer", "dataset", "layer_overrides"):
         setattr(converted, name, getattr(original, name))
     return converted
 
@@ -391,7 +392,7 @@ def train(cfg: TrainConfig, *, on_epoch_end: EpochCallback | None = None) -> dic
 # -- evaluation ------------------------------------------------------------------------------
 #: Configuration fields that describe the model (filled from a weights file when not given).
 MODEL_FIELDS = ("arch", "config", "layers", "init_channels", "num_classes", "binarizer",
-                "binarizer_hparams", "dataset", "image_size")
+                "binarizer_hparams", "layer_overrides", "dataset", "image_size")
 
 
 def weights_settings(path: str | Path, given: dict[str, Any]) -> dict[str, Any]:

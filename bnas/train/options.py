@@ -19,7 +19,8 @@ from ..model.configs import CONFIGS
 from .config import FIELDS, preset_names
 
 #: Flags that differ from ``--field-name``.
-FLAGS = {"binarizer_hparams": "--binarizer-hparam", "schedule_args": "--schedule-arg"}
+FLAGS = {"binarizer_hparams": "--binarizer-hparam", "schedule_args": "--schedule-arg",
+         "layer_overrides": "--layer-override"}
 
 
 def _count_or_fraction(text: str) -> int | float:

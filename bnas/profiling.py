@@ -118,9 +118,9 @@ class Profile:
             ("output", _shape(self.output_shape)),
             ("parameters", f"{self.params:,} (binary {self.binary_params:,}, "
                            f"real-valued {self.real_params:,})"),
-            ("FLOPs", f"{_si(self.flops)} (real-valued multiply-accumulates)"),
-            ("BOPs", f"{_si(self.bops)} (binary multiply-accumulates)"),
-            ("OPs", f"{_si(self.ops)} (FLOPs + BOPs/64)"),
+            ("FLOPs", f"{si(self.flops)} (real-valued multiply-accumulates)"),
+            ("BOPs", f"{si(self.bops)} (binary multiply-accumulates)"),
+            ("OPs", f"{si(self.ops)} (FLOPs + BOPs/64)"),
             ("size", f"{self.size_bytes / 2**20:.2f} MiB packed (1 bit per binary weight, 32 per "
                      f"real parameter); {self.float_size_bytes / 2**20:.2f} MiB as float32, "
                      f"{ratio:.1f}x compression"),
@@ -146,7 +146,8 @@ def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def _si(value: float) -> str:
+def si(value: float) -> str:
+    """``value`` with an SI prefix and two decimals: ``98.81 M``, ``2.06 G``, ``512``."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.2f} {unit}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import bnas
-from bnas import binarize
+from bnas import binarize, profiling
 from bnas.cli import main
 from bnas.genotype import names as genotype_names
 from bnas.model import CONFIGS
@@ -121,6 +121,25 @@ def test_show_genotype_file_and_binarizer_hparams(capsys):
     assert code == 0 and "layer" not in out
     assert "binarizer rbnn (" in out and "a32=True" in out
     assert "BOPs        0 (binary" in out                 # 1-bit weights on real inputs
+
+
+def test_show_several_side_by_side(capsys):
+    names = ["latest_cell", "latest_cell_zeroise", "resnet20_1w1a"]
+    code, out, _ = run(capsys, "show", *names, "--dataset", "cifar100")
+    assert code == 0
+    lines = out.rstrip("\n").split("\n")
+    assert lines[0].split() == names and set(lines[1]) == {"-", " "}
+    rows = {line[:18].strip(): line[18:].split("  ") for line in lines[2:]}
+    for col, name in enumerate(names):
+        p = bnas.profile(bnas.build_model(name, dataset="cifar100"))
+        cells = [cell.strip() for cell in rows["parameters"] if cell.strip()]
+        assert cells[col] == f"{p.params:,}"
+        assert [c.strip() for c in rows["BOPs"] if c.strip()][col] == profiling.si(p.bops)
+    code, out, _ = run(capsys, "show", *names, "--dataset", "cifar100", "--json")
+    data = json.loads(out)
+    assert [d["name"] for d in data] == names and data[2]["kind"] == "fixed"
+    assert data[0]["ops"] == bnas.profile(bnas.build_model("latest_cell", dataset="cifar100")).ops
+    one_line_error(*run(capsys, "show", "latest_cell", "nonesuch"))
 
 
 def test_show_bad_input(capsys):

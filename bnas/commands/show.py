@@ -1,6 +1,6 @@
 """``bnas show``: what a network costs (see :mod:`bnas.profiling`): parameters (binary and
 real-valued), FLOPs, binary operations, OPs = FLOPs + BOPs/64, packed size, output shape and a
-per-layer table."""
+per-layer table. Several names: their totals side by side."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ import yaml
 from .. import genotype
 from ..errors import BnasError, unknown
 from ..model import CONFIGS, build_model
-from ..profiling import Profile, profile
+from ..profiling import Profile, si, profile
 
 EPILOG = """\
 FLOPs count real-valued multiply-accumulates and BOPs binary ones (both operands 1-bit), as in
@@ -24,6 +24,7 @@ examples:
   bnas show latest_cell --dataset cifar10 --layers 8 --init-channels 16
   bnas show resnet20_1w1a --binarizer rbnn --hparam a32=true
   bnas show runs/search/genotype.json --json
+  bnas show bnas-a latest_cell resnet20_1w1a             # side by side
 """
 
 
@@ -47,17 +48,18 @@ def hparam(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"cannot read the value of {text!r}") from None
 
 
-def describe(args: argparse.Namespace) -> tuple[dict[str, Any], Profile]:
-    """Build the network the arguments name; its description and its :class:`Profile`."""
-    arch, config = resolve_name(args.name)
+def describe(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], Profile]:
+    """Build the network ``name`` at the size the arguments give; its description and its
+    :class:`Profile`."""
+    arch, config = resolve_name(name)
     if config and args.config and CONFIGS.canonical(args.config) != config:
-        raise BnasError(f"'{args.name}' is a configuration; --config {args.config} contradicts it")
+        raise BnasError(f"'{name}' is a configuration; --config {args.config} contradicts it")
     model = build_model(arch, dataset=args.dataset, num_classes=args.num_classes,
                         layers=args.layers, init_channels=args.init_channels,
                         config=config or args.config, binarizer=args.binarizer,
                         **dict(args.hparam))
     cells = getattr(model, "cells", None)
-    info = {"name": args.name, "architecture": model.genotype.name, "kind": model.genotype.kind,
+    info = {"name": name, "architecture": model.genotype.name, "kind": model.genotype.kind,
             "configuration": config or args.config, "dataset": model.dataset,
             "cells": len(cells) if cells is not None else None,
             "binarizer": model.binarizer.config()}
@@ -76,8 +78,40 @@ def _header(info: dict[str, Any]) -> str:
     return f"{info['architecture']}: " + ", ".join(parts)
 
 
+#: The rows of a side-by-side comparison: label and the figure of one network.
+COMPARED: list[tuple[str, Any]] = [
+    ("architecture", lambda info, p: info["architecture"]),
+    ("kind", lambda info, p: info["kind"] + (f", {info['cells']} cells" if info["cells"] else "")),
+    ("dataset", lambda info, p: info["dataset"]),
+    ("parameters", lambda info, p: f"{p.params:,}"),
+    ("binary parameters", lambda info, p: f"{p.binary_params:,}"),
+    ("FLOPs", lambda info, p: si(p.flops)),
+    ("BOPs", lambda info, p: si(p.bops)),
+    ("OPs", lambda info, p: si(p.ops)),
+    ("packed size", lambda info, p: f"{p.size_bytes / 2**20:.2f} MiB"),
+]
+
+
+def compare(described: list[tuple[dict[str, Any], Profile]]) -> str:
+    """The totals of several networks, one column each."""
+    header = ["", *(info["name"] for info, _ in described)]
+    rows = [[label, *(str(figure(info, p)) for info, p in described)] for label, figure in COMPARED]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(row, widths))).rstrip() for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    info, prof = describe(args)
+    if len(args.name) > 1:
+        described = [describe(args, name) for name in args.name]
+        if args.json:
+            print(json.dumps([{**info, **prof.to_dict()} for info, prof in described], indent=2))
+        else:
+            print(compare(described))
+        return 0
+    info, prof = describe(args, args.name[0])
     if args.json:
         print(json.dumps({**info, **prof.to_dict()}, indent=2))
         return 0
@@ -94,8 +128,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.replace("``", "'").replace(" (see :mod:`bnas.profiling`)", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG)
-    parser.add_argument("name", metavar="NAME",
-                        help="a genotype name or file, or a configuration (bnas-a, bnas-d..h)")
+    parser.add_argument("name", metavar="NAME", nargs="+",
+                        help="a genotype name or file, or a configuration (bnas-a, bnas-d..h); "
+                             "several: their totals side by side")
     parser.add_argument("--dataset", help="dataset the network is built for (default: the "
                                           "configuration's, else cifar10)")
     parser.add_argument("--num-classes", type=int, help="classes (default: the dataset's)")

@@ -59,7 +59,7 @@ from ..genotype import Cell, Genotype
 from ..model import build_model
 from ..model.configs import DEFAULT_SIZE
 from ..ops import OPS, make_op
-from ..profiling import Profile, _si, profile
+from ..profiling import Profile, si, profile
 from ..registry import Registry
 from . import topology
 
@@ -91,7 +91,7 @@ class CostKind(ABC):
         """``value`` with its unit, e.g. ``98.81 M OPs`` or ``4.20 ms``."""
         if self.time:
             return f"{value * 1e3:.3g} ms"
-        return f"{_si(value)} {self.unit}"
+        return f"{si(value)} {self.unit}"
 
 
 class CountKind(CostKind):

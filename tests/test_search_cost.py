@@ -244,3 +244,72 @@ def test_search_records_the_cost_setting_and_the_genotypes_cost(tmp_path, capsys
     assert cost["meets_target"] is (cost["genotype_cost"] <= 2e6)
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "cost bops: weight 0.5 x hinge(C / 2.00 M BOPs)" in log and "genotype costs" in log
+
+
+# -- the Pareto sweep ----------------------------------------------------------------------------
+def test_pareto_front_keeps_the_undominated_points():
+    from bnas.search.pareto import Point, pareto_front
+
+    points = [Point("a", "s", 10, 90), Point("b", "s", 20, 95), Point("c", "s", 15, 89),
+              Point("d", "s", 20, 94), Point("e", "s", 5, 80), Point("f", "s", 5, 80)]
+    assert [p.name for p in pareto_front(points)] == ["e", "f", "a", "b"]
+
+
+def test_front_files(tmp_path):
+    from bnas.search.pareto import Point, pareto_front, write_front
+
+    kind = COST_KINDS.get("ops")
+    points = [Point("sw_w0", "searched, weight 0", 2.0e6, 91.5, 0.0, "/x/sw_w0.json"),
+              Point("sw_w1", "searched, weight 1", 1.0e6, 90.0, 1.0, "/x/sw_w1.json"),
+              Point("latest_cell", "shipped cell", 3.0e6, 91.0, genotype="latest_cell"),
+              Point("resnet20_1w1a", "fixed network", 0.5e6, 85.0, genotype="resnet20_1w1a")]
+    for p in pareto_front(points):
+        p.front = True
+    write_front(tmp_path, points, "ops", kind.format, RetrainSize.of("digits", 5, 8, 16),
+                parse_target("1.5M"), {"epochs": 5})
+    lines = (tmp_path / "front.md").read_text().splitlines()
+    assert lines[0].startswith("Accuracy against ops (digits; cells counted and retrained at 5 "
+                               "cells, C=8, 16x16; retraining: epochs=5)")
+    assert lines[4] == "| `resnet20_1w1a` | fixed network | 500.00 K OPs | 85.00 | yes | yes |"
+    assert lines[7] == "| `latest_cell` | shipped cell | 3.00 M OPs | 91.00 |  | no |"
+    saved = json.loads((tmp_path / "front.json").read_text())
+    assert [p["front"] for p in saved["points"]] == [True, True, False, True]
+    assert saved["target"] == "1.5M"
+    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_options_need_a_sweep(capsys, tmp_path):
+    assert main([*TINY, "--cost", "ops", "--cost-weight", "1", "--front-compare", "latest_cell",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "give several --cost-weight values" in capsys.readouterr().err
+    assert main([*TINY, "--cost", "ops", "--cost-weight", "0,1", "--front-compare", "nonesuch",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "unknown architecture 'nonesuch'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_sweep_on_digits_writes_the_front_and_costs_fall(tmp_path, capsys):
+    """Searches for three weights (same seed) and their retrainings; the genotypes' costs fall
+    as the weight grows, and every point's cost is bnas show's count."""
+    out = tmp_path / "front"
+    args = [*TINY[:-4], "--save", "sw", "--device", "cpu", "--layers", "3", "--init-channels", "4",
+            "--epochs", "2", "--subset", "128", "--batch-size", "32", "--no-progress",
+            "--arch-lr", "0.01", "--out", str(out), "--cost", "ops", "--cost-weight", "0,1,10",
+            "--cost-layers", "5", "--cost-init-channels", "8", "--cost-image-size", "16",
+            "--front-compare", "resnet20_1w1a", "--front-train", "epochs=1",
+            "--front-train", "train_subset=128", "--front-train", "val_subset=128"]
+    assert main(args) == 0
+    assert "Pareto front" in capsys.readouterr().out
+    saved = json.loads((out / "front.json").read_text())
+    searched = [p for p in saved["points"] if p["weight"] is not None]
+    costs = [p["cost"] for p in searched]
+    assert costs[0] > costs[1] > costs[2]
+    from bnas.model import build_model
+    from bnas.profiling import profile
+
+    for p in saved["points"]:
+        sized = {"layers": 5, "init_channels": 8} if p["weight"] is not None else {}
+        assert p["cost"] == profile(build_model(p["genotype"], dataset="digits", **sized),
+                                    (3, 16, 16)).ops
+    assert (out / "front.png").is_file() and "| `resnet20_1w1a` |" in (out / "front.md").read_text()

@@ -14,6 +14,7 @@ from ..ops import SPACES
 from ..search.cell import CELLS
 from ..search.config import DATASET_PRESETS
 from ..search.cost import COST_KINDS, PENALTIES, parse_weights
+from ..search.pareto import DEFAULT_COMPARE, DEFAULT_TRAIN
 
 EPILOG = """\
 examples:
@@ -69,7 +70,8 @@ OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
     (("--cost",), "cost", {"metavar": "KIND"},
      "search for cost as well: " + ", ".join(COST_KINDS.names()) + " (bnas.search.cost)"),
     (("--cost-weight",), "cost_weight", {"metavar": "W[,W...]"},
-     "weight of the cost term, >= 0 (0 records the cost without optimising it)"),
+     "weight of the cost term, >= 0 (0 records the cost without optimising it); several "
+     "(0,0.01,0.1,1): a sweep that retrains what each finds and writes the Pareto front"),
     (("--cost-target",), "cost_target", {"metavar": "BUDGET"},
      "drive the cost toward a budget instead: 100M, 1.2G (counts), 5ms (latency)"),
     (("--cost-penalty",), "cost_penalty", {"metavar": "NAME"},
@@ -102,24 +104,44 @@ def add_parser(subparsers) -> None:
         p.add_argument(*flags, dest=dest, help=help_text, **{"default": None, **settings})
     p.add_argument("--resume", metavar="RUN_DIR|CHECKPOINT",
                    help="continue a search from its run directory (its settings are used)")
+    p.add_argument("--front-compare", metavar="NAMES",
+                   help="a sweep's comparison architectures, comma-separated (default "
+                        + ",".join(DEFAULT_COMPARE) + "; 'none' for none)")
+    p.add_argument("--front-train", action="append", metavar="KEY=VALUE",
+                   help="a training setting of a sweep's retrainings (repeatable; default "
+                        + ", ".join(f"{k}={v}" for k, v in DEFAULT_TRAIN.items()) + ")")
     p.set_defaults(run=run)
 
 
-def _hparams(pairs: list[str] | None) -> dict[str, Any] | None:
+def _hparams(pairs: list[str] | None, flag: str = "--binarizer-hparam") -> dict[str, Any] | None:
     if pairs is None:
         return None
     found: dict[str, Any] = {}
     for text in pairs:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
-            raise BnasError(f"--binarizer-hparam expects KEY=VALUE, got {text!r}")
+            raise BnasError(f"{flag} expects KEY=VALUE, got {text!r}")
         if key.strip() in found:
-            raise BnasError(f"--binarizer-hparam sets '{key.strip()}' twice")
+            raise BnasError(f"{flag} sets '{key.strip()}' twice")
         try:
             found[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise BnasError(f"cannot read the value of --binarizer-hparam {text!r}") from None
+            raise BnasError(f"cannot read the value of {flag} {text!r}") from None
     return found
+
+
+def _sweep(args: argparse.Namespace, overrides: dict[str, Any], weights: list[float]) -> int:
+    """Several cost weights: the Pareto sweep (:mod:`bnas.search.pareto`)."""
+    from ..search.pareto import sweep
+
+    compare = DEFAULT_COMPARE if args.front_compare is None else tuple(
+        n.strip() for n in args.front_compare.split(",") if n.strip() and n.strip() != "none")
+    points, out = sweep(overrides, weights, compare=compare,
+                        train_settings=_hparams(args.front_train, "--front-train"))
+    front = [p.name for p in points if p.front]
+    print(f"Pareto front ({len(front)} of {len(points)}): {', '.join(front)}; table and plot in "
+          f"{out} (front.md, front.png)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +159,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["binarizer_hparams"] = _hparams(args.binarizer_hparams)
         weights = parse_weights(args.cost_weight) if args.cost_weight is not None else [None]
         if len(weights) > 1:
-            raise BnasError("--cost-weight takes one weight")
+            return _sweep(args, overrides, weights)
+        if args.front_compare is not None or args.front_train is not None:
+            raise BnasError("--front-compare and --front-train set up a sweep: give several "
+                            "--cost-weight values (0,0.01,0.1,1)")
         overrides["cost_weight"] = weights[0]
         result = search(resolve(overrides))
     if int(os.environ.get("RANK", "0")) == 0:

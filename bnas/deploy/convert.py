@@ -1,0 +1,151 @@
+"""Turning a float model into one that runs its binary operations on the packed kernels.
+
+Conversion walks the module tree. A module whose class has an entry in :data:`CONVERTERS` is
+replaced by the packed module the entry builds; a module in :data:`FLOAT_MODULES` stays as it is
+(real-valued layers and the containers whose ``forward`` composes their children: stems,
+poolings, BatchNorm, shortcuts, cells, classifiers) and its children are converted; anything
+else is refused with a :class:`BnasError` naming it, so an operation the engine cannot run never
+runs silently in float. A new model plugs in by adding entries; a new scheme by adding its
+convolution class to :data:`ACTIVATIONS`.
+
+``convert(model, empty=True)`` builds the same structure without reading weights (the packed
+buffers are placeholders that :func:`bnas.deploy.fileio.load` fills from a file).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..binarize.base import BinaryConv2d
+from ..errors import BnasError
+from ..registry import Registry
+from .kernels import Geometry
+from .layers import Activation, PackedBinConvOp, PackedConv2d, PackedFactorizedReduce
+
+#: A scheme's activation binarizer in eval mode, by its convolution class.
+ACTIVATIONS: Registry[Activation] = Registry("binary convolution class")
+ACTIVATIONS.add("PlainConv2d", Activation())          # sign(x), sign(0) = 0
+ACTIVATIONS.add("BopConv2d", Activation())            # sign(x)
+ACTIVATIONS.add("ReCUConv2d", Activation())           # eval mode: sign of the raw input
+ACTIVATIONS.add("RBNNConv2d", Activation(centred=True))   # sign(x - per-sample mean)
+ACTIVATIONS.add("SiMaNConv2d", Activation(centred=True))
+
+#: ``converter(module, empty) -> packed module``, by float module class name.
+Converter = Callable[[nn.Module, bool], nn.Module]
+CONVERTERS: Registry[Converter] = Registry("packed converter")
+
+#: Modules that run as they are in a packed model (their children are converted).
+FLOAT_MODULES: frozenset[str] = frozenset({
+    # torch's real-valued layers and containers
+    "Sequential", "ModuleList", "ModuleDict", "Identity", "Conv2d", "Linear", "BatchNorm1d",
+    "BatchNorm2d", "ReLU", "PReLU", "Hardtanh", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+    "Flatten", "Dropout",
+    # bnas's networks, blocks, cells and parameter-free operations
+    "CellNetwork", "EvalCell", "ResNet1w1a", "VGGSmall1w1a", "BasicBlock", "BiRealBlock",
+    "ZeroPadShortcut", "AvgPoolZeroPadShortcut", "RealConvOp", "Zero",
+})
+
+
+def binary_parts(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(negative, alpha)`` of an eval-mode binary convolution: where its 1-bit weight is -1,
+    and its per-output-channel scale (None for scale-free schemes). Raises for weights that are
+    not +-1 (an exact zero weight is a third value the 1-bit format cannot hold)."""
+    with torch.no_grad():
+        weight = conv.binary_weight().detach()
+        if hasattr(conv, "weight_scale"):
+            alpha = conv.weight_scale()
+            alpha = None if alpha is None else alpha.detach().reshape(-1).float().clone()
+            signs = weight
+        else:  # a scheme that folds its scale into the weight: sign(W) * alpha
+            alpha = weight.abs().amax(dim=(1, 2, 3))
+            signs = torch.sign(weight)
+            if torch.equal(alpha, torch.ones_like(alpha)) and type(conv).__name__ == "BopConv2d":
+                alpha = None
+    if not bool(((signs == 1) | (signs == -1)).all()):
+        raise BnasError(f"{type(conv).__name__} has binary weights other than +-1 (e.g. an exact "
+                        f"0): the packed engine stores one bit per weight")
+    if alpha is not None and signs.dim() == 4 and not hasattr(conv, "weight_scale"):
+        if not torch.equal(signs * alpha.view(-1, 1, 1, 1), weight):
+            raise BnasError(f"{type(conv).__name__}'s weights are not sign * per-channel scale")
+    return signs < 0, alpha
+
+
+def _check(conv: nn.Module) -> Activation:
+    name = type(conv).__name__
+    if name not in ACTIVATIONS:
+        raise BnasError(f"the packed engine cannot run binary convolutions of class {name} "
+                        f"(it runs: {', '.join(ACTIVATIONS.names())})")
+    if getattr(conv, "input_precision", 1) != 1:
+        raise BnasError(f"{name} keeps real-valued activations (w1a{conv.input_precision}): "
+                        f"the packed engine runs 1-bit activations only")
+    if conv.groups != 1 or conv.kernel_size[0] != conv.kernel_size[1]:
+        raise BnasError(f"{name} with groups or a non-square kernel cannot be packed")
+    return ACTIVATIONS.get(name)
+
+
+def packed_conv(conv: BinaryConv2d, empty: bool, geo: Geometry | None = None) -> PackedConv2d:
+    """The packed form of a binary convolution (its own padding unless ``geo`` is given)."""
+    activation = _check(conv)
+    k, p = conv.kernel_size[0], conv.padding[0]
+    if geo is None:
+        geo = Geometry(k, k, conv.stride[0], conv.dilation[0], (p, p, p, p))
+    negative, alpha = (None, None) if empty else binary_parts(conv)
+    scaled = conv.weight_scale() is not None if hasattr(conv, "weight_scale") else (
+        type(conv).__name__ != "BopConv2d")
+    packed = PackedConv2d(conv.in_channels, conv.out_channels, k, geo, activation, scaled,
+                          bias=conv.bias is not None)
+    if not empty:
+        packed.set_weights(negative, alpha, None if conv.bias is None else conv.bias.detach())
+    return packed
+
+
+def _bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    return copy.deepcopy(bn).eval()
+
+
+for _name in ACTIVATIONS.names():
+    CONVERTERS.add(_name, lambda m, empty: packed_conv(m, empty))
+
+
+@CONVERTERS.register("BinConvOp")
+def _bin_conv_op(op: nn.Module, empty: bool) -> nn.Module:
+    return PackedBinConvOp(_bn(op.bn), packed_conv(op.conv, empty))
+
+
+@CONVERTERS.register("BinFactorizedReduce")
+def _factorized_reduce(op: nn.Module, empty: bool) -> nn.Module:
+    shifted = Geometry(1, 1, 2, 1, (0, 0, 1, 1), (1, 1))
+    return PackedFactorizedReduce(_bn(op.bn), packed_conv(op.conv_a, empty),
+                                  packed_conv(op.conv_b, empty, shifted))
+
+
+def _replace(module: nn.Module, empty: bool, prefix: str) -> None:
+    for name, child in list(module.named_children()):
+        kind = type(child).__name__
+        where = f"{prefix}{name}"
+        if kind in CONVERTERS:
+            setattr(module, name, CONVERTERS.get(kind)(child, empty))
+        elif kind in FLOAT_MODULES:
+            _replace(child, empty, f"{where}.")
+        else:
+            raise BnasError(f"the packed engine cannot run {where} ({kind}); it runs "
+                            f"{', '.join(CONVERTERS.names())} packed and "
+                            f"{', '.join(sorted(FLOAT_MODULES))} as they are")
+
+
+def convert(model: nn.Module, empty: bool = False) -> nn.Module:
+    """An inference-only copy of ``model`` whose binary operations run packed (``model`` is
+    left as it is). Every module must be convertible or a known float module."""
+    kind = type(model).__name__
+    if kind not in FLOAT_MODULES:
+        raise BnasError(f"the packed engine cannot run a {kind}")
+    model.eval()
+    packed = copy.deepcopy(model)
+    _replace(packed, empty, "")
+    packed.eval()
+    for p in packed.parameters():
+        p.requires_grad_(False)
+    return packed

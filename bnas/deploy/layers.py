@@ -1,0 +1,157 @@
+"""Inference-only modules that run a float model's binary operations on the packed kernels.
+
+Each holds its binary weights as bits (``bits``: one bit per weight, 1 for -1, in the float
+weight's ``(O, C, kh, kw)`` order; the kernels' word layout is built from it on first use) and
+its per-output-channel scale ``alpha`` (absent for scale-free schemes), and reproduces the float
+module's eval-mode output bit for bit: ``conv(b(x), sign(W)) * alpha`` with the scheme's
+activation binarizer ``b`` (:class:`Activation`) and the float model's zero padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import BnasError
+from .kernels import BinaryConvPlan, Geometry, kernels
+
+
+@dataclass(frozen=True)
+class Activation:
+    """How a scheme binarizes a convolution's input in eval mode: ``sign(x)`` (``centred``
+    False) or ``sign(x - mean)`` with the mean over each sample's ``(C, H, W)`` (RBNN's and
+    SiMaN's standardised activations, whose positive scaling leaves the sign alone);
+    ``zero_is_zero``: sign(0) = 0 (torch.sign) rather than +1."""
+
+    centred: bool = False
+    zero_is_zero: bool = True
+
+    def threshold(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The per-sample value the input is compared with (None: 0), computed as the float
+        model's standardisation computes its mean."""
+        if not self.centred:
+            return None
+        rows = x.reshape(x.shape[0], -1)
+        return (rows.sum(dim=1, keepdim=True) / rows.shape[1]).reshape(-1).contiguous()
+
+
+def _inference_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    if mode:
+        raise BnasError("a packed model is inference-only (it has no float weights to train)")
+    return nn.Module.train(self, False)
+
+
+class PackedConv2d(nn.Module):
+    """A binary convolution on packed activations (the float model's ``BinaryConv2d``)."""
+
+    train = _inference_only
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, geo: Geometry,
+                 activation: Activation, scaled: bool, bias: bool = False) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.geo, self.activation = geo, activation
+        bits = -(-out_channels * in_channels * kernel_size * kernel_size // 8)
+        self.register_buffer("bits", torch.zeros(bits, dtype=torch.uint8))
+        self.register_buffer("alpha", torch.ones(out_channels) if scaled else None)
+        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
+        self._plan: BinaryConvPlan | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: module.reset())
+
+    def reset(self) -> None:
+        """Forget the kernels' weights (after the buffers changed)."""
+        self._plan = None
+
+    def set_weights(self, negative: torch.Tensor, alpha: torch.Tensor | None,
+                    bias: torch.Tensor | None) -> None:
+        """Store the binary weights (``negative``: True where -1), the scale and the bias."""
+        flat = negative.reshape(-1).numpy().astype(np.uint8)
+        self.bits.copy_(torch.from_numpy(np.packbits(flat, bitorder="little")))
+        if alpha is not None:
+            self.alpha.copy_(alpha)
+        if bias is not None:
+            self.bias.copy_(bias)
+        self.reset()
+
+    def negative(self) -> torch.Tensor:
+        """The binary weights as booleans ``(O, C, k, k)``, True where -1."""
+        k = self.kernel_size
+        count = self.out_channels * self.in_channels * k * k
+        bits = np.unpackbits(self.bits.numpy(), count=count, bitorder="little")
+        return torch.from_numpy(bits.astype(bool)).view(self.out_channels, self.in_channels, k, k)
+
+    def plan(self) -> BinaryConvPlan:
+        if self._plan is None:
+            self._plan = BinaryConvPlan(self.negative(), self.alpha, self.geo)
+        return self._plan
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        """The convolution of ``x`` (of ``x * scale + shift`` per channel, torch's eval
+        BatchNorm arithmetic, when given)."""
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise BnasError(f"the packed engine runs float32 tensors on the CPU, got "
+                            f"{x.dtype} on {x.device.type}")
+        x = x.contiguous()
+        k = kernels()
+        packed, zeros = k.pack(x, self.geo, scale, shift, self.activation.threshold(x),
+                               self.activation.zero_is_zero)
+        y = self.plan().run(k, x, packed, zeros)
+        return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))
+
+    def extra_repr(self) -> str:
+        g = self.geo
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={g.stride}, dilation={g.dilation}, pad={g.pad}, "
+                f"{'centred' if self.activation.centred else 'sign'}, "
+                f"{'scaled' if self.alpha is not None else 'no scale'}")
+
+
+class _BatchNormSign(nn.Module):
+    """A BatchNorm whose output feeds packed convolutions only: the packing computes
+    ``x * scale + shift`` itself, as torch's eval BatchNorm does, when the kernels' probe found
+    torch's arithmetic (and the activation is a plain sign); otherwise torch normalises."""
+
+    train = _inference_only
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.bn = bn
+        self._terms: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_terms", None))
+
+    def convolve(self, x: torch.Tensor, *convs: PackedConv2d) -> list[torch.Tensor]:
+        k = kernels()
+        if k.fma is None or any(c.activation.centred for c in convs):
+            z = self.bn(x)
+            return [c(z) for c in convs]
+        if self._terms is None:
+            self._terms = k.bn_terms(self.bn)
+        return [c(x, *self._terms) for c in convs]
+
+
+class PackedBinConvOp(_BatchNormSign):
+    """BatchNorm -> binary conv -> ReLU (:class:`bnas.ops.BinConvOp`) on the packed kernels."""
+
+    def __init__(self, bn: nn.BatchNorm2d, conv: PackedConv2d) -> None:
+        super().__init__(bn)
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        y = torch.relu_(self.convolve(x, self.conv)[0])
+        return y if factor is None else y * factor
+
+
+class PackedFactorizedReduce(_BatchNormSign):
+    """BatchNorm -> two binary 1x1 stride-2 convs, the second on the input shifted by one pixel
+    -> concatenation -> ReLU (:class:`bnas.ops.layers.BinFactorizedReduce`); the shift is the
+    second convolution's origin, its zero fill the padding at the bottom and right."""
+
+    def __init__(self, bn: nn.BatchNorm2d, conv_a: PackedConv2d, conv_b: PackedConv2d) -> None:
+        super().__init__(bn)
+        self.conv_a, self.conv_b = conv_a, conv_b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu_(torch.cat(self.convolve(x, self.conv_a, self.conv_b), dim=1))

@@ -23,7 +23,7 @@ from ..binarize.base import BinaryConv2d
 from ..errors import BnasError
 from ..registry import Registry
 from .kernels import Geometry
-from .layers import Activation, PackedBinConvOp, PackedConv2d, PackedFactorizedReduce
+from .layers import SHIFTED, Activation, PackedBinConvOp, PackedConv2d, PackedFactorizedReduce
 
 #: A scheme's activation binarizer in eval mode, by its convolution class.
 ACTIVATIONS: Registry[Activation] = Registry("binary convolution class")
@@ -117,19 +117,23 @@ def _bin_conv_op(op: nn.Module, empty: bool) -> nn.Module:
 
 @CONVERTERS.register("BinFactorizedReduce")
 def _factorized_reduce(op: nn.Module, empty: bool) -> nn.Module:
-    shifted = Geometry(1, 1, 2, 1, (0, 0, 1, 1), (1, 1))
+    activation = _check(op.conv_b)
+    zero_padded = not activation.centred and activation.zero_is_zero
     return PackedFactorizedReduce(_bn(op.bn), packed_conv(op.conv_a, empty),
-                                  packed_conv(op.conv_b, empty, shifted))
+                                  packed_conv(op.conv_b, empty, SHIFTED if zero_padded else None))
 
 
-def _replace(module: nn.Module, empty: bool, prefix: str) -> None:
-    for name, child in list(module.named_children()):
+def _replace(module: nn.Module, original: nn.Module, empty: bool, prefix: str) -> None:
+    """Replace ``module``'s convertible children (a copy of ``original``'s), reading weights
+    from ``original``'s: a copied scheme module may recompute its binarization (a weight
+    projection keyed by the tensor's version) and differ in the last bit from the model's own."""
+    for (name, child), source in zip(list(module.named_children()), original.children()):
         kind = type(child).__name__
         where = f"{prefix}{name}"
         if kind in CONVERTERS:
-            setattr(module, name, CONVERTERS.get(kind)(child, empty))
+            setattr(module, name, CONVERTERS.get(kind)(source, empty))
         elif kind in FLOAT_MODULES:
-            _replace(child, empty, f"{where}.")
+            _replace(child, source, empty, f"{where}.")
         else:
             raise BnasError(f"the packed engine cannot run {where} ({kind}); it runs "
                             f"{', '.join(CONVERTERS.names())} packed and "
@@ -137,14 +141,15 @@ def _replace(module: nn.Module, empty: bool, prefix: str) -> None:
 
 
 def convert(model: nn.Module, empty: bool = False) -> nn.Module:
-    """An inference-only copy of ``model`` whose binary operations run packed (``model`` is
-    left as it is). Every module must be convertible or a known float module."""
+    """An inference-only copy of ``model`` whose binary operations run packed (``model`` is put
+    in eval mode and binarizes its weights as its own forward would). Every module must be
+    convertible or a known float module."""
     kind = type(model).__name__
     if kind not in FLOAT_MODULES:
         raise BnasError(f"the packed engine cannot run a {kind}")
     model.eval()
     packed = copy.deepcopy(model)
-    _replace(packed, empty, "")
+    _replace(packed, model, empty, "")
     packed.eval()
     for p in packed.parameters():
         p.requires_grad_(False)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BnasError
@@ -146,12 +147,23 @@ class PackedBinConvOp(_BatchNormSign):
 
 class PackedFactorizedReduce(_BatchNormSign):
     """BatchNorm -> two binary 1x1 stride-2 convs, the second on the input shifted by one pixel
-    -> concatenation -> ReLU (:class:`bnas.ops.layers.BinFactorizedReduce`); the shift is the
-    second convolution's origin, its zero fill the padding at the bottom and right."""
+    -> concatenation -> ReLU (:class:`bnas.ops.layers.BinFactorizedReduce`). The float model
+    fills the shift with zeros before binarizing; for a sign with sign(0) = 0 that is zero
+    padding, so the second convolution reads the same input from origin (1, 1)
+    (:data:`SHIFTED`); other binarizers (a per-sample mean) see the zeros as values, so the
+    shifted input is built as the float model builds it."""
 
     def __init__(self, bn: nn.BatchNorm2d, conv_a: PackedConv2d, conv_b: PackedConv2d) -> None:
         super().__init__(bn)
         self.conv_a, self.conv_b = conv_a, conv_b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu_(torch.cat(self.convolve(x, self.conv_a, self.conv_b), dim=1))
+        if self.conv_b.geo == SHIFTED:
+            return torch.relu_(torch.cat(self.convolve(x, self.conv_a, self.conv_b), dim=1))
+        z = self.bn(x)
+        shifted = F.pad(z[:, :, 1:, 1:], (0, 1, 0, 1))
+        return torch.relu_(torch.cat([self.conv_a(z), self.conv_b(shifted)], dim=1))
+
+
+#: The geometry of the factorized reduce's second convolution on the unshifted input.
+SHIFTED = Geometry(1, 1, 2, 1, (0, 0, 1, 1), (1, 1))

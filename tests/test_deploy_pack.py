@@ -1,0 +1,195 @@
+"""Packed models equal their float models: every fixed genotype, every cell genotype (the
+curated ones and a searched-style genotype with every operation of the bnas-skip space), every
+scheme; real data (scikit-learn's digits) with identical top-1; the .bnx file round trip, its
+size, and every kind of bad input."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bnas
+from bnas.binarize.base import BinaryConv2d
+from bnas.deploy import fileio, load, pack, save
+from bnas.deploy.convert import binary_parts
+from bnas.deploy.layers import PackedConv2d
+from bnas.errors import BnasError
+from bnas.genotype import from_json, load as load_genotype, names
+
+SCHEMES = ["plain", "rbnn", "recu", "siman", "bop", "bop2"]
+
+
+@pytest.fixture(autouse=True)
+def exact_float_model(monkeypatch):
+    """Float models whose binary convolutions compute conv(b(x), sign W) in float64, then the
+    scale in float32: the one-rounding reference the engine must equal bit for bit."""
+    if hasattr(BinaryConv2d, "weight_scale"):
+        return
+
+    def forward(self, xb):
+        negative, alpha = binary_parts(self)
+        y = F.conv2d(xb.double(), 1.0 - 2.0 * negative.double(), None, self.stride,
+                     self.padding, self.dilation).float()
+        return y if alpha is None else y * alpha.view(1, -1, 1, 1)
+
+    monkeypatch.setattr(BinaryConv2d, "forward_binary_input", forward)
+
+
+def assert_same(y: torch.Tensor, z: torch.Tensor) -> None:
+    assert torch.equal(y, z), (y - z).abs().max()
+    assert torch.equal(y.argmax(1), z.argmax(1))
+
+
+@torch.no_grad()
+def calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The model with BatchNorm statistics of ``x`` (a forward in training mode), in eval mode."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # the statistics of x exactly
+    model(x)
+    return model.eval()
+
+
+def check(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    calibrated(model, x)
+    with torch.no_grad():
+        expected = model(x)
+        packed = pack(model)
+        assert_same(expected, packed(x))
+    return packed
+
+
+FIXED = [(n, style) for n in names() if load_genotype(n).kind == "fixed"
+         for style in load_genotype(n).network]
+
+
+@pytest.mark.parametrize("arch, style", FIXED)
+def test_every_fixed_genotype(arch, style):
+    scheme = SCHEMES[FIXED.index((arch, style)) % len(SCHEMES)]
+    dataset, size = ("imagenet", 64) if style == "imagenet" else ("cifar10", 32)
+    torch.manual_seed(0)
+    model = bnas.build_model(arch, dataset=dataset, binarizer=scheme)
+    check(model, torch.randn(2, 3, size, size))
+
+
+EVERY_OP = {"format": 1, "kind": "cell", "name": "every_op", "space": "bnas-skip",
+            "normal": {"nodes": [[["bin_conv_3x3", 0], ["skip", 1]],
+                                 [["bin_dil_conv_3x3", 0], ["bin_conv_5x5", 2]],
+                                 [["bin_dil_conv_5x5", 1], ["avg_pool_3x3", 3]],
+                                 [["max_pool_3x3", 0], ["zeroise", 4]]],
+                       "concat": [2, 3, 4, 5]},
+            "reduce": {"nodes": [[["skip", 0], ["bin_conv_3x3", 1]],
+                                 [["max_pool_3x3", 0], ["bin_dil_conv_5x5", 2]],
+                                 [["avg_pool_3x3", 1], ["skip", 3]],
+                                 [["bin_dil_conv_3x3", 0], ["bin_conv_5x5", 1]]],
+                       "concat": [2, 3, 4, 5]}}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_scheme_on_a_genotype_with_every_operation(scheme):
+    torch.manual_seed(1)
+    model = bnas.build_model(from_json(EVERY_OP), binarizer=scheme, layers=4, init_channels=6)
+    check(model, torch.randn(3, 3, 16, 16))
+
+
+CONFIGS = ["bnas-a", "bnas-d", "bnas-e", "bnas-f", "bnas-g", "bnas-h"]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_the_configured_networks(config):
+    torch.manual_seed(2)
+    model = bnas.build_model(config=config, layers=3, init_channels=8,
+                             binarizer=SCHEMES[CONFIGS.index(config)])
+    size = 32 if config == "bnas-a" else 64
+    check(model, torch.randn(2, 3, size, size))
+
+
+@pytest.mark.parametrize("scheme", ["plain", "recu"])
+def test_real_data_gives_the_same_predictions(scheme):
+    from bnas.data.datasets import build_dataset
+
+    data = build_dataset("digits", "val")
+    x = torch.stack([data[i][0] for i in range(0, len(data), 4)])  # 90 images
+    torch.manual_seed(3)
+    model = bnas.build_model("resnet20_1w1a", binarizer=scheme, num_classes=10)
+    check(model, x)
+    cell = bnas.build_model(config="bnas-a", layers=5, init_channels=12, binarizer=scheme,
+                            num_classes=10)
+    check(cell, x)
+
+
+def test_save_load_round_trip_and_size(tmp_path):
+    torch.manual_seed(4)
+    model = bnas.build_model(config="bnas-a", layers=5, init_channels=36, binarizer="rbnn")
+    x = torch.randn(2, 3, 32, 32)
+    packed = check(model, x)
+    path = save(packed, tmp_path / "m.bnx")
+    loaded = load(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), packed(x))
+    assert not any(p.requires_grad for p in loaded.parameters())
+    binary = [m for m in loaded.modules() if isinstance(m, PackedConv2d)]
+    packed_bytes = sum(m.bits.numel() + 4 * m.alpha.numel() for m in binary)
+    float_bytes = sum(4 * c.weight.numel() for c in model.modules() if isinstance(c, BinaryConv2d))
+    assert packed_bytes <= float_bytes / 20
+    assert path.stat().st_size < sum(v.numel() * v.element_size()
+                                     for v in model.state_dict().values()) / 2
+    with pytest.raises(BnasError, match="inference-only"):
+        loaded.train()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("bnx") / "r.bnx"
+    save(pack(bnas.build_model("resnet20_1w1a").eval()), path)
+    return path
+
+
+def _header(path):
+    raw = path.read_bytes()
+    _, _, length = fileio._PREFIX.unpack_from(raw)
+    return raw, fileio._PREFIX.size + length
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw, end: b"PK\x03\x04" + raw[4:], "not a bnas packed model"),
+    (lambda raw, end: raw[:end + 100], "truncated"),
+    (lambda raw, end: raw[:20], "truncated"),
+    (lambda raw, end: raw[:8] + struct.pack("<I", 99) + raw[12:], "format 99"),
+    (lambda raw, end: raw[:fileio._PREFIX.size] + b"[" + raw[fileio._PREFIX.size + 1:],
+     "corrupt header"),
+    (lambda raw, end: raw[:-10] + bytes(b ^ 0xFF for b in raw[-10:]), "fails its checksum"),
+])
+def test_bad_files_are_one_clear_error(saved, tmp_path, damage, message):
+    raw, end = _header(saved)
+    bad = tmp_path / "bad.bnx"
+    bad.write_bytes(damage(raw, end))
+    with pytest.raises(BnasError, match=message):
+        load(bad)
+
+
+def test_tensors_of_another_architecture_are_refused(saved, tmp_path):
+    other = pack(bnas.build_model("resnet20_1w1a", binarizer="bop").eval())  # no scales
+    other.deploy_identity = load(saved).deploy_identity  # resnet20's header, other tensors
+    save(other, tmp_path / "x.bnx")
+    with pytest.raises(BnasError, match="another architecture"):
+        load(tmp_path / "x.bnx")
+    with pytest.raises(BnasError, match="not found"):
+        load(tmp_path / "missing.bnx")
+
+
+def test_operations_the_engine_cannot_run_are_refused():
+    model = bnas.build_model("resnet20_1w1a", binarizer="rbnn", a32=True)
+    with pytest.raises(BnasError, match="1-bit activations only"):
+        pack(model)
+    model = bnas.build_model("resnet20_1w1a")
+    model.stages[0][0].act1 = nn.GELU()
+    with pytest.raises(BnasError, match=r"stages\.0\.0\.act1 \(GELU\)"):
+        pack(model)
+    with pytest.raises(BnasError, match="only models built by bnas.build_model"):
+        pack(nn.Sequential(nn.Linear(2, 2)))

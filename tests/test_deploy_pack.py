@@ -14,7 +14,7 @@ from torch import nn
 import bnas
 from bnas.binarize.base import BinaryConv2d
 from bnas.deploy import fileio, load, pack, save
-from bnas.deploy.convert import binary_parts
+from bnas.deploy.convert import ACTIVATIONS, binary_parts
 from bnas.deploy.layers import PackedConv2d
 from bnas.errors import BnasError
 from bnas.genotype import from_json, load as load_genotype, names
@@ -29,7 +29,11 @@ def exact_float_model(monkeypatch):
     if hasattr(BinaryConv2d, "weight_scale"):
         return
 
+    original = BinaryConv2d.forward_binary_input
+
     def forward(self, xb):
+        if type(self).__name__ not in ACTIVATIONS:  # a layer override: real weights
+            return original(self, xb)
         negative, alpha = binary_parts(self)
         y = F.conv2d(xb.double(), 1.0 - 2.0 * negative.double(), None, self.stride,
                      self.padding, self.dilation).float()
@@ -171,6 +175,17 @@ def test_bad_files_are_one_clear_error(saved, tmp_path, damage, message):
     bad.write_bytes(damage(raw, end))
     with pytest.raises(BnasError, match=message):
         load(bad)
+
+
+def test_layer_overrides_run_in_float_and_survive_the_file(tmp_path):
+    torch.manual_seed(6)
+    model = bnas.build_model(config="bnas-a", layers=3, init_channels=8,
+                             layer_overrides={"cells.2.preprocess1.conv": "real_weight"})
+    packed = check(model, torch.randn(2, 3, 16, 16))
+    assert not isinstance(packed.cells[2].preprocess1.conv, PackedConv2d)
+    assert isinstance(packed.cells[2].preprocess0.conv, PackedConv2d)
+    loaded = load(save(packed, tmp_path / "o.bnx"))
+    assert loaded.layer_overrides == {"cells.2.preprocess1.conv": "real_weight"}
 
 
 def test_tensors_of_another_architecture_are_refused(saved, tmp_path):

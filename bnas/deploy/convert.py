@@ -46,7 +46,14 @@ FLOAT_MODULES: frozenset[str] = frozenset({
     # bnas's networks, blocks, cells and parameter-free operations
     "CellNetwork", "EvalCell", "ResNet1w1a", "VGGSmall1w1a", "BasicBlock", "BiRealBlock",
     "ZeroPadShortcut", "AvgPoolZeroPadShortcut", "RealConvOp", "Zero",
+    # layer overrides (bnas.model.overrides): sign inputs with real weights, run in float
+    "RealWeightConv2d",
 })
+
+
+def _float_conv(conv: nn.Module) -> bool:
+    """Whether a binary operation's convolution is one that runs in float (an override)."""
+    return type(conv).__name__ in FLOAT_MODULES
 
 
 def binary_parts(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -112,11 +119,15 @@ for _name in ACTIVATIONS.names():
 
 @CONVERTERS.register("BinConvOp")
 def _bin_conv_op(op: nn.Module, empty: bool) -> nn.Module:
+    if _float_conv(op.conv):
+        return copy.deepcopy(op)
     return PackedBinConvOp(_bn(op.bn), packed_conv(op.conv, empty))
 
 
 @CONVERTERS.register("BinFactorizedReduce")
 def _factorized_reduce(op: nn.Module, empty: bool) -> nn.Module:
+    if _float_conv(op.conv_a) or _float_conv(op.conv_b):
+        return copy.deepcopy(op)
     activation = _check(op.conv_b)
     zero_padded = not activation.centred and activation.zero_is_zero
     return PackedFactorizedReduce(_bn(op.bn), packed_conv(op.conv_a, empty),

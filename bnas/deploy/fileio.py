@@ -45,7 +45,8 @@ def identity(model: nn.Module) -> dict[str, Any]:
             "num_classes": linears[-1].out_features if linears else None,
             "layers": model.layers if cells else None,
             "init_channels": model.init_channels if cells else None,
-            "binarizer": model.binarizer.config()}
+            "binarizer": model.binarizer.config(),
+            "layer_overrides": dict(getattr(model, "layer_overrides", {}))}
 
 
 def pack(model: nn.Module) -> nn.Module:
@@ -66,6 +67,7 @@ def rebuild(ident: dict[str, Any]) -> nn.Module:
     model = build_model(from_json(ident["genotype"], "the file's genotype"),
                         dataset=ident["dataset"], num_classes=ident["num_classes"],
                         layers=ident["layers"], init_channels=ident["init_channels"],
+                        layer_overrides=ident.get("layer_overrides") or None,
                         binarizer=binarizer.pop("name"), **binarizer)
     packed = convert(model, empty=True)
     packed.deploy_identity = ident

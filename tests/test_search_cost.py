@@ -313,3 +313,36 @@ def test_sweep_on_digits_writes_the_front_and_costs_fall(tmp_path, capsys):
         assert p["cost"] == profile(build_model(p["genotype"], dataset="digits", **sized),
                                     (3, 16, 16)).ops
     assert (out / "front.png").is_file() and "| `resnet20_1w1a` |" in (out / "front.md").read_text()
+
+
+# -- tuning for accuracy and cost ----------------------------------------------------------------
+def test_tune_search_mode_with_a_cost_is_a_two_objective_study(tmp_path, capsys):
+    import optuna
+
+    rc = main(["tune", "--mode", "search", "--dataset", "digits", "--layers", "3",
+               "--init-channels", "4", "--image-size", "8", "--batch-size", "32",
+               "--train-subset", "32", "--val-subset", "32", "--workers", "0", "--epochs", "1",
+               "--trials", "2", "--search-arg", "epochs=1", "--search-arg", "subset=32",
+               "--search-arg", "layers=3", "--search-arg", "init_channels=4",
+               "--search-arg", "batch_size=16", "--search-arg", "cost=bops",
+               "--param", "cost_weight=0.01:10:log", "--sampler", "random",
+               "--study", "costly", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="costly", storage=f"sqlite:///{tmp_path / 'tune.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = study.get_trials()
+    assert len(trials) == 2 and all(len(t.values) == 2 for t in trials)
+    assert {"cost_weight", "lam", "tau", "arch_lr"} == set(trials[0].params)
+    from bnas.model import build_model
+    from bnas.profiling import profile
+
+    for t in trials:  # the cost is the found genotype's, at the size the trial retrained
+        found = G.load(t.user_attrs["genotype"])
+        assert found.provenance["cost"]["weight"] == t.params["cost_weight"]
+        built = build_model(found, dataset="digits", layers=3, init_channels=4)
+        assert t.values[1] == profile(built, (3, 8, 8)).bops
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert summary[1].split()[:5] == ["trial", "state", "top1", "cost", "front"]
+    assert "Pareto front (top-1 up, cost down): trials" in (tmp_path / "best.yaml").read_text()
+    assert (tmp_path / "pareto.png").is_file() and "pareto plot:" in out

@@ -36,6 +36,7 @@ examples:
   bnas tune --study NAME --device cuda:1 --trials 10   # one worker per GPU, same study
   bnas tune --study NAME --storage postgresql://user@host/db --trials 10   # many machines
   bnas tune --mode search --dataset digits --search-arg epochs=3 --epochs 5 --trials 12
+  bnas tune --mode search --dataset digits --search-arg cost=ops --layers 8 --epochs 5 --trials 12
   bnas train --config runs/tune/NAME/best.yaml         # train with the best values
 
 A space file is YAML: NAME: {type: float|int|categorical, low, high, log, step, choices};
@@ -43,7 +44,10 @@ names are training settings (search mode: search settings such as lam, tau, arch
 binarizer's hyper-parameters; --print-space shows the default. Settings given as options (or
 --search-arg) are fixed for every trial and leave the default space. In search mode each trial
 searches a cell, then retrains it on the proxy budget (--epochs, subsets, training options);
-the search's own budget is --search-arg epochs=N subset=N.
+the search's own budget is --search-arg epochs=N subset=N. With --search-arg cost=KIND
+(ops, bops, flops, latency) the study has two objectives, top-1 and the found genotype's cost at
+the retraining size, and tunes the cost weight (cost_weight) too: optuna keeps the Pareto front
+(summary column 'front', pareto.png); nothing is pruned.
 Each process runs --trials trials; --total-trials caps the study over all its workers. The
 study's setup (mode, preset, settings, budget, space, pruner) is stored with it: a process that
 joins or resumes takes it, and options that contradict it are an error.

@@ -43,6 +43,11 @@ TRAIN_SPACES: dict[str, Space] = {
 #: architecture Adam lr 3e-4.
 SEARCH_SPACE: Space = {"lam": _log(0.1, 10.0), "tau": _log(1.0, 50.0), "arch_lr": _log(1e-4, 3e-3)}
 
+#: Added to the search space when the search counts a cost (``--search-arg cost=ops``): the cost
+#: term's weight (bnas.search.cost: 0.1 already trades a tenth of the dearest architecture's
+#: normalised cost against the cross-entropy).
+COST_SPACE: Space = {"cost_weight": _log(1e-3, 10.0)}
+
 
 def train_space(binarizer: str) -> Space:
     """The default train-mode space for ``binarizer`` (its canonical name); SGD's otherwise."""

@@ -48,7 +48,7 @@ NOT_TUNABLE = frozenset({
 SEARCH_NOT_TUNABLE = frozenset({
     "save", "dataset", "data", "image_size", "subset", "binarizer", "binarizer_hparams", "layers",
     "init_channels", "steps", "epochs", "seed", "workers", "impl", "device", "progress", "out",
-    "genotype_dir", "overwrite"})
+    "genotype_dir", "overwrite", "cost", "cost_layers", "cost_init_channels", "cost_image_size"})
 
 #: Training fields that belong to the machine a worker runs on and that the search shares
 #: (``loader``, ``amp`` and ``channels_last`` concern the retraining only).
@@ -211,12 +211,15 @@ class SearchMode(TrainMode):
         return set(setup.search) | set(setup.overrides.get("binarizer_hparams") or {})
 
     def default_space(self, setup: TuneSetup) -> dict[str, Any]:
-        return defaults.SEARCH_SPACE
+        return {**defaults.SEARCH_SPACE, **(defaults.COST_SPACE if setup.search.get("cost") else {})}
 
     def _search_config(self, setup: TuneSetup, runtime: dict[str, Any], hparams: dict[str, Any],
                        settings: dict[str, Any], out: Path) -> SearchConfig:
         base = self._resolve(setup, self._hparams(setup, hparams))
         shared = {k: runtime[k] for k in SHARED_RUNTIME if k in runtime}
+        if setup.search.get("cost"):  # the cost counts at the size the trial retrains
+            shared.update({"cost_layers": base.layers, "cost_init_channels": base.init_channels,
+                           "cost_image_size": base.image_size})
         return resolve_search({"dataset": base.dataset, "binarizer": base.binarizer,
                                "binarizer_hparams": base.binarizer_hparams, **shared,
                                **setup.search, **settings, "save": f"trial_{out.name}",
@@ -230,7 +233,13 @@ class SearchMode(TrainMode):
             raise BnasError(f"--{given[0]} has no place in search mode: each trial retrains the "
                             f"genotype its search found")
         super().check(setup, runtime)
-        self._search_config(setup, runtime, {}, {}, Path("check"))
+        tuned = {}
+        if setup.search.get("cost") and "cost_weight" not in setup.search:
+            if "cost_weight" not in setup.space:
+                raise BnasError("a search for cost needs its weight: tune it (--param "
+                                "cost_weight=0.001:10:log) or fix it (--search-arg cost_weight=W)")
+            tuned["cost_weight"] = 0.0  # any sampled weight >= 0 is as valid as this one
+        self._search_config(setup, runtime, {}, tuned, Path("check"))
 
     def run_trial(self, setup: TuneSetup, runtime: dict[str, Any], params: dict[str, Any],
                   out: Path, on_epoch_end: EpochCallback, record: Record) -> dict[str, Any]:
@@ -240,8 +249,14 @@ class SearchMode(TrainMode):
         genotype = found.out / f"{found.genotype.name}.json"
         record("genotype", str(genotype.resolve()))
         record("search_top1", found.best_top1)
-        return self._train(setup, runtime, {"arch": str(genotype.resolve()), **self._hparams(setup, hparams)},
-                           out / "train", on_epoch_end)
+        metrics = self._train(setup, runtime, {"arch": str(genotype.resolve()),
+                                               **self._hparams(setup, hparams)},
+                              out / "train", on_epoch_end)
+        if cfg.cost is not None:
+            metrics["cost"] = found.genotype.provenance["cost"]["genotype_cost"]
+            record("cost", metrics["cost"])
+            record("cost_unit", found.genotype.provenance["cost"]["unit"])
+        return metrics
 
     def preset(self, setup: TuneSetup, params: dict[str, Any], attrs: dict[str, Any]) -> dict[str, Any]:
         hparams = split_params(params, self.targets(setup))[1]

@@ -6,7 +6,10 @@ study's pruner judges the trial hopeless, the epoch callback raises :class:`optu
 which the engine lets out once the epoch's checkpoint is written; a run that has used its whole
 budget is never pruned. A run that diverges (the mode's ``diverged`` errors, e.g. a NaN loss)
 is pruned too, with the reason in the trial's ``diverged`` attribute; any other user error
-stops the study. The trial's value is the best validation top-1 of its run.
+stops the study. The trial's value is the best validation top-1 of its run; in a search for
+cost (:attr:`bnas.tune.setup.TuneSetup.objectives`) its values are that and the found
+genotype's cost, and nothing is reported or pruned per epoch (optuna prunes single-objective
+studies only).
 """
 from __future__ import annotations
 
@@ -34,13 +37,16 @@ class Objective:
         self.mode = MODES.get(setup.mode)
         self.space = SearchSpace.parse(setup.space, self.mode.targets(setup))
         self.epochs = int(setup.budget["epochs"])
+        self.objectives = setup.objectives
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         params = self.space.suggest(trial)
         out = self.out / "trials" / str(trial.number)
         trial.set_user_attr("out", str(out))
 
         def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+            if len(self.objectives) > 1:
+                return
             done = epoch + 1
             trial.report(float(metrics["top1"]), done)
             if done < self.epochs and trial.should_prune():
@@ -54,4 +60,7 @@ class Objective:
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         except BnasError as exc:  # e.g. a sampled combination the binarizer rejects
             raise BnasError(f"trial {trial.number} ({format_values(params)}): {exc}") from None
+        if len(self.objectives) > 1:
+            return tuple(float(metrics[OBJECTIVE_METRIC if o == "top1" else o])
+                         for o in self.objectives)
         return float(metrics[OBJECTIVE_METRIC])

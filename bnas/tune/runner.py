@@ -110,7 +110,10 @@ def print_space(request: TuneRequest, *, use_storage: bool) -> str:
 
 def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     epochs = len(trial.intermediate_values)
-    top1 = f"top-1 {trial.value:.2f} " if trial.value is not None else ""
+    values = trial.values or []
+    top1 = f"top-1 {values[0]:.2f} " if values else ""
+    if len(values) > 1:
+        top1 += f"cost {values[1]:.4g} {trial.user_attrs.get('cost_unit', '')} ".replace("  ", " ")
     why = "diverged, " if "diverged" in trial.user_attrs else ""
     return (f"trial {trial.number} {trial.state.name.lower()}: {why}{top1}after {epochs} "
             f"epoch{'s' * (epochs != 1)} ({format_values(trial.params)})")

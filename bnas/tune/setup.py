@@ -15,6 +15,9 @@ from typing import Any
 from ..errors import BnasError
 
 STUDY_ATTR = "bnas_setup"
+#: What a trial is judged by, and which way: the retraining's best validation top-1 and, in a
+#: search for cost, the found genotype's cost (bnas.search.cost).
+DIRECTIONS = {"top1": "maximize", "cost": "minimize"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,13 @@ class TuneSetup:
     pruner: str = "median"
     pruner_startup: int = 3
     sampler: str = "tpe"
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """``("top1",)``; ``("top1", "cost")`` in search mode with a cost (``--search-arg
+        cost=KIND``): a multi-objective study whose trials are judged by both (optuna's
+        multi-objective optimisation: no single best trial, a Pareto front)."""
+        return ("top1", "cost") if self.mode == "search" and self.search.get("cost") else ("top1",)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

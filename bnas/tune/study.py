@@ -18,7 +18,7 @@ import optuna
 
 from ..errors import BnasError
 from ..registry import Registry
-from .setup import STUDY_ATTR, TuneSetup
+from .setup import DIRECTIONS, STUDY_ATTR, TuneSetup
 
 #: Seconds a SQLite connection waits for another worker's write lock before failing.
 SQLITE_TIMEOUT_S = 60
@@ -129,7 +129,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, setup: TuneSetup
     """
     created = True
     try:
-        optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        optuna.create_study(storage=storage, study_name=name,
+                            directions=[DIRECTIONS[o] for o in setup.objectives])
         optuna.load_study(study_name=name, storage=storage).set_user_attr(STUDY_ATTR, setup.to_json())
     except optuna.exceptions.DuplicatedStudyError:
         created = False

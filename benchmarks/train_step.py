@@ -68,7 +68,7 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
     import torch
 
     from bnas.train import Trainer, resolve_config
-    from bnas.train.distributed import Context
+    from bnas.run.context import Context
 
     torch.set_num_threads(threads)
     imported = rss_gb()

@@ -22,7 +22,7 @@ import networkx as nx
 
 from .errors import BnasError, unknown
 from .ops import OPS, SPACES
-from .runio import atomic_write
+from .runio import atomic_write_text
 
 FORMAT = 1
 KINDS = ("cell", "fixed")
@@ -228,11 +228,6 @@ def load(name_or_path: str | os.PathLike | Genotype) -> Genotype:
     if genotype.name is None:
         genotype.name = path.stem
     return genotype
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old or the new file."""
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save(genotype: Genotype, path: str | os.PathLike) -> Path:

@@ -1,16 +1,11 @@
-"""What runs (search, training, tuning) share: atomic writes, the run log, the epoch callback."""
+"""Atomic file writes: readers see either the old file or the complete new one."""
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
-
-#: ``on_epoch_end(epoch, metrics)``: called by a search or a training run after each epoch.
-EpochCallback = Callable[[int, dict[str, Any]], None]
+from typing import IO
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -30,16 +25,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise
 
 
-def attach_run_log(log: logging.Logger, file: Path, enabled: bool) -> list[logging.Handler]:
-    """Send ``log``'s INFO messages, time-stamped, to ``file`` and stderr (when ``enabled``:
-    rank 0 only); returns the handlers so the caller can remove them at the end of the run."""
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if not enabled:
-        return []
-    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.FileHandler(file), logging.StreamHandler(sys.stderr)]
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
-    return handlers
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
+    atomic_write(path, lambda f: f.write(text.encode()))

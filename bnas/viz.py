@@ -123,7 +123,7 @@ def _fixed_models(genotype: Genotype) -> list[tuple[str, nn.Module]]:
     models = []
     for family, spec in genotype.network.items():
         num_classes = next((info.num_classes for _, info in DATASET_INFO.items()
-                            if info.style == family and info.num_classes > 0), 10)
+                            if info.family == family and info.num_classes > 0), 10)
         models.append((family, build_fixed(spec, num_classes, get_binarizer("plain"))))
     return models
 

@@ -10,14 +10,14 @@ import torch
 
 from bnas.search.config import resolve
 from bnas.search.loop import Searcher
-from bnas.train.distributed import distributed_context
+from bnas.run.context import distributed_context
 
 if __name__ == "__main__":
     cfg = resolve(json.loads(sys.argv[1]))
     with distributed_context(cfg.device) as ctx:
         searcher = Searcher(cfg, ctx)
         result = searcher.run()
-        torch.save({"weights": searcher.net.state_dict(), "alphas": result.alphas,
+        torch.save({"weights": searcher.model.state_dict(), "alphas": result.alphas,
                     "genotypes": [result.genotype.to_json(), result.genotype_imagenet.to_json()],
                     "world_size": ctx.world_size},
                    os.path.join(cfg.out, f"rank{ctx.rank}.pt"))

@@ -33,7 +33,7 @@ def train_step(model: torch.nn.Module, epoch: int, epochs: int, seed: int) -> No
     x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen)
     scheme.set_epoch(model, epoch, epochs)
     scheme.before_batch(model, epoch, 0)
-    optimizer = scheme.optimizer(model, lr=0.05, momentum=0.9, weight_decay=1e-4)
+    optimizer = scheme.optimizer(model, B.OptimizerSettings(0.05, momentum=0.9, weight_decay=1e-4))
     model.train()
     optimizer.zero_grad()
     F.cross_entropy(model(x), y).backward()
@@ -108,10 +108,11 @@ def test_every_parameter_learns(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("dataset", ["cifar", "imagenet"])
-def test_optimizer_trains_each_parameter_once(name, dataset):
+@pytest.mark.parametrize("family", ["cifar", "imagenet"])
+def test_optimizer_trains_each_parameter_once(name, family):
     model = small_model(name)
-    optimizer = model.binarizer.optimizer(model, lr=0.05, weight_decay=1e-4, dataset=dataset)
+    optimizer = model.binarizer.optimizer(model, B.OptimizerSettings(0.05, weight_decay=1e-4),
+                                          B.RunSpec(1, 1, family))
     ids = [id(p) for group in optimizer.param_groups for p in group["params"]]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
@@ -160,7 +161,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, names: list
             model = small_model(name)
             scheme = model.binarizer
             ddp = DistributedDataParallel(model)
-            optimizer = scheme.optimizer(ddp, lr=0.05, momentum=0.9, weight_decay=1e-4)
+            optimizer = scheme.optimizer(ddp, B.OptimizerSettings(0.05, momentum=0.9,
+                                                                  weight_decay=1e-4))
             gen = torch.Generator().manual_seed(rank)  # every process sees different data
             for epoch in range(2):
                 scheme.set_epoch(ddp, epoch, 3)

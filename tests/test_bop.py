@@ -15,7 +15,7 @@ from torch import nn
 
 import bnas
 from bnas import binarize
-from bnas.binarize import Bop, Bop2ndOrder, CaseOptimizer
+from bnas.binarize import Bop, Bop2ndOrder, CaseOptimizer, OptimizerSettings, RunSpec
 from bnas.binarize.bop import BopConv2d
 from bnas.binarize.optim import is_binary_weight
 from bnas.binarize.schedules import Constant, Linear, StepDecay, from_spec
@@ -389,12 +389,12 @@ def test_recipes_build_their_schedules(name):
         recipe = scheme_class.recipe(family)
         assert recipe["optimizer"] == "adam" and recipe["weight_decay"] == 0.0
         scheme = binarize.get(name, **recipe["binarizer_hparams"])
-        opt = scheme.optimizer(net, name=recipe["optimizer"], lr=recipe["lr"],
-                               epochs=recipe["epochs"], steps_per_epoch=7)
+        opt = scheme.optimizer(net, OptimizerSettings(recipe["lr"], recipe["optimizer"]),
+                               RunSpec(recipe["epochs"], 7, family))
         group = opt.optimizers[1].param_groups[0]
         assert group["gamma"](0) == recipe["binarizer_hparams"]["gamma"]["start"]
         with pytest.raises(BnasError, match="needs the number of epochs"):
-            scheme.optimizer(net, lr=0.01)
+            scheme.optimizer(net, OptimizerSettings(0.01))
     cifar = scheme_class.recipe("cifar")["binarizer_hparams"]
     if name == "bop":  # Helwegen et al. Sec. 5.2: x0.1 every 100 epochs
         gamma = from_spec(cifar["gamma"], steps_per_epoch=1000, epochs=500)
@@ -407,7 +407,7 @@ def test_recipes_build_their_schedules(name):
 
 def test_binary_weights_never_get_weight_decay():
     net = _Net()
-    opt = binarize.get("bop").optimizer(net, name="adam", lr=0.01, weight_decay=0.1)
+    opt = binarize.get("bop").optimizer(net, OptimizerSettings(0.01, "adam", weight_decay=0.1))
     adam, bop = opt.optimizers
     assert [p for g in bop.param_groups for p in g["params"]] == [net.conv.weight]
     assert "weight_decay" not in bop.param_groups[0]
@@ -422,7 +422,7 @@ def test_training_keeps_binary_weights_binary(name):
     hp = {"gamma": 1e-3, "threshold": 1e-6} if name == "bop" else {
         "gamma": 1e-2, "sigma": 1e-2, "threshold": 1e-4}
     model = bnas.build_model("resnet20_1w1a", binarizer=name, **hp)
-    opt = model.binarizer.optimizer(model, name="adam", lr=0.01)
+    opt = model.binarizer.optimizer(model, OptimizerSettings(0.01, "adam"))
     convs = list(model.binarizer.binary_convs(model))
     assert len(convs) == 18
     x = torch.randn(8, 3, 32, 32)

@@ -235,7 +235,7 @@ FINETUNE = {"arch": "recu_resnet20_1w1a", "binarizer": "recu", "dataset": "digit
 
 def test_init_weights_starts_a_new_run_from_imported_weights(tmp_path):
     from bnas.train import Trainer, resolve_config
-    from bnas.train.distributed import Context
+    from bnas.run.context import Context
 
     weights = _imported_recu(tmp_path)
     cfg = resolve_config(None, {**FINETUNE, "init_weights": str(weights),

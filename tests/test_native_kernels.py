@@ -272,7 +272,7 @@ def test_bnas_fused_0_turns_the_kernels_off(fresh_build, monkeypatch):
                                                   ("resnet20_1w1a", "plain", False)])
 def test_training_logs_whether_the_fused_kernels_run(arch, scheme, logged, tmp_path):
     from bnas.train import Trainer, resolve_config
-    from bnas.train.distributed import Context
+    from bnas.run.context import Context
 
     size = {"layers": 3, "init_channels": 4} if arch.startswith("latest") else {}
     cfg = resolve_config(None, {"arch": arch, "binarizer": scheme, **size, "dataset": "synthetic",

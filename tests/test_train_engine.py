@@ -14,9 +14,9 @@ from bnas.data.loaders import subset
 from bnas.errors import BnasError
 from bnas.train import NonFiniteLoss, Trainer, evaluate, resolve_config, train
 from bnas.train import checkpoint
-from bnas.train.distributed import Context
+from bnas.run.context import Context
 from bnas.train.engine import weights_settings
-from bnas.train.progress import Progress
+from bnas.run.progress import Progress
 
 TINY = {"arch": "latest_cell_zeroise", "layers": 3, "init_channels": 8, "dataset": "digits",
         "epochs": 2, "batch_size": 32, "train_subset": 96, "val_subset": 64, "workers": 0,
@@ -226,7 +226,7 @@ def test_hooks_drop_path_ramp_and_loss(tmp_path):
 
 
 def test_top_k_counts():
-    from bnas.train.metrics import Meter, topk_correct
+    from bnas.run.metrics import Meter, topk_correct
 
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3], [0.2, 0.3, 0.5]])
     target = torch.tensor([1, 2, 0])

@@ -9,7 +9,7 @@ import torch
 from bnas.binarize import Bop, CaseOptimizer
 from bnas.binarize.optim import is_binary_weight
 from bnas.errors import BnasError
-from bnas.train.schedules import LrScheduler, build_schedule
+from bnas.run.schedules import LrScheduler, build_schedule
 
 
 def _one_cycle_by_hand(num_steps: int, lo: float, hi: float, m_lo: float, m_hi: float,

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from bnas.train import Trainer, resolve_config
-from bnas.train.distributed import distributed_context
+from bnas.run.context import distributed_context
 
 if __name__ == "__main__":
     cfg = resolve_config(None, json.loads(sys.argv[1]))

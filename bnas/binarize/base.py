@@ -10,6 +10,7 @@ mask) lives in module buffers or parameters, so ``model.state_dict()`` restores 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +26,28 @@ OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float, float], torch.optim
     "sgd": lambda groups, lr, momentum: torch.optim.SGD(groups, lr=lr, momentum=momentum),
     "adam": lambda groups, lr, momentum: torch.optim.Adam(groups, lr=lr),
 }
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The run's optimizer settings: ``name`` (``sgd`` or ``adam``, for the parameters the
+    scheme does not optimise itself), peak learning rate, SGD momentum and weight decay."""
+
+    lr: float
+    name: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a scheme may need to know of the run it is trained in: its length (schemes with
+    scheduled hyper-parameters, such as Bop's) and the dataset family (``cifar`` or
+    ``imagenet``: some papers optimise the two differently)."""
+
+    epochs: int
+    steps_per_epoch: int
+    family: str = "cifar"
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -175,14 +198,17 @@ class Binarizer:
         return total
 
     def param_groups(self, model: nn.Module, weight_decay: float,
-                     dataset: str = "cifar") -> list[dict[str, Any]]:
+                     family: str = "cifar") -> list[dict[str, Any]]:
         """Optimizer parameter groups: by default every parameter with ``weight_decay``."""
         return [{"params": [p for p in model.parameters() if p.requires_grad],
                  "weight_decay": weight_decay}]
 
-    def optimizer(self, model: nn.Module, *, name: str = "sgd", lr: float, momentum: float = 0.9,
-                  weight_decay: float = 0.0, dataset: str = "cifar") -> torch.optim.Optimizer:
-        """The optimizer this scheme trains ``model`` with (SGD or Adam over :meth:`param_groups`)."""
-        if name not in OPTIMIZERS:
-            raise BnasError(f"unknown optimizer '{name}'; known: {', '.join(sorted(OPTIMIZERS))}")
-        return OPTIMIZERS[name](self.param_groups(model, weight_decay, dataset), lr, momentum)
+    def optimizer(self, model: nn.Module, settings: OptimizerSettings,
+                  run: RunSpec | None = None) -> torch.optim.Optimizer:
+        """The optimizer this scheme trains ``model`` with in ``run`` (by default SGD or Adam
+        over :meth:`param_groups`; a standalone call, without a run, means a CIFAR-family one)."""
+        if settings.name not in OPTIMIZERS:
+            raise BnasError(f"unknown optimizer '{settings.name}'; known: "
+                            f"{', '.join(sorted(OPTIMIZERS))}")
+        groups = self.param_groups(model, settings.weight_decay, run.family if run else "cifar")
+        return OPTIMIZERS[settings.name](groups, settings.lr, settings.momentum)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import BnasError
-from .base import Binarizer, SignInputConv2d
+from .base import Binarizer, OptimizerSettings, RunSpec, SignInputConv2d
 from .hparams import invalid
 from .optim import Bop, Bop2ndOrder, CaseOptimizer, binary_sign, is_binary_weight
 from .registry import register
@@ -76,7 +76,7 @@ class BopScheme(Binarizer):
             raise invalid(self.name, str(error)) from None
 
     def param_groups(self, model: nn.Module, weight_decay: float,
-                     dataset: str = "cifar") -> list[dict[str, Any]]:
+                     family: str = "cifar") -> list[dict[str, Any]]:
         """The ordinary optimizer's groups: every trainable parameter but the binary weights."""
         binary = {id(p) for module in model.modules()
                   for name, p in module.named_parameters(recurse=False)
@@ -84,19 +84,16 @@ class BopScheme(Binarizer):
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in binary]
         return [{"params": rest, "weight_decay": weight_decay}]
 
-    def optimizer(self, model: nn.Module, *, name: str = "adam", lr: float,
-                  momentum: float = 0.9, weight_decay: float = 0.0, dataset: str = "cifar",
-                  epochs: int | None = None,
-                  steps_per_epoch: int | None = None) -> CaseOptimizer:
-        """Bop for the binary weights, the ``name`` optimizer (over :meth:`param_groups`) for the
-        rest. ``epochs`` and ``steps_per_epoch`` are needed when a hyper-parameter is a schedule."""
-        ordinary = super().optimizer  # builds over param_groups(), i.e. the routed "rest"
+    def optimizer(self, model: nn.Module, settings: OptimizerSettings,
+                  run: RunSpec | None = None) -> CaseOptimizer:
+        """Bop for the binary weights, the ``settings.name`` optimizer (over
+        :meth:`param_groups`) for the rest. A hyper-parameter given as a schedule needs ``run``
+        (its epochs and steps per epoch)."""
+        epochs, steps = (run.epochs, run.steps_per_epoch) if run is not None else (None, None)
         return CaseOptimizer(
-            model,
-            (is_binary_weight, lambda ps: self.binary_optimizer(ps, epochs, steps_per_epoch)),
-            default=lambda ps: ordinary(model, name=name, lr=lr, momentum=momentum,
-                                        weight_decay=weight_decay, dataset=dataset),
-        )
+            model, (is_binary_weight, lambda ps: self.binary_optimizer(ps, epochs, steps)),
+            # the ordinary optimizer builds over param_groups(), i.e. the routed "rest"
+            default=lambda ps: Binarizer.optimizer(self, model, settings, run))
 
 
 @register("bop2", aliases=("bop2ndorder",))

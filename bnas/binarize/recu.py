@@ -31,7 +31,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..data.info import dataset_info
 from .base import Binarizer, BinaryConv2d
 from .hparams import invalid, number
 from .normalize import standardize, standardized_sign
@@ -46,11 +45,6 @@ def tau_schedule(epoch: int, epochs: int, tau_min: float, tau_max: float) -> flo
     """``A * exp(epoch / epochs) + B``, ``A = (tau_max - tau_min)/(e - 1)``, ``B = tau_min - A``."""
     a = (tau_max - tau_min) / (math.e - 1.0)
     return a * math.exp(epoch / epochs) + tau_min - a
-
-
-def dataset_family(dataset: str) -> str:
-    """``"cifar"`` or ``"imagenet"`` for a family name or a registered dataset name."""
-    return dataset if dataset in ("cifar", "imagenet") else dataset_info(dataset).style
 
 
 class ReCUConv2d(BinaryConv2d):
@@ -114,12 +108,12 @@ class ReCU(Binarizer):
             layer.tau.fill_(tau)
 
     def param_groups(self, model: nn.Module, weight_decay: float,
-                     dataset: str = "cifar") -> list[dict[str, Any]]:
+                     family: str = "cifar") -> list[dict[str, Any]]:
         """CIFAR: every parameter decays. ImageNet: only the weights and biases of convolutions
         and linear layers, and ``alpha``, outside residual downsample branches (sub-modules named
         ``residual``, ``downsample`` or ``shortcut``)."""
-        if dataset_family(dataset) != "imagenet":
-            return super().param_groups(model, weight_decay, dataset)
+        if family != "imagenet":
+            return super().param_groups(model, weight_decay, family)
         decay: list[nn.Parameter] = []
         rest: list[nn.Parameter] = []
         seen: set[int] = set()

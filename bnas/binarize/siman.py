@@ -146,7 +146,7 @@ class SiMaN(Binarizer):
             layer.percent.fill_(percent)
 
     def param_groups(self, model: nn.Module, weight_decay: float,
-                     dataset: str = "cifar") -> list[dict[str, Any]]:
+                     family: str = "cifar") -> list[dict[str, Any]]:
         """Binary-convolution parameters without weight decay, the rest with ``weight_decay``."""
         binary = {id(p) for layer in self.binary_convs(model) for p in layer.parameters()}
         params = [p for p in model.parameters() if p.requires_grad]

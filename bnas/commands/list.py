@@ -68,7 +68,7 @@ def _binarizer_rows() -> list[Row]:
 
 def _dataset_rows() -> list[Row]:
     return [{"name": name, "classes": info.num_classes or "from folders",
-             "image_size": info.image_size, "style": info.style, "description": info.description}
+             "image_size": info.image_size, "family": info.family, "description": info.description}
             for name, info in DATASET_INFO.items()]
 
 
@@ -88,7 +88,7 @@ CATEGORIES.add("binarizers", Category("binarizer", _binarizer_rows, ("hparams", 
                aliases=("binarizer", "schemes"))
 CATEGORIES.add("datasets",
                Category("dataset", _dataset_rows,
-                        ("classes", "image_size", "style", "description")),
+                        ("classes", "image_size", "family", "description")),
                aliases=("dataset", "data"))
 
 

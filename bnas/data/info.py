@@ -8,12 +8,12 @@ from ..registry import Registry
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """``style`` picks the network family: ``cifar`` (32x32 stems) or ``imagenet`` (224x224)."""
+    """``family`` picks the network family: ``cifar`` (32x32 stems) or ``imagenet`` (224x224)."""
 
     name: str
     num_classes: int
     image_size: int
-    style: str
+    family: str
     description: str
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..errors import BnasError
+from ..run.rng import epoch_seed
 
 
 def subset(dataset: Dataset, size: int | float | None, seed: int) -> Dataset:
@@ -56,7 +57,7 @@ class EpochLoader:
     def set_epoch(self, epoch: int) -> None:
         if isinstance(self.loader.sampler, DistributedSampler):
             self.loader.sampler.set_epoch(epoch)
-        self.loader.generator.manual_seed((self.seed * 1_000_003 + epoch) * 1_009 + self.rank)
+        self.loader.generator.manual_seed(epoch_seed(self.seed, epoch, self.rank))
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.loader)

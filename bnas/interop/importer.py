@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import build_model
 from ..model.overrides import apply_overrides
+from ..run import checkpoint as run_checkpoint
 from ..train import checkpoint
 from .convert import convert
 from .reading import read_state_dict
@@ -40,8 +41,8 @@ def import_checkpoint(source: str, path: str | Path, out: str | Path, *, arch: s
     settings = {"arch": arch, "config": config, "layers": layers, "init_channels": init_channels,
                 "num_classes": num_classes, "binarizer": src.binarizer, "binarizer_hparams": {},
                 "layer_overrides": overrides, "dataset": model.dataset}
-    checkpoint.atomic_save({
-        "format": checkpoint.FORMAT, "kind": "weights", "model": model.state_dict(),
+    run_checkpoint.save("weights", {
+        "model": model.state_dict(),
         "identity": checkpoint.identity(model, layers=layers, init_channels=init_channels,
                                         config=config),
         "config": settings, "imported": record}, out)

@@ -59,17 +59,17 @@ def build_model(arch: str | Genotype | None = None, *, dataset: str | None = Non
         if layers is not None or init_channels is not None:
             raise BnasError(f"'{genotype.name}' is a fixed network: --layers and "
                             f"--init-channels apply to cell genotypes only")
-        spec = genotype.network.get(info.style)
+        spec = genotype.network.get(info.family)
         if spec is None:
-            raise BnasError(f"'{genotype.name}' has no {info.style}-style network "
+            raise BnasError(f"'{genotype.name}' has no {info.family}-style network "
                             f"(it has: {', '.join(genotype.network)})")
         model = build_fixed(spec, num_classes, scheme)
     else:
-        default_layers, default_c = DEFAULT_SIZE[info.style]
+        default_layers, default_c = DEFAULT_SIZE[info.family]
         if cfg is not None:
             default_layers, default_c = cfg.layers, cfg.init_channels
         model = CellNetwork(genotype, init_channels or default_c, layers or default_layers,
-                            num_classes, scheme, stem=info.style)
+                            num_classes, scheme, stem=info.family)
     apply_overrides(model, layer_overrides or {})
     model.genotype = genotype
     model.binarizer = scheme

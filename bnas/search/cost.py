@@ -193,7 +193,7 @@ class RetrainSize:
         """Defaults: the builder's cell-network size for the dataset's family (20 cells, C=36
         for CIFAR-style data; 12, C=64 for ImageNet) at the dataset's image size."""
         info = dataset_info(dataset)
-        default_layers, default_c = DEFAULT_SIZE[info.style]
+        default_layers, default_c = DEFAULT_SIZE[info.family]
         return cls(dataset, layers or default_layers, init_channels or default_c,
                    image_size or info.image_size, num_classes)
 

@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
-import inspect
 import logging
-import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,16 +47,17 @@ from torch.utils.data import Subset
 
 from .. import __version__
 from .. import genotype as G
-from ..binarize import get as get_binarizer
+from ..binarize import OptimizerSettings, RunSpec, get as get_binarizer
 from ..data import build_dataset, dataset_info, num_classes_of
 from ..data.loaders import build_loader
 from ..data.split import split_indices
 from ..errors import BnasError
-from ..runio import EpochCallback, attach_run_log
-from ..train.checkpoint import SAFE_GLOBALS, atomic_save
-from ..train.distributed import Context, distributed_context
-from ..train.metrics import Meter
-from ..train.progress import Progress
+from ..run import checkpoint as run_checkpoint
+from ..run.context import Context, distributed_context
+from ..run.loop import EpochCallback, EpochRun
+from ..run.rng import epoch_seed
+from ..run.rundir import attach_run_log, default_run_dir, make_run_dir
+from ..run.schedules import LrScheduler, build_schedule
 from .architect import Architect
 from .config import SearchConfig, from_dict
 from .cost import CostObjective
@@ -68,7 +66,6 @@ from .network import ARCH_NAMES, SearchNetwork
 from .record import SearchRecord
 
 log = logging.getLogger("bnas.search")
-CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_KIND = "search-checkpoint"
 IMAGENET_SUFFIX = "_imagenet"
 
@@ -83,12 +80,6 @@ class SearchResult:
     best_top1: float
     out: Path
     alphas: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
-    """``minimum + (base - minimum) * (1 + cos(pi * epoch / epochs)) / 2`` (SGDR without
-    restarts, stepped per epoch as BNAS's ``CosineAnnealingLR``)."""
-    return minimum + (base - minimum) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
 def _find_malloc_trim():
@@ -132,16 +123,18 @@ def search_step(net: SearchNetwork, model: torch.nn.Module, architect: Architect
 
 def weight_optimizer(net: SearchNetwork, cfg: SearchConfig, steps_per_epoch: int) -> torch.optim.Optimizer:
     """The binarizer's optimizer for the supernet's weights (not the alphas), with BNAS's SGD
-    settings; schemes with scheduled hyper-parameters (Bop) also get the run's length."""
-    kwargs: dict[str, Any] = {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum,
-                              "weight_decay": cfg.weight_decay, "dataset": cfg.dataset}
-    accepted = inspect.signature(net.binarizer.optimizer).parameters
-    kwargs.update({k: v for k, v in (("epochs", cfg.epochs), ("steps_per_epoch", steps_per_epoch))
-                   if k in accepted})
-    optimizer = net.binarizer.optimizer(net.weights_view(), **kwargs)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]
-    return optimizer
+    settings, over the run's length (schemes with scheduled hyper-parameters use it)."""
+    return net.binarizer.optimizer(
+        net.weights_view(), OptimizerSettings(cfg.lr, "sgd", cfg.momentum, cfg.weight_decay),
+        RunSpec(cfg.epochs, steps_per_epoch, dataset_info(cfg.dataset).family))
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: SearchConfig,
+                 steps_per_epoch: int) -> LrScheduler:
+    """BNAS's weight learning rate: ``lr`` cosine-annealed per epoch to ``lr_min`` (SGDR
+    without restarts, as its ``CosineAnnealingLR``)."""
+    return LrScheduler(optimizer, build_schedule("cosine", cfg.epochs, steps_per_epoch,
+                                                 args={"final": cfg.lr_min / cfg.lr}))
 
 
 def check_save_name(cfg: SearchConfig, overwrite: bool) -> None:
@@ -165,65 +158,52 @@ def _cycle(loader) -> Iterator[Any]:
         yield from loader
 
 
-def _setup_logging(out: Path, enabled: bool) -> list[logging.Handler]:
-    return attach_run_log(log, out / "log.txt", enabled)
+class Searcher(EpochRun):
+    """One search run (see the module docstring): built by :meth:`__init__`, run by :meth:`run`.
 
+    :attr:`model` is the supernet (with the binarizer and the alphas), :attr:`net` the module
+    the steps run through (the supernet, or its DistributedDataParallel wrapper)."""
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise BnasError(f"no search checkpoint at {path}")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BnasError(f"{path} is not a readable search checkpoint ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or data.get("kind") != CHECKPOINT_KIND:
-        raise BnasError(f"{path} is not a bnas search checkpoint")
-    data["path"] = path
-    return data
-
-
-class Searcher:
-    """One search run (see the module docstring): built by :meth:`__init__`, run by :meth:`run`."""
+    log = log
 
     def __init__(self, cfg: SearchConfig, ctx: Context, saved: dict[str, Any] | None = None) -> None:
         self.cfg, self.ctx = cfg, ctx
+        self.epochs, self.progress = cfg.epochs, cfg.progress
         check_save_name(cfg, cfg.overwrite or saved is not None)
         self._build_data()
         self.out = self._run_dir(saved)
-        self._handlers = _setup_logging(self.out, ctx.is_main)
+        self.handlers = attach_run_log(log, self.out / "log.txt", ctx.is_main)
         torch.manual_seed(cfg.seed)
         binarizer = get_binarizer(cfg.binarizer, **cfg.binarizer_hparams)
-        self.net = SearchNetwork(self.num_classes, cfg.init_channels, cfg.layers, cfg.steps,
-                                 cfg.space, binarizer, cfg.impl).to(ctx.device)
-        self.optimizer = weight_optimizer(self.net, cfg, len(self.weight_loader))
-        self.cost = (CostObjective.for_search(cfg, self.net.op_names, self.num_classes, binarizer)
+        self.model = SearchNetwork(self.num_classes, cfg.init_channels, cfg.layers, cfg.steps,
+                                   cfg.space, binarizer, cfg.impl).to(ctx.device)
+        self.optimizer = weight_optimizer(self.model, cfg, len(self.train_loader))
+        self.scheduler = lr_scheduler(self.optimizer, cfg, len(self.train_loader))
+        self.cost = (CostObjective.for_search(cfg, self.model.op_names, self.num_classes, binarizer)
                      if cfg.cost is not None else None)
-        self.architect = Architect(self.net, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
-                                   lam=cfg.lam, tau=cfg.tau, order=cfg.order, average=self._average,
+        self.architect = Architect(self.model, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay,
+                                   lam=cfg.lam, tau=cfg.tau, order=cfg.order, average=ctx.average_,
                                    cost=self.cost)
         self.start_epoch = 0
         self.best: dict[str, Any] | None = None
         if saved is not None:
             self._restore(saved)
-        self.model: torch.nn.Module = self.net
+        self.net: torch.nn.Module = self.model
         if ctx.distributed:
-            for alpha in self.net.arch_parameters():
+            for alpha in self.model.arch_parameters():
                 dist.broadcast(alpha.data, src=0)
             # DDP names the root module's parameters both "name" and ".name" internally.
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                self.net, [*ARCH_NAMES, *(f".{name}" for name in ARCH_NAMES)])
-            self.model = DistributedDataParallel(
-                self.net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        self.record = SearchRecord(self.out, self.net.op_names, cfg.steps, ctx.is_main)
+                self.model, [*ARCH_NAMES, *(f".{name}" for name in ARCH_NAMES)])
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        self.record = SearchRecord(self.out, self.model.op_names, cfg.steps, ctx.is_main)
         self.record.truncate(self.start_epoch)
-        n_params = sum(p.numel() for p in self.net.weight_parameters())
+        n_params = sum(p.numel() for p in self.model.weight_parameters())
         log.info("searching %s space with binarizer %s on %s (%d weight / %d architecture images, "
                  "%d classes): supernet C=%d, %d layers, %d weights; %d epochs, batch %d, "
                  "order %d, %d process(es) on %s; run directory %s",
-                 cfg.space, self.net.binarizer.config(), cfg.dataset, self.split_sizes[0],
+                 cfg.space, self.model.binarizer.config(), cfg.dataset, self.split_sizes[0],
                  self.split_sizes[1], self.num_classes, cfg.init_channels, cfg.layers, n_params,
                  cfg.epochs, cfg.batch_size, cfg.order, ctx.world_size, ctx.device, self.out)
         if self.cost is not None:
@@ -232,26 +212,18 @@ class Searcher:
     # -- setup ------------------------------------------------------------------------------
     def _run_dir(self, saved: dict[str, Any] | None) -> Path:
         if saved is not None:
-            out = saved["path"].parent
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            out = Path(self.ctx.broadcast_object(self.cfg.out or f"runs/search-{self.cfg.save}-{stamp}"))
+            return saved["path"].parent
+        out = make_run_dir(self.ctx, self.cfg.out or default_run_dir("search", self.cfg.save))
+        if self.cfg.out is None:
             self.cfg.out = str(out)
-        out = out.expanduser()
-        if self.ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        self.ctx.barrier()
         return out
 
     def _build_data(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         options = {"root": cfg.data, "image_size": cfg.image_size}
-        if not ctx.is_main:  # rank 0 downloads (CIFAR) before the others look
-            ctx.barrier()
-        train_set = build_dataset(cfg.dataset, "train", augment=True, **options)
-        val_set = build_dataset(cfg.dataset, "train", augment=False, **options)
-        if ctx.is_main:
-            ctx.barrier()
+        with ctx.main_first():  # rank 0 downloads (CIFAR) before the others look
+            train_set = build_dataset(cfg.dataset, "train", augment=True, **options)
+            val_set = build_dataset(cfg.dataset, "train", augment=False, **options)
         self.num_classes = num_classes_of(train_set) or dataset_info(cfg.dataset).num_classes
         if not self.num_classes:
             raise BnasError(f"dataset '{cfg.dataset}' has no classes")
@@ -264,107 +236,48 @@ class Searcher:
         self.split_sizes = (len(weight_idx), len(arch_idx))
         common = {"batch_size": cfg.batch_size, "rank": ctx.rank, "world_size": ctx.world_size,
                   "workers": cfg.workers, "pin_memory": ctx.device.type == "cuda"}
-        self.weight_loader = build_loader(Subset(train_set, weight_idx), train=True, seed=cfg.seed,
-                                          **common)
+        self.train_loader = build_loader(Subset(train_set, weight_idx), train=True, seed=cfg.seed,
+                                         **common)
         self.arch_loader = build_loader(Subset(train_set, arch_idx), train=True, seed=cfg.seed + 1,
                                         **common)
         self.val_loader = build_loader(Subset(val_set, arch_idx), train=False, seed=cfg.seed,
                                        **common)
 
     def _restore(self, saved: dict[str, Any]) -> None:
-        self.net.load_state_dict(saved["model"])
+        self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["weight_optimizer"])
         self.architect.optimizer.load_state_dict(saved["arch_optimizer"])
         self.start_epoch = int(saved["epoch"])
         self.best = saved["best"]
         log.info("resumed from %s after epoch %d", saved["path"], self.start_epoch)
 
-    def _average(self, tensors: list[torch.Tensor]) -> None:
-        """Average ``tensors`` over the processes, in place."""
-        if not self.ctx.distributed or not tensors:
-            return
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        self.ctx.all_reduce_sum(flat)
-        flat /= self.ctx.world_size
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
-
     # -- the loop ---------------------------------------------------------------------------
-    def run(self, on_epoch_end: EpochCallback | None = None) -> SearchResult:
-        cfg = self.cfg
-        progress = Progress(cfg.epochs, self.start_epoch, enabled=cfg.progress and self.ctx.is_main)
-        try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                started = time.perf_counter()
-                train = self.train_epoch(epoch, progress)
-                val = self.validate()
-                metrics = self.end_epoch(epoch, train, val, time.perf_counter() - started)
-                progress.end_epoch(time.perf_counter() - started)
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, metrics)
-            return self.finish()
-        finally:
-            for handler in self._handlers:
-                handler.close()
-                log.removeHandler(handler)
+    def epoch_loaders(self) -> list[Any]:
+        return [self.train_loader, self.arch_loader]
 
-    def _to_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch
-        return x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+    def begin_epoch(self, epoch: int) -> None:
+        """The epoch's own random stream (dropout-free, but the binarizers may draw), the
+        binarizer's schedules, and the architecture batches, cycled."""
+        torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.ctx.rank))
+        super().begin_epoch(epoch)
+        self._arch_batches = _cycle(self.arch_loader)
 
-    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
-        cfg, net = self.cfg, self.net
-        torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + self.ctx.rank)
-        for group in self.optimizer.param_groups:
-            group["lr"] = cosine_lr(group["initial_lr"], cfg.lr_min, epoch, cfg.epochs)
-        net.binarizer.set_epoch(net, epoch, cfg.epochs)
-        for loader in (self.weight_loader, self.arch_loader):
-            loader.set_epoch(epoch)
-        net.train()
-        arch_batches = _cycle(self.arch_loader)
-        meter = Meter(self.ctx.device)
-        steps = len(self.weight_loader)
-        progress.start_epoch_(epoch, steps)
-        images = 0
-        for step, batch in enumerate(self.weight_loader):
-            batch, arch_batch = self._to_device(batch), self._to_device(next(arch_batches))
-            net.binarizer.before_batch(net, epoch, step)
-            loss, logits = search_step(net, self.model, self.architect, self.optimizer, batch,
-                                       arch_batch, epoch)
-            meter.update(loss, logits, batch[1])
-            images += batch[1].numel()
-            if progress.due(step + 1):
-                running = meter.result()
-                progress.draw(step + 1, running["loss"], running["top1"], images)
-        return {**meter.result(self.ctx), "lr": self.optimizer.param_groups[0]["lr"]}
-
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Loss and accuracy of the supernet on the architecture split (eval mode)."""
-        if self.ctx.distributed:  # rank 0's BatchNorm statistics everywhere
-            for buffer in self.net.buffers():
-                dist.broadcast(buffer, src=0)
-        self.net.eval()
-        meter = Meter(self.ctx.device)
-        for batch in self.val_loader:
-            x, y = self._to_device(batch)
-            logits = self.net(x)
-            meter.update(F.cross_entropy(logits, y), logits, y)
-        self.net.train()
-        return meter.result(self.ctx)
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+             batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        arch_batch = self.ctx.to_device(*next(self._arch_batches))
+        return search_step(self.model, self.net, self.architect, self.optimizer, (x, y),
+                           arch_batch, epoch)
 
     def genotypes(self) -> dict[str, G.Genotype]:
         """The CIFAR genotype and the ImageNet one (zeroise down-weighted by ``gamma``)."""
-        cfg, net = self.cfg, self.net
+        cfg, net = self.cfg, self.model
         weights = net.edge_weights()
         return {"genotype": derive(weights, net.op_names, cfg.steps, net.space, 1.0, cfg.save),
                 "genotype_imagenet": derive(weights, net.op_names, cfg.steps, net.space, cfg.gamma,
                                             cfg.save + IMAGENET_SUFFIX)}
 
     def _check_agreement(self) -> None:
-        alphas = [a.detach().cpu() for a in self.net.arch_parameters()]
+        alphas = [a.detach().cpu() for a in self.model.arch_parameters()]
         gathered = self.ctx.all_gather_object(alphas)
         if any(not all(torch.equal(a, b) for a, b in zip(alphas, other)) for other in gathered):
             raise RuntimeError("the search processes hold different architecture parameters")
@@ -383,12 +296,12 @@ class Searcher:
                          **{k: g.to_json() for k, g in genotypes.items()}}
         self._check_agreement()
         if self.ctx.is_main:
-            self.record.write(epoch, self.net.edge_weights(), genotypes, metrics)
-            atomic_save({"kind": CHECKPOINT_KIND, "format": 1, "bnas_version": __version__,
-                         "epoch": epoch + 1, "config": self.cfg.to_dict(), "model": self.net.state_dict(),
-                         "weight_optimizer": self.optimizer.state_dict(),
-                         "arch_optimizer": self.architect.optimizer.state_dict(),
-                         "best": self.best}, self.out / CHECKPOINT)
+            self.record.write(epoch, self.model.edge_weights(), genotypes, metrics)
+            run_checkpoint.save(CHECKPOINT_KIND, {
+                "epoch": epoch + 1, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "weight_optimizer": self.optimizer.state_dict(),
+                "arch_optimizer": self.architect.optimizer.state_dict(),
+                "best": self.best}, self.out / run_checkpoint.CHECKPOINT)
         self.ctx.barrier()
         log.info("epoch %d/%d  train loss %.4f top1 %.2f | val loss %.4f top1 %.2f | lr %.5f "
                  "| %.1fs | %s", epoch + 1, self.cfg.epochs, train["loss"], train["top1"],
@@ -401,18 +314,18 @@ class Searcher:
     def provenance(self, gamma: float) -> dict[str, Any]:
         cfg = self.cfg
         return {"dataset": cfg.dataset, "epochs": cfg.epochs, "seed": cfg.seed, "space": cfg.space,
-                "binarizer": self.net.binarizer.config(), "bnas_version": __version__,
+                "binarizer": self.model.binarizer.config(), "bnas_version": __version__,
                 "date": dt.datetime.now().isoformat(timespec="seconds"),
                 "best_epoch": self.best["epoch"] + 1, "best_val_top1": self.best["val_top1"],
-                "gamma": gamma, "ops": list(self.net.op_names),
+                "gamma": gamma, "ops": list(self.model.op_names),
                 "alphas": {k: a.detach().cpu().tolist() for k, a in
-                           zip(("normal", "reduce"), self.net.arch_parameters())},
+                           zip(("normal", "reduce"), self.model.arch_parameters())},
                 "search": {k: getattr(cfg, k) for k in (
                     "layers", "init_channels", "steps", "batch_size", "train_portion", "order",
                     "lam", "tau", "lr", "lr_min", "arch_lr", "image_size", "subset", "impl")},
                 "run": str(self.out)}
 
-    def finish(self) -> SearchResult:
+    def result(self) -> SearchResult:
         """Write the best epoch's genotypes (user directory and run directory)."""
         cfg = self.cfg
         found = {}
@@ -435,7 +348,7 @@ class Searcher:
         return SearchResult(found["genotype"], found["genotype_imagenet"], self.best["epoch"],
                             self.best["val_top1"], self.out,
                             {k: a.detach().cpu() for k, a in
-                             zip(("normal", "reduce"), self.net.arch_parameters())})
+                             zip(("normal", "reduce"), self.model.arch_parameters())})
 
 
 def _budget(meets: bool | None) -> str:
@@ -457,7 +370,8 @@ def search(cfg: SearchConfig | None = None, *, resume: str | Path | None = None,
 
     ``on_epoch_end(epoch, metrics)`` is called on every process after each epoch's checkpoint,
     with ``val_top1``, ``val_loss``, ``train_top1``, ``train_loss``, ``lr`` and ``seconds``."""
-    saved = _load_checkpoint(Path(resume).expanduser()) if resume is not None else None
+    saved = (run_checkpoint.load(resume, (CHECKPOINT_KIND,), "search checkpoint")
+             if resume is not None else None)
     if saved is not None:
         cfg = from_dict(saved["config"])
     if cfg is None:

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BnasError
-from ..genotype import atomic_write_text, load
+from ..genotype import load
 from ..model import build_model
 from ..profiling import profile
-from ..runio import atomic_write
+from ..runio import atomic_write, atomic_write_text
 from .config import resolve
 from .cost import COST_KINDS, RetrainSize, parse_target
 

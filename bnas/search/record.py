@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..genotype import atomic_write_text
+from ..runio import atomic_write_text
 from . import topology
 
 FILES = ("alphas.jsonl", "genotypes.jsonl")

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, loaded safely, and checked against the model they go into.
+"""Training checkpoints: what they hold, and the check against the model they go into.
 
 Two kinds of file, both ``torch.save`` dictionaries with ``format`` and ``kind``:
 
@@ -9,50 +9,27 @@ Two kinds of file, both ``torch.save`` dictionaries with ``format`` and ``kind``
 
 Both carry the model's *identity* (genotype, size, classes, binarizer), so a file given to the
 wrong architecture is refused with a message that says which one it belongs to, before any
-tensor is loaded. Files are written to a temporary name and renamed: a run killed while saving
-leaves the previous file intact. Loading uses ``torch.load(weights_only=True)``.
+tensor is loaded. Writing and reading (atomic, safe, with kind and format) is
+:mod:`bnas.run.checkpoint`'s.
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
-from ..binarize import schedules as hyper_schedules
 from ..errors import BnasError
-from ..runio import atomic_write
+from ..run import checkpoint as run_checkpoint
 
-FORMAT = 1
 KINDS = ("checkpoint", "weights")
-#: Classes a saved optimizer state may hold (Bop's hyper-parameter schedules).
-SAFE_GLOBALS = [hyper_schedules.Constant, hyper_schedules.StepDecay, hyper_schedules.Linear]
-
-
-def atomic_save(payload: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, flushed, then renamed over it."""
-    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """A bnas checkpoint or weights file, on the CPU."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise BnasError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated file, another program's pickle, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BnasError(f"{path} is not a readable bnas checkpoint ({first})") from None
-    if not isinstance(data, dict) or data.get("kind") not in KINDS or "model" not in data:
-        raise BnasError(f"{path} is not a bnas checkpoint (no model weights and identity)")
-    if data.get("format") != FORMAT:
-        raise BnasError(f"{path} has checkpoint format {data.get('format')!r}; this bnas reads "
-                        f"format {FORMAT}")
+    """A bnas training checkpoint or weights file (or a run directory's checkpoint), on the CPU."""
+    data = run_checkpoint.load(path, KINDS)
+    if "model" not in data:
+        raise BnasError(f"{data['path']} is not a bnas checkpoint (no model weights and identity)")
     return data
 
 
@@ -123,35 +100,3 @@ def load_model_state(path: str | Path, saved: dict[str, Any], model: nn.Module,
     """Check, then load every tensor of ``saved`` into ``model`` (never half of them)."""
     check_compatible(path, saved, model, current)
     model.load_state_dict(saved["model"], strict=True)
-
-
-# -- random-number generators ------------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """This process's generator states: torch (CPU and CUDA), NumPy and Python."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4])},
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32),
-                         np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
-    random.setstate(_as_tuples(state["python"]))
-
-
-def _as_tuples(value: Any) -> Any:
-    """Python's generator state with its nested lists back as tuples."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_as_tuples(v) for v in value)
-    return value

@@ -29,10 +29,10 @@ from .. import presets
 from ..binarize import BINARIZERS
 from ..data.info import DATASET_INFO, dataset_info
 from ..errors import BnasError, unknown
-from ..genotype import atomic_write_text
 from ..model.configs import CONFIGS
+from ..run.schedules import SCHEDULES, build_schedule
+from ..runio import atomic_write_text
 from .data import LOADERS
-from .schedules import SCHEDULES, build_schedule
 
 AMP_MODES = ("bf16", "fp16")
 OPTIMIZERS = ("sgd", "adam")
@@ -101,9 +101,9 @@ class TrainConfig:
 
     # -- derived ------------------------------------------------------------------------------
     @property
-    def style(self) -> str:
+    def family(self) -> str:
         """The dataset family, ``cifar`` or ``imagenet``."""
-        return dataset_info(self.dataset).style
+        return dataset_info(self.dataset).family
 
     @property
     def name(self) -> str:
@@ -224,8 +224,8 @@ def resolve_config(preset: str | Path | None, overrides: dict[str, Any]) -> Trai
     layer = load_preset(preset) if preset is not None else {}
     defaults = {name: getattr(TrainConfig(), name) for name in FIELDS}
     pick = {**defaults, **layer, **given}
-    style = dataset_info(pick["dataset"]).style
-    recipe = BINARIZERS.get(pick["binarizer"]).recipe(style)
+    family = dataset_info(pick["dataset"]).family
+    recipe = BINARIZERS.get(pick["binarizer"]).recipe(family)
     _check_keys(recipe, f"the {pick['binarizer']} recipe")
     recipe["binarizer"] = pick["binarizer"]
     return TrainConfig(**_combine([defaults, recipe, layer, given])).validate()

@@ -11,7 +11,7 @@ from ..data import build_dataset, dataset_info, num_classes_of
 from ..data.loaders import build_loader, subset
 from ..errors import BnasError
 from ..registry import Registry
-from .distributed import Context
+from ..run.context import Context
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -46,12 +46,9 @@ def torch_loaders(cfg: TrainConfig, ctx: Context, train: bool) -> Data:
     """torchvision datasets (``bnas.data.build_dataset``) through a DataLoader per process."""
     options = {"root": cfg.data, "image_size": cfg.image_size}
     splits = ("train", "val") if train else ("val",)
-    if not ctx.is_main:  # rank 0 downloads (CIFAR) before the others look
-        ctx.barrier()
-    datasets = {split: build_dataset(cfg.dataset, split, augment=split == "train", **options)
-                for split in splits}
-    if ctx.is_main:
-        ctx.barrier()
+    with ctx.main_first():  # rank 0 downloads (CIFAR) before the others look
+        datasets = {split: build_dataset(cfg.dataset, split, augment=split == "train", **options)
+                    for split in splits}
     num_classes = (cfg.num_classes or num_classes_of(datasets[splits[0]])
                    or dataset_info(cfg.dataset).num_classes)
     if not num_classes:

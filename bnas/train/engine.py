@@ -17,31 +17,30 @@ weights (fresh optimizer and schedule); a run resumed after its first epoch keep
 """
 from __future__ import annotations
 
-import inspect
 import logging
-import random
-import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import build_model
+from ..binarize import OptimizerSettings, RunSpec
 from ..errors import BnasError
 from ..ops import BinConvOp, native
 from ..ops.lean import fused_input
-from ..runio import EpochCallback, attach_run_log
+from ..run import checkpoint as run_checkpoint
+from ..run.context import Context, distributed_context
+from ..run.loop import EpochCallback, EpochRun, validate
+from ..run.metrics import MetricsLog
+from ..run.rng import rng_state, seed_everything, set_rng_state
+from ..run.rundir import attach_run_log, default_run_dir, make_run_dir
+from ..run.schedules import LrScheduler, build_schedule
 from . import checkpoint
 from .config import TrainConfig, config_dict, save_config
 from .data import LOADERS, Data
-from .distributed import Context, distributed_context
-from .metrics import Meter, MetricsLog
-from .progress import Progress
-from .schedules import LrScheduler, build_schedule
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("bnas.train")
@@ -49,13 +48,6 @@ log = logging.getLogger("bnas.train")
 
 class NonFiniteLoss(BnasError):
     """The training loss became NaN or infinite; the run stopped before using it."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def build_network(cfg: TrainConfig, num_classes: int, ctx: Context) -> nn.Module:
@@ -85,68 +77,37 @@ def model_identity(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
                                config=cfg.config)
 
 
-def _to_device(x: torch.Tensor, y: torch.Tensor, ctx: Context,
-               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.to(ctx.device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(ctx.device, non_blocking=True)
-
-
-def _autocast(cfg: TrainConfig, ctx: Context):
+def autocast(cfg: TrainConfig, ctx: Context) -> AbstractContextManager | None:
+    """The ``--amp`` context of forward passes (None without ``--amp``)."""
     if cfg.amp is None:
-        return nullcontext()
+        return None
     return torch.autocast(device_type=ctx.device.type, dtype=AMP_DTYPES[cfg.amp])
 
 
-@torch.no_grad()
-def run_validation(model: nn.Module, loader: Any, cfg: TrainConfig, ctx: Context) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 and top-5 over the whole validation set."""
-    model.eval()
-    meter = Meter(ctx.device)
-    criterion = nn.CrossEntropyLoss()
-    for x, y in loader:
-        x, y = _to_device(x, y, ctx, cfg.channels_last)
-        with _autocast(cfg, ctx):
-            logits = model(x)
-        meter.update(criterion(logits.float(), y), logits, y)
-    return meter.result(ctx)
-
-
-def _make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.Optimizer:
-    """The scheme's optimizer; schemes with scheduled hyper-parameters (Bop) also get the run's
-    length."""
-    binarizer = model.binarizer
-    kwargs: dict[str, Any] = {"name": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum,
-                              "weight_decay": cfg.weight_decay, "dataset": cfg.style}
-    accepted = inspect.signature(binarizer.optimizer).parameters
-    kwargs.update({k: v for k, v in (("epochs", cfg.epochs), ("steps_per_epoch", steps_per_epoch))
-                   if k in accepted})
-    return binarizer.optimizer(model, **kwargs)
-
-
-def _setup_logging(out: Path, enabled: bool) -> list[logging.Handler]:
-    return attach_run_log(log, out / "log", enabled)
-
-
-class Trainer:
+class Trainer(EpochRun):
     """One training run: built from a configuration by :meth:`__init__`, run by :meth:`fit`.
 
     After ``fit``, :attr:`model` holds the final weights (unwrapped from DDP).
     """
 
+    log = log
+
     def __init__(self, cfg: TrainConfig, ctx: Context) -> None:
         self.cfg, self.ctx = cfg, ctx
+        self.epochs, self.progress, self.channels_last = cfg.epochs, cfg.progress, cfg.channels_last
         self.out = self._run_dir()
-        self._handlers = _setup_logging(self.out, ctx.is_main)
+        self.handlers = attach_run_log(log, self.out / "log", ctx.is_main)
         seed_everything(cfg.seed)
         self.data: Data = LOADERS.get(cfg.loader)(cfg, ctx, True)
+        self.train_loader, self.val_loader = self.data.train, self.data.val
         self.model = build_network(cfg, self.data.num_classes, ctx)
         self.identity = model_identity(self.model, cfg)
         if ctx.distributed:  # the same initial weights everywhere, other random streams
             seed_everything(cfg.seed + ctx.rank)
         steps = len(self.data.train)
-        self.optimizer = _make_optimizer(self.model, cfg, steps)
+        self.optimizer = self.model.binarizer.optimizer(
+            self.model, OptimizerSettings(cfg.lr, cfg.optimizer, cfg.momentum, cfg.weight_decay),
+            RunSpec(cfg.epochs, steps, cfg.family))
         self.scheduler = LrScheduler(self.optimizer, build_schedule(
             cfg.schedule, cfg.epochs, steps, cfg.warmup_epochs, cfg.schedule_args))
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
@@ -185,15 +146,11 @@ class Trainer:
         if cfg.out is None and isinstance(cfg.resume, str):
             resume = Path(cfg.resume).expanduser()
             cfg.out = str(resume if resume.is_dir() else resume.parent)
+        if cfg.out is None and cfg.resume is True:
+            raise BnasError("--resume needs --out DIR (the run directory to continue)")
+        out = make_run_dir(self.ctx, cfg.out or default_run_dir("train", Path(cfg.name).stem))
         if cfg.out is None:
-            if cfg.resume is True:
-                raise BnasError("--resume needs --out DIR (the run directory to continue)")
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            cfg.out = self.ctx.broadcast_object(f"runs/train-{Path(cfg.name).stem}-{stamp}")
-        out = Path(cfg.out).expanduser()
-        if self.ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        self.ctx.barrier()
+            cfg.out = str(out)
         return out
 
     def _resume_file(self) -> Path | None:
@@ -202,7 +159,7 @@ class Trainer:
             return None
         path = self.out if resume is True else Path(resume).expanduser()
         if path.is_dir():
-            path = path / "checkpoint.pt"
+            path = path / run_checkpoint.CHECKPOINT
             if not path.is_file():
                 log.info("no checkpoint in %s yet: starting from scratch", path.parent)
                 return None
@@ -231,7 +188,7 @@ class Trainer:
         self.last = dict(saved.get("metrics") or {})
         states = saved["rng"]
         if len(states) == self.ctx.world_size:
-            checkpoint.set_rng_state(states[self.ctx.rank])
+            set_rng_state(states[self.ctx.rank])
         else:
             log.info("checkpoint saved by %d process(es), resumed on %d: fresh random streams",
                      len(states), self.ctx.world_size)
@@ -249,58 +206,21 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:
-        """Train the remaining epochs; returns the final metrics."""
-        cfg, ctx = self.cfg, self.ctx
-        progress = Progress(cfg.epochs, self.start_epoch, enabled=cfg.progress and ctx.is_main)
-        try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                started = time.perf_counter()
-                self.model.binarizer.set_epoch(self.model, epoch, cfg.epochs)
-                if self.drop_path:
-                    self.model.drop_path_prob = cfg.drop_path * epoch / cfg.epochs
-                train = self.train_epoch(epoch, progress)
-                self._sync_buffers()
-                val = run_validation(self.model, self.data.val, cfg, ctx)
-                metrics = {"top1": val["top1"], "top5": val["top5"], "loss": val["loss"],
-                           "train_loss": train["loss"], "train_top1": train["top1"],
-                           "lr": train["lr"], "epoch_time": time.perf_counter() - started,
-                           "images_per_s": train["images_per_s"]}
-                self._end_epoch(epoch, metrics)
-                progress.end_epoch(metrics["epoch_time"])
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, metrics)
-        finally:
-            self.close()
-        return self.summary()
+        """Train the remaining epochs; returns the final metrics (:meth:`result`)."""
+        return self.run(on_epoch_end)
 
-    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
-        """One pass over the training shard; mean loss and top-1 over all processes."""
-        cfg, ctx = self.cfg, self.ctx
-        self.net.train()
-        loader = self.data.train
-        loader.set_epoch(epoch)
-        meter = Meter(ctx.device)
-        progress.start_epoch_(epoch, len(loader))
-        images, started = 0, time.perf_counter()
-        for batch, (x, y) in enumerate(loader):
-            self.model.binarizer.before_batch(self.model, epoch, batch)
-            self.scheduler.step(epoch, batch)
-            x, y = _to_device(x, y, ctx, cfg.channels_last)
-            loss, logits = self.train_step(x, y, epoch, batch)
-            meter.update(loss, logits, y)
-            images += y.size(0) * ctx.world_size
-            if progress.due(batch + 1):
-                running = meter.result()
-                progress.draw(batch + 1, running["loss"], running["top1"], images)
-        result = meter.result(ctx)
-        result["images_per_s"] = images / max(time.perf_counter() - started, 1e-9)
-        result["lr"] = self.scheduler.lr()
-        return result
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        if self.drop_path:
+            self.model.drop_path_prob = self.cfg.drop_path * epoch / self.cfg.epochs
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0,
-                   batch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def autocast(self) -> AbstractContextManager | None:
+        return autocast(self.cfg, self.ctx)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0,
+             batch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward and optimizer step on one batch; returns (loss, logits)."""
-        with _autocast(self.cfg, self.ctx):
+        with self.autocast() or nullcontext():
             logits = self.net(x)
             loss = self.criterion(logits, y)
         self._check_finite(loss, epoch, batch)
@@ -312,6 +232,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach(), logits.detach()
+
+    train_step = step
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, batch: int) -> None:
         value = loss.detach().float().clone()
@@ -325,34 +247,29 @@ class Trainer:
                             f"(the recipes' rates are for runs of hundreds of epochs) or "
                             f"--grad-clip may help")
 
-    def _sync_buffers(self) -> None:
-        """Give every process rank 0's BatchNorm statistics (what the checkpoint will hold)."""
-        if self.ctx.distributed:
-            for buffer in self.model.buffers():
-                torch.distributed.broadcast(buffer, src=0)
-
-    def _end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def end_epoch(self, epoch: int, train: dict[str, float], val: dict[str, float],
+                  seconds: float) -> dict[str, float]:
         """Best weights, checkpoint (rank 0, atomic), metrics record and log line."""
         cfg, ctx = self.cfg, self.ctx
+        metrics = {"top1": val["top1"], "top5": val["top5"], "loss": val["loss"],
+                   "train_loss": train["loss"], "train_top1": train["top1"], "lr": train["lr"],
+                   "epoch_time": seconds, "images_per_s": train["images_per_s"]}
         is_best = self.best_top1 is None or metrics["top1"] > self.best_top1
         if is_best:
             self.best_top1 = metrics["top1"]
         self.last = {"epoch": epoch, **metrics}
-        rng = ctx.all_gather_object(checkpoint.rng_state())
+        rng = ctx.all_gather_object(rng_state())
         if ctx.is_main:
-            state = self.model.state_dict()
-            common = {"format": checkpoint.FORMAT, "model": state, "identity": self.identity,
-                      "config": config_dict(cfg)}
+            common = {"model": self.model.state_dict(), "identity": self.identity,
+                      "config": config_dict(cfg), "epoch": epoch + 1}
             if is_best:
-                checkpoint.atomic_save({**common, "kind": "weights", "epoch": epoch + 1,
-                                        "top1": metrics["top1"], "top5": metrics["top5"]},
-                                       self.out / "best.pt")
-            checkpoint.atomic_save({
-                **common, "kind": "checkpoint", "epoch": epoch + 1,
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "schedule": self.scheduler.state_dict(),
+                run_checkpoint.save("weights", {**common, "top1": metrics["top1"],
+                                                "top5": metrics["top5"]}, self.out / "best.pt")
+            run_checkpoint.save("checkpoint", {
+                **common, "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "schedule": self.scheduler.state_dict(),
                 "binarizer": self.model.binarizer.config(), "rng": rng,
-                "best_top1": self.best_top1, "metrics": self.last}, self.out / "checkpoint.pt")
+                "best_top1": self.best_top1, "metrics": self.last}, self.out / run_checkpoint.CHECKPOINT)
         ctx.barrier()
         self.saved_epoch = epoch + 1
         self.metrics_log.write({**self.last, "best_top1": self.best_top1})
@@ -361,8 +278,9 @@ class Trainer:
                  metrics["train_loss"], metrics["train_top1"], metrics["loss"], metrics["top1"],
                  metrics["top5"], self.best_top1, metrics["lr"], metrics["epoch_time"],
                  metrics["images_per_s"])
+        return metrics
 
-    def summary(self) -> dict[str, Any]:
+    def result(self) -> dict[str, Any]:
         """Final metrics: best and last validation results, epochs done, run directory."""
         return {"best_top1": self.best_top1, "last_top1": self.last.get("top1"),
                 "last_top5": self.last.get("top5"), "last_loss": self.last.get("loss"),
@@ -371,10 +289,7 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics_log.close()
-        for handler in self._handlers:
-            log.removeHandler(handler)
-            handler.close()
-        self._handlers = []
+        super().close()
 
 
 def train(cfg: TrainConfig, *, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:
@@ -419,4 +334,4 @@ def evaluate(cfg: TrainConfig, weights_path: str | Path) -> dict[str, float]:
         model = build_network(cfg, data.num_classes, ctx)
         saved = checkpoint.load(weights_path)
         checkpoint.load_model_state(weights_path, saved, model, model_identity(model, cfg))
-        return run_validation(model, data.val, cfg, ctx)
+        return validate(model, data.val, ctx, cfg.channels_last, autocast(cfg, ctx))

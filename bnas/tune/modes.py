@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from ..binarize import BINARIZERS, get as get_binarizer
 from ..errors import BnasError
 from ..registry import Registry
-from ..runio import EpochCallback
+from ..run.loop import EpochCallback
 from ..search.config import SearchConfig, resolve as resolve_search
 from ..search.loop import search
 from ..train.config import TrainConfig, config_dict, resolve_config

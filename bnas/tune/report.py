@@ -15,8 +15,6 @@ Several workers may write these at once: every file is replaced atomically.
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 import optuna
 import yaml
 
-from ..genotype import atomic_write_text
+from ..runio import atomic_write, atomic_write_text
 from .modes import MODES
 from .setup import TuneSetup
 from .space import format_values
@@ -110,15 +108,10 @@ def _save_figure(ax: Any, path: Path) -> None:
 
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip("."), dpi=100))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _complete(study: optuna.Study) -> int:

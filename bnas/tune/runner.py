@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from ..errors import BnasError
-from ..genotype import atomic_write_text
+from ..runio import atomic_write_text
 from .modes import MODES
 from .objective import Objective
 from .report import summary_table, write_plots, write_preset

@@ -1,4 +1,4 @@
-"""One process or many: the device, the process group, and the few collectives the engine uses.
+"""One process or many: the device, the process group, and the few collectives a run uses.
 
 Launched by ``torchrun`` (which sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``), a run joins
 the process group (NCCL on GPUs, gloo on CPUs) and each process drives ``cuda:LOCAL_RANK``.
@@ -7,13 +7,14 @@ Launched plainly, it is a single process and every collective is the identity.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..errors import BnasError
 
@@ -61,6 +62,43 @@ class Context:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Give every process rank 0's buffers of ``module`` (its BatchNorm statistics, which
+        each process gathered from its own shard and which rank 0's checkpoint holds)."""
+        if self.distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def average_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Average ``tensors`` over the processes, in place (one collective for all)."""
+        if not self.distributed or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self.all_reduce_sum(flat)
+        flat /= self.world_size
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Run the body on rank 0 first, then on the others (rank 0 downloads a dataset before
+        the others look for it)."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor,
+                  channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on this process's device (inputs channels-last if asked)."""
+        x = x.to(self.device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
 
 
 def _env_int(name: str, default: int) -> int:

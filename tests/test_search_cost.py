@@ -211,6 +211,21 @@ def test_bad_cost_settings_are_one_line_exit_2(extra, words, capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_latency_without_a_usable_engine_is_one_line_exit_2(capsys, tmp_path, monkeypatch):
+    import bnas.deploy.kernels
+
+    def unavailable():
+        raise BnasError("the packed engine's kernels are off (no C++ compiler: set CXX or "
+                        "install g++)")
+
+    monkeypatch.setattr(bnas.deploy.kernels, "kernels", unavailable)
+    assert main([*TINY, "--out", str(tmp_path / "run"), "--cost", "latency", "--cost-weight", "1",
+                 "--cost-target", "5 ms"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bnas search: error: --cost latency needs the packed engine")
+    assert "\n" not in err and not (tmp_path / "run").exists()
+
+
 def test_flops_of_an_all_binary_space_cannot_steer_the_search():
     model = CostModel.build("flops", SPACES.get("bnas"), 4, "bnas", RetrainSize.of("digits", 3, 4, 8),
                             get_binarizer("plain"))

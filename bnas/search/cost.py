@@ -70,7 +70,8 @@ Shape = tuple[int, int, int]
 # -- what a cost is ------------------------------------------------------------------------------
 class CostKind(ABC):
     """A way of pricing operations: ``op`` prices one edge operation at its input shape, and
-    ``network`` a whole network (both in :attr:`unit`)."""
+    ``network`` a whole network (both in :attr:`unit`); ``check`` raises if this kind cannot
+    price anything here (latency without the packed engine)."""
 
     name: str = ""
     unit: str = ""
@@ -78,14 +79,22 @@ class CostKind(ABC):
     time: bool = False
     description: str = ""
 
+    def check(self) -> None:
+        """Raise :class:`BnasError` if this kind cannot be used on this machine."""
+
     @abstractmethod
-    def op(self, module: nn.Module, input_size: Shape) -> float:
-        """The cost of the edge operation ``module`` on one sample of shape ``input_size``."""
+    def op(self, name: str, input_size: Shape, stride: int, binarizer: Binarizer) -> float:
+        """The cost of edge operation ``name`` (under ``binarizer``, ``stride`` 2 on a reducing
+        edge) on one sample of shape ``input_size``."""
 
     @abstractmethod
     def network(self, model: nn.Module, input_size: Shape, counted: Profile) -> float:
         """The cost of the whole network ``model`` on one sample of shape ``input_size``
         (``counted`` is its profile, already taken)."""
+
+    def fixed(self, model: nn.Module, input_size: Shape, counted: Profile, edges: float) -> float:
+        """``C_fixed``: what ``model`` costs without its edge operations, which cost ``edges``."""
+        return self.network(model, input_size, counted) - edges
 
     def format(self, value: float) -> str:
         """``value`` with its unit, e.g. ``98.81 M OPs`` or ``4.20 ms``."""
@@ -100,8 +109,8 @@ class CountKind(CostKind):
     def __init__(self, name: str, unit: str, read: Callable[[Profile], float], description: str) -> None:
         self.name, self.unit, self.read, self.description = name, unit, read, description
 
-    def op(self, module: nn.Module, input_size: Shape) -> float:
-        return float(self.read(profile(module, input_size)))
+    def op(self, name: str, input_size: Shape, stride: int, binarizer: Binarizer) -> float:
+        return float(self.read(profile(make_op(name, input_size[0], stride, binarizer), input_size)))
 
     def network(self, model: nn.Module, input_size: Shape, counted: Profile) -> float:
         return float(self.read(counted))
@@ -259,6 +268,7 @@ class CostModel:
               size: RetrainSize, binarizer: Binarizer) -> CostModel:
         """Price every operation of ``op_names`` on every edge of the network of ``size``."""
         kind = COST_KINDS.get(kind) if isinstance(kind, str) else kind
+        kind.check()
         op_names = tuple(OPS.canonical(n) for n in op_names)
         model = build_model(_probe_genotype(op_names, steps, space), dataset=size.dataset,
                             num_classes=size.num_classes, layers=size.layers,
@@ -269,8 +279,7 @@ class CostModel:
         def price(op: str, shape: Shape, stride: int) -> float:
             key = (op, shape, stride)
             if key not in priced:
-                priced[key] = 0.0 if op == ZEROISE else kind.op(
-                    make_op(op, shape[0], stride, binarizer), shape)
+                priced[key] = 0.0 if op == ZEROISE else kind.op(op, shape, stride, binarizer)
             return priced[key]
 
         cells = []
@@ -279,8 +288,8 @@ class CostModel:
                                    for op in op_names] for _, j in topology.edges(steps)],
                                  dtype=torch.float64)
             cells.append(("reduce" if cell.reduction else "normal", table))
-        edges_only = cls(kind, op_names, steps, size, 0.0, cells)
-        fixed = kind.network(model, size.input_size, counted) - edges_only.of_genotype(model.genotype)
+        edges = cls(kind, op_names, steps, size, 0.0, cells).of_genotype(model.genotype)
+        fixed = kind.fixed(model, size.input_size, counted, edges)
         return cls(kind, op_names, steps, size, fixed, cells)
 
     # -- costs ----------------------------------------------------------------------------------
@@ -384,3 +393,7 @@ class CostObjective:
             found.update({"target": self.target.text, "target_value": self.target.value,
                           "penalty": self.penalty, "meets_target": self.meets(cost)})
         return found
+
+
+# The latency kind (measured with the packed engine) registers itself in COST_KINDS.
+from . import latency  # noqa: E402,F401

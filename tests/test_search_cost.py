@@ -242,6 +242,7 @@ def test_search_records_the_cost_setting_and_the_genotypes_cost(tmp_path, capsys
             "--cost", "bops", "--cost-weight", "0.5", "--cost-target", "2M",
             "--cost-layers", "5", "--cost-init-channels", "8", "--cost-image-size", "16"]
     assert main(args) == 0
+    printed = capsys.readouterr().out
     found = G.load(folder / "cheap.json")
     cost = found.provenance["cost"]
     assert {k: cost[k] for k in ("kind", "unit", "weight", "target", "target_value", "penalty")} == {
@@ -257,6 +258,9 @@ def test_search_records_the_cost_setting_and_the_genotypes_cost(tmp_path, capsys
     built = build_model(found, dataset="digits", layers=5, init_channels=8)
     assert cost["genotype_cost"] == profile(built, (3, 16, 16)).bops
     assert cost["meets_target"] is (cost["genotype_cost"] <= 2e6)
+    verdict = "within" if cost["meets_target"] else "over"
+    assert f"it costs {COST_KINDS.get('bops').format(cost['genotype_cost'])} ({verdict} the " \
+           f"budget 2M)" in printed
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "cost bops: weight 0.5 x hinge(C / 2.00 M BOPs)" in log and "genotype costs" in log
 

@@ -130,6 +130,19 @@ def _hparams(pairs: list[str] | None, flag: str = "--binarizer-hparam") -> dict[
     return found
 
 
+def _cost(result) -> str:
+    """What the CIFAR genotype costs, and whether it meets the budget (a search for cost)."""
+    cost = result.genotype.provenance.get("cost")
+    if cost is None:
+        return ""
+    from ..search.cost import COST_KINDS
+
+    text = f"; it costs {COST_KINDS.get(cost['kind']).format(cost['genotype_cost'])}"
+    if "meets_target" in cost:
+        text += f" ({'within' if cost['meets_target'] else 'over'} the budget {cost['target']})"
+    return text
+
+
 def _sweep(args: argparse.Namespace, overrides: dict[str, Any], weights: list[float]) -> int:
     """Several cost weights: the Pareto sweep (:mod:`bnas.search.pareto`)."""
     from ..search.pareto import sweep
@@ -151,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         given = [flags[0] for flags, dest, _, _ in OPTIONS
                  if getattr(args, dest) is not None and dest != "device"]
+        given += [flag for flag, value in (("--front-compare", args.front_compare),
+                                           ("--front-train", args.front_train)) if value is not None]
         if given:
             raise BnasError(f"--resume continues with the saved settings; drop {', '.join(given)}")
         result = search(resume=args.resume, device=args.device)
@@ -167,6 +182,6 @@ def run(args: argparse.Namespace) -> int:
         result = search(resolve(overrides))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"genotypes '{result.genotype.name}' and '{result.genotype_imagenet.name}' from epoch "
-              f"{result.best_epoch + 1} (val top-1 {result.best_top1:.2f}%); run directory "
-              f"{result.out}")
+              f"{result.best_epoch + 1} (val top-1 {result.best_top1:.2f}%){_cost(result)}; run "
+              f"directory {result.out}")
     return 0

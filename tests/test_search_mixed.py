@@ -11,8 +11,8 @@ from bnas.model.cell import EvalCell
 from bnas.ops import SPACES, Zero
 from bnas.search import topology
 from bnas.search.cell import FastCell
-from bnas.search.mixed import (_binary_weight, _compact_weight, _grouped_input_grad, _pack_masks,
-                               _restore_weight, _unpack_mask, fast_layout)
+from bnas.search.mixed import (_binary_weight, _compact, _grouped_input_grad, _pack_masks,
+                               _unpack_mask, fast_layout)
 from search_helpers import cross_entropy_step, edge_convs, supernet_pair
 
 CASES = [("plain", "bnas"), ("plain", "bnas-skip"), ("recu", "bnas"), ("rbnn", "bnas-skip"),
@@ -208,15 +208,14 @@ def test_one_hot_supernet_cell_is_the_genotype_cell(impl_genotype, cell_type):
 @pytest.mark.parametrize("scheme", ["plain", "rbnn", "recu", "siman", "bop", "bop2"])
 def test_every_schemes_binary_weights_are_kept_as_int8_signs_losslessly(scheme):
     conv = get_binarizer(scheme).conv(6, 5, 3, padding=1).double().train()
-    weight = _binary_weight(conv, detach=True)
-    signs, magnitude = _compact_weight(weight)
-    assert signs.dtype == torch.int8 and magnitude.shape == (5, 1, 1, 1)
-    assert torch.equal(_restore_weight(signs, magnitude), weight)
-    assert _restore_weight(signs, magnitude).dtype == torch.float64
+    sign, scale = _binary_weight(conv, detach=True)
+    stored = _compact(sign)
+    assert stored.dtype == torch.int8 and torch.equal(stored.to(torch.float64), sign)
+    assert set(sign.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    assert (scale is None) == (scheme in ("bop", "bop2"))
+    assert scale is None or (scale.shape == (5,) and scale.dtype == torch.float64)
 
 
 def test_weights_that_are_not_binary_are_kept_as_they_are():
     weight = torch.tensor([[[[0.5, -0.5]]], [[[0.25, 0.75]]]])
-    stored, magnitude = _compact_weight(weight)
-    assert magnitude is None and stored is weight
-    assert _restore_weight(stored, magnitude) is weight
+    assert _compact(weight) is weight

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from bnas.binarize import get
-from bnas.binarize.plain import XnorWeight, binary_weight_gradient
+from bnas.binarize.plain import XnorScale, XnorSign, binary_weight_gradient
 from bnas.binarize.ste import sign_clipped_ste
 
 
@@ -24,7 +24,8 @@ def test_binary_weight_gradient_inverts_the_rescaling():
     w[3] = 0.0           # alpha 0: nothing to recover
     g = torch.randn_like(w)
     latent = w.clone().requires_grad_()
-    XnorWeight.apply(latent).backward(g)
+    # The layer's weight sign(W) * alpha, as its two factors (the scale is applied to the output).
+    (XnorSign.apply(latent) * XnorScale.apply(latent).view(-1, 1, 1, 1)).backward(g)
     assert torch.allclose(latent.grad, _rescaled(w, g), atol=1e-12)
     recovered = binary_weight_gradient(w, latent.grad)
     assert torch.allclose(recovered[:3], g[:3], atol=1e-10) and torch.allclose(recovered[4], g[4], atol=1e-10)
@@ -43,7 +44,8 @@ def test_plain_clipping_acts_on_the_binary_weight_gradient(max_norm):
     total = scheme.clip_grad_norm_(model, max_norm)
 
     # BNAS's order: gradients w.r.t. the binary weight, clip all, then rescale the conv's.
-    wb = XnorWeight.apply(conv.weight.detach()).requires_grad_()
+    w = conv.weight.detach()
+    wb = (torch.sign(w) * w.abs().mean(dim=(1, 2, 3), keepdim=True)).requires_grad_()
     ref_head = torch.nn.Linear(6 * 25, 4).double()
     ref_head.load_state_dict(head.state_dict())
     out = F.conv2d(sign_clipped_ste(x), wb, None, 1, 1)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import presets
 from ..errors import BnasError
+from .conv import conv_geometry, scaled_conv
 from .ste import sign_clipped_ste
 
 
@@ -53,9 +53,15 @@ class RunSpec:
 class BinaryConv2d(nn.Conv2d):
     """A convolution with 1-bit weights and 1-bit input activations.
 
-    ``forward(x) = scale_output(conv(binarize_input(x), binary_weight()))``. Splitting the
-    three steps lets a search supernet binarize one input once for several convolutions
-    (:meth:`forward_binary_input`).
+    ``forward(x) = conv(binarize_input(x), binary_weight()) * weight_scale()``: the convolution
+    of the binary input (+-1, and 0 where the scheme's sign gives 0 and in the zero padding) with
+    the +-1 weight, then the per-output-channel scale as one multiply. Every product is +-1 or 0,
+    so in float32 the convolution's sums are integers, exact in any order of summation (while
+    ``|sum| < 2**24``); the output is ``alpha * integer`` rounded once, which a popcount engine
+    reproduces bit for bit (:mod:`bnas.binarize.conv`; folding the scale into the weight,
+    ``conv(x_b, alpha * sign(W))``, is the same maths but rounds at every accumulation).
+    Splitting the steps lets a search supernet binarize one input once for several convolutions
+    (:meth:`forward_binary_input`) and stack the weights of several (:mod:`bnas.search.mixed`).
     """
 
     weight_precision: ClassVar[int] = 1
@@ -76,18 +82,21 @@ class BinaryConv2d(nn.Conv2d):
         raise NotImplementedError
 
     def binary_weight(self) -> torch.Tensor:
-        """The weight tensor used by the convolution (differentiable w.r.t. the latent weight)."""
+        """The 1-bit weight the convolution uses, in the weight's shape: values in {-1, +1}
+        (0 only where the scheme's sign maps 0 to 0), differentiable w.r.t. the latent weight
+        with the scheme's gradient. Its scale is :meth:`weight_scale`, never folded in."""
         raise NotImplementedError
 
-    def scale_output(self, y: torch.Tensor) -> torch.Tensor:
-        """Apply a per-channel output scale, if the scheme has one."""
-        return y
+    def weight_scale(self) -> torch.Tensor | None:
+        """The per-output-channel scale ``(O,)`` that multiplies the convolution's output
+        (differentiable w.r.t. whatever it is computed from), or None for a scheme without one."""
+        return None
 
     def forward_binary_input(self, xb: torch.Tensor) -> torch.Tensor:
         """The convolution of an input that :meth:`binarize_input` already produced."""
-        y = F.conv2d(xb, self.binary_weight(), self.bias, self.stride, self.padding,
-                     self.dilation, self.groups)
-        return self.scale_output(y)
+        y = scaled_conv(xb, self.binary_weight(), self.weight_scale(), conv_geometry(self),
+                        self.groups)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_binary_input(self.binarize_input(x))

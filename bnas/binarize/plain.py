@@ -2,9 +2,16 @@
 
 Weights (Rastegari et al., ECCV 2016, Sec. 3.1, with the gradient of BNAS's reference code):
 before a forward pass with changed latent weights, project them in place: mean-centre over the
-input-channel axis and clamp to [-1, 1]. The convolution uses ``sign(W) * alpha`` with
-``alpha = mean|W|`` per out-channel (``n = I*kh*kw`` entries). The latent weight's gradient is
-``(alpha * 1{|W| <= 1} * g + sign(W) * mean_n(sign(W) * g)) * (1 - 1/I) * n``.
+input-channel axis and clamp to [-1, 1]. The convolution's weight is ``sign(W) * alpha`` with
+``alpha = mean|W|`` per out-channel (``n = I*kh*kw`` entries), computed as
+``conv(x, sign(W)) * alpha`` (exact integer sums, one rounding; see
+:class:`~bnas.binarize.base.BinaryConv2d`). The latent weight's gradient is
+``(alpha * 1{|W| <= 1} * g + sign(W) * mean_n(sign(W) * g)) * (1 - 1/I) * n``, ``g`` the
+gradient with respect to ``sign(W) * alpha``. With the scale applied to the output, the
+gradient reaching ``sign(W)`` is ``g_s = alpha * g`` and the one reaching ``alpha`` is
+``g_alpha = sum_n(sign(W) * g)``, so the two terms are :class:`XnorSign`'s
+``1{|W| <= 1} * g_s * k`` and :class:`XnorScale`'s ``sign(W) * g_alpha / n * k``
+(``k = (1 - 1/I) * n``), whose sum autograd forms.
 Activations: ``sign(x)`` with a straight-through gradient where ``|x| < 1``; no scale.
 
 Gradient-norm clipping (BNAS's ImageNet recipe) measures, as BNAS's training script does, the
@@ -21,29 +28,45 @@ from .base import Binarizer, SignInputConv2d
 from .registry import register
 
 
-class XnorWeight(torch.autograd.Function):
-    """``sign(W) * mean|W|`` with BNAS's rescaled straight-through gradient."""
+def rescaling(w: torch.Tensor) -> float:
+    """BNAS's gradient factor ``(1 - 1/I) * n`` for a weight ``(O, I, kh, kw)``, ``n = I*kh*kw``."""
+    return (1.0 - 1.0 / w.shape[1]) * w[0].numel()
+
+
+class XnorSign(torch.autograd.Function):
+    """``sign(W)``; backward ``1{|W| <= 1} * g_s * (1 - 1/I) * n`` (``g_s`` the gradient with
+    respect to the sign): the direct term of BNAS's rescaled straight-through gradient."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
-        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
-        ctx.save_for_backward(w, alpha)
-        return torch.sign(w) * alpha
+        ctx.save_for_backward(w)
+        return torch.sign(w)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:
-        w, alpha = ctx.saved_tensors
-        n = w[0].numel()
-        in_channels = w.shape[1]
-        s = torch.sign(w)
-        direct = alpha * (w.abs() <= 1) * g
-        through_alpha = s * (s * g).mean(dim=(1, 2, 3), keepdim=True)
-        return (direct + through_alpha) * ((1.0 - 1.0 / in_channels) * n)
+        (w,) = ctx.saved_tensors
+        return (w.abs() <= 1) * g * rescaling(w)
+
+
+class XnorScale(torch.autograd.Function):
+    """``alpha = mean|W|`` per out-channel, ``(O,)``; backward
+    ``sign(W) * g_alpha / n * (1 - 1/I) * n``: the term through ``alpha`` of BNAS's gradient."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        return w.abs().mean(dim=(1, 2, 3))
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        (w,) = ctx.saved_tensors
+        return torch.sign(w) * (g / w[0].numel() * rescaling(w)).view(-1, 1, 1, 1)
 
 
 def binary_weight_gradient(w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Invert :meth:`XnorWeight.backward`: the gradient ``g`` with respect to ``sign(W) * alpha``
-    from the latent weight's gradient ``grad``, for projected weights (``|W| <= 1``).
+    """Invert BNAS's gradient (:class:`XnorSign` plus :class:`XnorScale`): the gradient ``g``
+    with respect to ``sign(W) * alpha`` from the latent weight's gradient ``grad``, for
+    projected weights (``|W| <= 1``).
 
     With ``k = (1 - 1/I) * n``, ``s = sign(W)`` and ``mu = mean_n(s * g)`` per out-channel:
     where ``s = 0``, ``grad = k * alpha * g``; elsewhere ``s * grad / k = alpha * s * g + mu``,
@@ -51,8 +74,7 @@ def binary_weight_gradient(w: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     and then ``g``. Channels with ``alpha = 0`` or ``I = 1`` (where the rescaling is zero) give 0.
     """
     dims = (1, 2, 3)
-    n, in_channels = w[0].numel(), w.shape[1]
-    k = (1.0 - 1.0 / in_channels) * n
+    n, k = w[0].numel(), rescaling(w)
     if k == 0.0:
         return torch.zeros_like(grad)
     alpha = w.abs().mean(dim=dims, keepdim=True)
@@ -79,12 +101,19 @@ class PlainConv2d(SignInputConv2d):
         w.copy_((w - w.mean(dim=1, keepdim=True)).clamp_(-1.0, 1.0))
         self._projected_version = w._version
 
-    def binary_weight(self) -> torch.Tensor:
-        # The reference projects once per optimisation step (and before evaluation); the
-        # weight's version counter tells whether the optimizer (or a load) changed it since.
+    def projected_weight(self) -> torch.Tensor:
+        """The latent weight, projected if it changed since the last projection: the reference
+        projects once per optimisation step (and before evaluation); the weight's version
+        counter tells whether the optimizer (or a load) changed it since."""
         if self.weight._version != self._projected_version:
             self.project_()
-        return XnorWeight.apply(self.weight)
+        return self.weight
+
+    def binary_weight(self) -> torch.Tensor:
+        return XnorSign.apply(self.projected_weight())
+
+    def weight_scale(self) -> torch.Tensor:
+        return XnorScale.apply(self.projected_weight())
 
 
 @register("plain", aliases=("bnas", "xnor", "sign"))

@@ -7,9 +7,8 @@ two orthogonal matrices shared by the layer's out-channels, ``R1^T X R2`` (Eq. 4
 is blended in by a learnable angle per out-channel (the adjustable rotated weight vector,
 Eq. 12): ``w3 = w2 + |sin(theta)| * ((R1^T X R2).detach() - w2)``, ``theta`` initialised to
 ``pi/2``. The convolution uses ``sign(w3)`` and multiplies its output by a learnable
-per-out-channel ``alpha`` initialised to ``mean|W|`` (folded into the weight,
-``sign(w3) * alpha``: the same output and gradients by linearity, for a weight-sized product
-instead of an activation-sized one). At ``theta = pi/2`` the latent weight's gradient is exactly
+per-out-channel ``alpha`` initialised to ``mean|W|`` (``conv(sign(a), sign(w3)) * alpha``,
+exact integer sums then one rounding; :class:`~bnas.binarize.base.BinaryConv2d`). At ``theta = pi/2`` the latent weight's gradient is exactly
 zero (only ``theta`` and ``alpha`` learn until ``theta`` moves).
 
 Sign gradient (training-aware approximation, Eq. 15):
@@ -138,7 +137,10 @@ class RBNNConv2d(BinaryConv2d):
         with torch.no_grad():  # the rotation is a constant of the step
             rotated = self.rotate(w2)
         w3 = w2 + torch.sin(self.theta).abs() * (rotated - w2)
-        return SignRBNN.apply(w3, self.k, self.t) * self.alpha.unsqueeze(1)
+        return SignRBNN.apply(w3, self.k, self.t)
+
+    def weight_scale(self) -> torch.Tensor:
+        return self.alpha.view(-1)
 
 
 @register("rbnn", aliases=("RBNN",))

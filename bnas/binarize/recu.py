@@ -7,9 +7,8 @@ rectified clamp unit (Eq. 6) with ``Q = -mean(|w1|) * ln(2 - 2*tau)`` (the tau-q
 Laplace distribution of scale ``mean|w1|``, taken over the whole layer; no gradient through
 ``Q``): ``bw = sign(clamp(w1, -Q, Q))`` with an identity straight-through gradient, so only the
 clamp zeroes the gradient of weights outside ``[-Q, Q]``. The output is multiplied by a
-learnable per-out-channel ``alpha`` initialised uniformly in ``[0, 1)`` (folded into the weight,
-``bw * alpha``: the same output and gradients by linearity, for a weight-sized product instead of
-an activation-sized one).
+learnable per-out-channel ``alpha`` initialised uniformly in ``[0, 1)``: ``conv(ba, bw) * alpha``,
+exact integer sums then one rounding (:class:`~bnas.binarize.base.BinaryConv2d`).
 
 ``tau`` grows exponentially over training (Sec. 4.1): ``tau(e) = A*exp(e/E) + B`` with
 ``A = (tau_max - tau_min) / (exp(1) - 1)`` and ``B = tau_min - A``, i.e. ``tau_min`` at epoch 0
@@ -71,7 +70,10 @@ class ReCUConv2d(BinaryConv2d):
         w1 = standardize(self.weight, eps=1e-5) * (2.0 * math.sqrt(2.0))
         q = (-w1.abs().mean() * torch.log(2.0 - 2.0 * self.tau)).detach()
         w2 = torch.clamp(w1, -q, q)
-        return straight_through(w2, torch.sign(w2)) * self.alpha.unsqueeze(1)
+        return straight_through(w2, torch.sign(w2))
+
+    def weight_scale(self) -> torch.Tensor:
+        return self.alpha.view(-1)
 
 
 @register("recu", aliases=("ReCU",))

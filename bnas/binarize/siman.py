@@ -13,9 +13,8 @@ Weights, on every forward pass (training and evaluation):
    recomputed in training mode and stored in the ``B`` buffer for evaluation.
 4. ``bw = X - X.detach() + (2B - 1)``: +1 for large magnitudes, -1 for small whatever the
    sign, with an identity gradient into ``|w2|``. The output is multiplied by a learnable
-   per-out-channel ``alpha`` initialised to ``mean|W|``, folded into the weight (``bw * alpha``:
-   the same output and gradients by linearity, for a weight-sized product instead of an
-   activation-sized one).
+   per-out-channel ``alpha`` initialised to ``mean|W|``: ``conv(ba, bw) * alpha``, exact integer
+   sums then one rounding (:class:`~bnas.binarize.base.BinaryConv2d`).
 
 Activations: ``(a - mean) / sqrt(var + 1e-5)`` per sample over ``(C, H, W)``, ``sign`` with
 Bi-Real's backward ``max(0, 2 - 2|x|)``.
@@ -112,7 +111,10 @@ class SiMaNConv2d(BinaryConv2d):
         x = standardize(self.weight, eps=1e-5).abs()
         if self.training:
             self.B.copy_(self.magnitude_mask(x))
-        return straight_through(x, 2.0 * self.B - 1.0) * self.alpha.unsqueeze(1)
+        return straight_through(x, 2.0 * self.B - 1.0)
+
+    def weight_scale(self) -> torch.Tensor:
+        return self.alpha.view(-1)
 
 
 @register("siman", aliases=("SiMaN",))

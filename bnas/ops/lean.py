@@ -2,8 +2,8 @@
 
 BNAS's binary operation (Kim et al., ECCV 2020, Sec. 3.1) is ``relu(s * conv(b(BN(x)), W_b))``:
 BatchNorm in training mode, the scheme's activation binarizer ``b`` (``binarize_input``), a
-convolution with the scheme's binary weight ``W_b`` (``binary_weight``), its optional
-per-channel output scale ``s`` (``scale_output``) and a ReLU, optionally times a per-sample
+convolution with the scheme's +-1 weight ``W_b`` (``binary_weight``), its optional
+per-channel scale ``s`` (``weight_scale``) and a ReLU, optionally times a per-sample
 drop-path factor. Composed from modules, autograd keeps the normalised input, its binary copy,
 the binarizer's own tensors and the float output. :class:`BinaryConvRelu` keeps only ``x``
 (which its other users keep anyway), the batch statistics and a one-bit ReLU mask; the backward
@@ -14,9 +14,10 @@ applies unchanged. The latent weight's gradient goes through ``binary_weight()``
 Both passes normalise with the kernel :class:`~torch.nn.BatchNorm2d` runs (the backward pass
 without running statistics), so the recomputed binary input is bit-identical to the forward one
 and to the composed modules' (a sign is sensitive to the last bit of a value near zero).
-The convolution is ``F.conv2d`` as in the modules, for the same reason: binary convolutions sum
-``+-alpha`` terms that often cancel exactly, and the ReLU's gradient depends on which side of zero
-the rounding falls. Under autocast the composed modules run instead.
+The convolution is ``F.conv2d`` of the +-1 tensors as in the modules, whose sums are exact
+integers, and the scale is one multiply per element as there, so the output (and which side of
+zero it falls, which the ReLU's gradient depends on) is bit-identical to the modules'. Under
+autocast the composed modules run instead.
 
 The element-wise passes around the convolution come in two implementations: :class:`TorchPasses`
 (torch's kernels; every scheme, dtype and device) and :class:`FusedPasses` (the CPU kernels of
@@ -34,25 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..binarize.base import BinaryConv2d
+from ..binarize.conv import conv_backward, conv_geometry, split_folded_gradient
 from ..binarize.ste import masked, pack_mask, unpack_mask
 from . import native
-
-Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # stride, padding, dilation
-
-
-def conv_geometry(conv: nn.Conv2d) -> Geometry:
-    """``(stride, padding, dilation)`` of ``conv``."""
-    return conv.stride, conv.padding, conv.dilation
-
-
-def conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
-                  mask: tuple[bool, bool]) -> tuple[torch.Tensor | None, ...]:
-    """The input and weight gradients of ``conv2d(x, weight)`` that ``mask`` asks for."""
-    stride, padding, dilation = geometry
-    dx, dw, _ = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, stride, padding, dilation, False, [0, 0], 1,
-        [mask[0], mask[1], False])
-    return dx, dw
 
 
 def bn_momentum(bn: nn.BatchNorm2d) -> float:
@@ -60,25 +45,6 @@ def bn_momentum(bn: nn.BatchNorm2d) -> float:
     which also counts the batch)."""
     bn.num_batches_tracked.add_(1)
     return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-
-
-def output_scale(conv: BinaryConv2d) -> torch.Tensor | None:
-    """``s`` ``(1, O, 1, 1)`` with ``conv.scale_output(y) == s * y`` (differentiable w.r.t. the
-    scheme's scale parameters), or None when the scheme has no output scale."""
-    if type(conv).scale_output is BinaryConv2d.scale_output:
-        return None
-    return conv.scale_output(conv.weight.new_ones(1, conv.out_channels, 1, 1)).reshape(1, -1, 1, 1)
-
-
-def scale_is_per_channel(conv: BinaryConv2d) -> bool:
-    """Whether ``conv.scale_output`` multiplies each output channel by :func:`output_scale`."""
-    scale = output_scale(conv)
-    if scale is None:
-        return True
-    with torch.no_grad():  # a fixed probe: drawing random numbers would shift the seed's stream
-        y = torch.linspace(-2.0, 3.0, 18 * conv.out_channels, dtype=conv.weight.dtype)
-        y = y.view(2, conv.out_channels, 3, 3)
-        return torch.allclose(conv.scale_output(y), y * scale)
 
 
 def drop_factor(n: int, like: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -259,10 +225,8 @@ class BinaryConvRelu(torch.autograd.Function):
                                 (need_dx, need_weight or need_scale))
         del gy, xb
         g_weight = g_scale = None
-        if dw is not None and scale is not None:
-            g_scale = (dw * weight).sum(dim=(1, 2, 3)).view_as(scale) if need_scale else None
-            dw = dw * scale.view(-1, 1, 1, 1) if need_weight else None
-        g_weight = dw if need_weight else None
+        if dw is not None:
+            g_weight, g_scale = split_folded_gradient(dw, weight, scale, (need_weight, need_scale))
         dx = g_gamma = g_beta = None
         if need_dx:
             dx, g_gamma, g_beta = input_grads(dxb, (need_x, need_gamma, need_beta))
@@ -272,15 +236,17 @@ class BinaryConvRelu(torch.autograd.Function):
 def binary_conv_relu(bn: nn.BatchNorm2d, conv: BinaryConv2d, x: torch.Tensor,
                      factor: torch.Tensor | None = None) -> torch.Tensor:
     """``relu(conv(bn(x))) * factor`` in training mode through :class:`BinaryConvRelu`."""
-    return BinaryConvRelu.apply(x, bn.weight, bn.bias, conv.binary_weight(), output_scale(conv),
-                                factor, bn, conv)
+    scale = conv.weight_scale()
+    scale = None if scale is None else scale.view(1, -1, 1, 1)
+    return BinaryConvRelu.apply(x, bn.weight, bn.bias, conv.binary_weight(), scale, factor, bn,
+                                conv)
 
 
 def lean_capable(bn: nn.BatchNorm2d, conv: nn.Module) -> bool:
     """Whether :func:`binary_conv_relu` computes ``relu(conv(bn(x)))`` for these modules."""
     return (isinstance(conv, BinaryConv2d) and conv.bias is None and conv.groups == 1
             and type(bn) is nn.BatchNorm2d and bn.track_running_stats
-            and (bn.weight is None) == (bn.bias is None) and scale_is_per_channel(conv))
+            and (bn.weight is None) == (bn.bias is None))
 
 
 class CellOutput(torch.autograd.Function):

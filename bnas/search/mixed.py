@@ -33,9 +33,10 @@ together, using facts that hold exactly for the maths above:
   anyway and recompute the rest in the backward pass (:class:`_PoolNorm`,
   :class:`LeanRealConvOp`); binary inputs are kept as int8.
 
-Per-channel output scales of a scheme (``scale_output``, e.g. RBNN's, ReCU's and SiMaN's
-``alpha``) are folded into the binary weight: ``s * conv(x, W) = conv(x, s * W)``. The fast
-path binarizes a node's input once, with the first convolution's ``binarize_input``: schemes
+Each stacked convolution computes ``conv(x_b, sign weights) * scale`` as the modules do
+(:class:`~bnas.binarize.base.BinaryConv2d`): exact integer sums, then each output channel's
+scale (``weight_scale``, e.g. RBNN's, ReCU's and SiMaN's ``alpha``) as one multiply, so the
+stacked output is bit-identical to the edges' own convolutions. The fast path binarizes a node's input once, with the first convolution's ``binarize_input``: schemes
 whose activation binarizer is the same for all their layers (all those of :mod:`bnas.binarize`)
 compute exactly what the reference path computes.
 """
@@ -49,13 +50,14 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..binarize.base import Binarizer, BinaryConv2d
+from ..binarize.conv import Geometry, scale_channels, split_folded_gradient
+from ..binarize.conv import conv_backward as _conv_backward
+from ..binarize.conv import conv_geometry as _geometry
 from ..binarize.ste import masked
 from ..errors import BnasError
 from ..ops import SPACES, BinConvOp, BinFactorizedReduce, Identity, RealConvOp, Zero, make_op
-from ..ops.lean import Geometry, batch_normalize, output_scale, scale_is_per_channel
+from ..ops.lean import batch_normalize
 from ..ops.lean import bn_momentum as _momentum
-from ..ops.lean import conv_backward as _conv_backward
-from ..ops.lean import conv_geometry as _geometry
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
@@ -158,32 +160,37 @@ def _grouped_input_grad(g: torch.Tensor, weight: torch.Tensor, x_shape: torch.Si
 
 
 class _BinaryMix(torch.autograd.Function):
-    """``out[:, e] = sum_k w[e, k] relu(conv(xb, W_k)[:, e]) + sum_l u[e, l] L_l``.
+    """``out[:, e] = sum_k w[e, k] relu(conv(xb, S_k)[:, e] * s_k) + sum_l u[e, l] L_l``.
 
-    ``xb`` is the binary input ``(N, C_in, H, W)``; ``W_k`` stacks the binary weights of all
-    ``E`` edges for kernel geometry ``k`` (``E*C`` output channels); ``L_l`` are edge-independent
-    terms (pooling, identity). ``out`` is ``(N, E, C, H', W')``, channels-last per edge. Only
-    the sign of each convolution's output is kept for the backward pass, as one bit per
-    convolution of one byte per element, and the stacked binary weights as int8 signs and a
-    magnitude per output channel. The terms are not kept either: ``remake_linear()`` computes
-    them again when their weights ``u`` need a gradient (the architecture step).
+    ``xb`` is the binary input ``(N, C_in, H, W)``; ``S_k`` stacks the +-1 weights of all ``E``
+    edges for kernel geometry ``k`` (``E*C`` output channels) and ``s_k`` their per-channel
+    scales ``(E*C,)`` (None for a scheme without scales); ``L_l`` are edge-independent terms
+    (pooling, identity). ``out`` is ``(N, E, C, H', W')``, channels-last per edge. Only the sign
+    of each convolution's output is kept for the backward pass, as one bit per convolution of
+    one byte per element, and the stacked +-1 weights as int8. The terms are not kept either:
+    ``remake_linear()`` computes them again when their weights ``u`` need a gradient (the
+    architecture step).
 
-    The backward pass scales the small stacked weights by the edge weights instead of the
-    large output gradients: ``conv^T(w_e g, W_e) = conv^T(g, w_e W_e)`` and
-    ``dW_e(w_e g) = w_e dW_e(g)`` (both linear).
+    The backward pass works with the folded weight ``F_k = s_k * S_k`` and scales the small
+    stacked weights by the edge weights instead of the large output gradients:
+    ``conv^T(w_e g, F_e) = conv^T(g, w_e F_e)`` and ``dF_e(w_e g) = w_e dF_e(g)`` (both
+    linear); :func:`~bnas.binarize.conv.split_folded_gradient` turns ``dF`` into the gradients of
+    ``S`` and ``s``.
     """
 
     @staticmethod
     def forward(ctx, geometry: Sequence[Geometry], channels: int, w: torch.Tensor, u: torch.Tensor,
                 xb: torch.Tensor | None, remake_linear: Callable[[], list[torch.Tensor]],
-                *tensors: torch.Tensor) -> torch.Tensor:
+                *tensors: torch.Tensor | None) -> torch.Tensor:
         k_convs = len(geometry)
-        weights, linear = tensors[:k_convs], tensors[k_convs:]
+        signs, scales = tensors[:k_convs], tensors[k_convs:2 * k_convs]
+        linear = tensors[2 * k_convs:]
         edges = w.shape[0]
         out: torch.Tensor | None = None
         masks = []
         for k, (stride, padding, dilation) in enumerate(geometry):
-            y = F.conv2d(xb, weights[k], None, stride, padding, dilation).relu_()
+            y = F.conv2d(xb, signs[k], None, stride, padding, dilation)
+            y = scale_channels(y, scales[k], inplace=True).relu_()
             y = y.view(y.shape[0], edges, channels, *y.shape[2:])
             wk = w[:, k].view(1, edges, 1, 1, 1)
             out = y * wk if out is None else out.addcmul_(y, wk)
@@ -196,12 +203,12 @@ class _BinaryMix(torch.autograd.Function):
                 out.addcmul_(term.unsqueeze(1), ul)
         ctx.geometry, ctx.channels_last = tuple(geometry), _channels_last(out)
         ctx.x_dtype = None if xb is None else xb.dtype
+        ctx.sign_dtypes = [sign.dtype for sign in signs]
         # The terms are only needed for their weights' gradients, and remade for them; a
-        # binary input is kept in one byte per value when that is lossless.
+        # binary input and the +-1 weights are kept in one byte per value.
         ctx.remake_linear, ctx.n_linear = remake_linear, len(linear)
         packed = _pack_masks(masks) if masks else None
-        stored = [part for weight in weights for part in _compact_weight(weight)]
-        ctx.save_for_backward(_compact(xb), w, u, packed, *stored)
+        ctx.save_for_backward(_compact(xb), w, u, packed, *map(_compact, signs), *scales)
         return out
 
     @staticmethod
@@ -209,10 +216,12 @@ class _BinaryMix(torch.autograd.Function):
         k_convs = len(ctx.geometry)
         xb, w, u, packed, *rest = ctx.saved_tensors
         xb = None if xb is None else xb.to(ctx.x_dtype)
-        weights = [_restore_weight(*rest[2 * k:2 * k + 2]) for k in range(k_convs)]
+        signs = [sign.to(dtype) for sign, dtype in zip(rest[:k_convs], ctx.sign_dtypes)]
+        scales = rest[k_convs:]
         need_w, need_u, need_x = ctx.needs_input_grad[2:5]
-        need_weights = ctx.needs_input_grad[6:6 + k_convs]
-        need_linear = ctx.needs_input_grad[6 + k_convs:]
+        need_signs = ctx.needs_input_grad[6:6 + k_convs]
+        need_scales = ctx.needs_input_grad[6 + k_convs:6 + 2 * k_convs]
+        need_linear = ctx.needs_input_grad[6 + 2 * k_convs:]
         with torch.no_grad():
             linear = ctx.remake_linear() if need_u else [None] * ctx.n_linear
         g = _edge_layout(g, ctx.channels_last)
@@ -220,29 +229,35 @@ class _BinaryMix(torch.autograd.Function):
         gw = torch.zeros_like(w) if need_w else None
         gu = torch.zeros_like(u) if need_u else None
         gx = torch.zeros_like(xb) if need_x else None
-        g_weights: list[torch.Tensor | None] = [None] * k_convs
+        g_signs: list[torch.Tensor | None] = [None] * k_convs
+        g_scales: list[torch.Tensor | None] = [None] * k_convs
         for k, geometry in enumerate(ctx.geometry):
-            if not (need_w or need_x or need_weights[k]):
+            need_folded = need_signs[k] or need_scales[k]
+            if not (need_w or need_x or need_folded):
                 continue
+            folded = signs[k] if scales[k] is None else signs[k] * scales[k].view(-1, 1, 1, 1)
+            edge = _per_channel(w[:, k], channels)
             gm = (g * _unpack_mask(packed, k)).view(n, -1, h, wd)
+            d_folded = None
             if need_w:
-                # Per-edge input gradients conv^T(g_e * mask_e, W_e): a grouped transposed
+                # Per-edge input gradients conv^T(g_e * mask_e, F_e): a grouped transposed
                 # convolution; <., xb> per edge is d loss / d w[e, k].
-                dx = _grouped_input_grad(gm, weights[k], xb.shape, geometry, edges)
+                dx = _grouped_input_grad(gm, folded, xb.shape, geometry, edges)
                 gw[:, k] = _per_edge_dot(dx, xb)
                 if need_x:
                     _add_edge_sum_(gx, dx, w[:, k])
-                if need_weights[k]:
-                    dw = _conv_backward(gm, xb, weights[k], geometry, (False, True))[1]
-                    g_weights[k] = dw * _per_channel(w[:, k], channels)
+                if need_folded:
+                    d_folded = _conv_backward(gm, xb, folded, geometry, (False, True))[1] * edge
             else:
-                scale = _per_channel(w[:, k], channels)
-                dx, dw = _conv_backward(gm, xb, weights[k] * scale, geometry,
-                                        (need_x, need_weights[k]))
+                dx, d_folded = _conv_backward(gm, xb, folded * edge, geometry,
+                                              (need_x, need_folded))
                 if need_x:
                     gx += dx
-                if need_weights[k]:
-                    g_weights[k] = dw * scale
+                if need_folded:
+                    d_folded = d_folded * edge
+            if need_folded:
+                g_signs[k], g_scales[k] = split_folded_gradient(
+                    d_folded, signs[k], scales[k], (need_signs[k], need_scales[k]))
         g_linear = []
         for l, term in enumerate(linear):
             if need_u:
@@ -253,7 +268,7 @@ class _BinaryMix(torch.autograd.Function):
                 g_linear.append(g_l)
             else:
                 g_linear.append(None)
-        return (None, None, gw, gu, gx, None, *g_weights, *g_linear)
+        return (None, None, gw, gu, gx, None, *g_signs, *g_scales, *g_linear)
 
 
 class _PoolNorm(torch.autograd.Function):
@@ -377,34 +392,12 @@ def _compact(x: torch.Tensor | None) -> torch.Tensor | None:
     return small if torch.equal(small.to(x.dtype), x) else x
 
 
-def _compact_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``weight`` as int8 signs and a magnitude per output channel ``(O, 1, 1, 1)`` when that
-    keeps every value (binary weights, per-channel scaled: a quarter of the bytes), else
-    ``weight`` itself and None; :func:`_restore_weight` inverts it."""
-    magnitude = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True)
-    signs = weight.sign().to(torch.int8)
-    return (signs, magnitude) if torch.equal(signs * magnitude, weight) else (weight, None)
-
-
-def _restore_weight(stored: torch.Tensor, magnitude: torch.Tensor | None) -> torch.Tensor:
-    """The weight that :func:`_compact_weight` stored."""
-    return stored if magnitude is None else stored * magnitude
-
-
-def _check_scale_is_per_channel(conv: BinaryConv2d) -> None:
-    if not scale_is_per_channel(conv):
-        raise BnasError(f"the fast search path folds output scales into weights, but "
-                        f"{type(conv).__name__}.scale_output is not a per-channel product; "
-                        f"search with --impl reference")
-
-
-def _binary_weight(conv: BinaryConv2d, detach: bool) -> torch.Tensor:
+def _binary_weight(conv: BinaryConv2d, detach: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``conv``'s +-1 weight and its per-channel scale (or None), without autograd if ``detach``."""
     if detach:
         with torch.no_grad():
             return _binary_weight(conv, False)
-    weight = conv.binary_weight()
-    scale = output_scale(conv)
-    return weight if scale is None else weight * scale.view(-1, 1, 1, 1)
+    return conv.binary_weight(), conv.weight_scale()
 
 
 # How the fast path treats each kind of candidate module (fail early on anything else).
@@ -458,8 +451,6 @@ class FanOut(nn.Module):
                 reduce_cols.append(col)
         if not (conv_cols or linear_cols or reduce_cols):
             raise BnasError(f"search space '{space}' has no operation besides zeroise")
-        for convs in [*self.convs.values(), *(r[0].values() for r in self.reduces.values())]:
-            _check_scale_is_per_channel(next(iter(convs)))
         self.register_buffer("conv_cols", torch.tensor(conv_cols, dtype=torch.long), persistent=False)
         self.register_buffer("linear_cols", torch.tensor(linear_cols, dtype=torch.long),
                              persistent=False)
@@ -470,8 +461,13 @@ class FanOut(nn.Module):
             return convs[0]
         return next(iter(self.reduces.values()))[0]["a"]
 
-    def _stacked(self, convs: Sequence[BinaryConv2d]) -> torch.Tensor:
-        return torch.cat([_binary_weight(conv, self.weights_frozen) for conv in convs])
+    def _stacked(self, convs: Sequence[BinaryConv2d]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The +-1 weights of ``convs`` stacked along output channels, and their scales (or
+        None; one scheme, so all or none of them have one)."""
+        parts = [_binary_weight(conv, self.weights_frozen) for conv in convs]
+        scales = [scale for _, scale in parts]
+        return (torch.cat([sign for sign, _ in parts]),
+                None if scales[0] is None else torch.cat(scales))
 
     def _linear_terms(self, x: torch.Tensor, pooled: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The edge-independent terms in ``linear_ops`` order: ``x`` for identity, else the
@@ -493,7 +489,8 @@ class FanOut(nn.Module):
             out = _BinaryMix.apply(geometry, self.channels, w.index_select(1, self.conv_cols),
                                    w.index_select(1, self.linear_cols), xb,
                                    lambda: self._linear_terms(x, _pool_values(pools, x)),
-                                   *stacked, *linear)
+                                   *(sign for sign, _ in stacked),
+                                   *(scale for _, scale in stacked), *linear)
         for col, reduces in zip(self.reduce_cols, self.reduces.values()):
             term = w[:, col].view(1, -1, 1, 1, 1) * self._factorized_reduce(z, xb, reduces)
             out = term if out is None else out + term
@@ -507,7 +504,8 @@ class FanOut(nn.Module):
         parts = []
         for key, inp in (("a", xb), ("b", first["b"].binarize_input(shifted))):
             conv = first[key]
-            y = F.conv2d(inp, self._stacked([r[key] for r in reduces]), None, *_geometry(conv))
+            sign, scale = self._stacked([r[key] for r in reduces])
+            y = scale_channels(F.conv2d(inp, sign, None, *_geometry(conv)), scale)
             parts.append(y.view(y.shape[0], self.targets, conv.out_channels, *y.shape[2:]))
         return torch.cat(parts, dim=2).relu()
 

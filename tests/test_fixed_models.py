@@ -257,7 +257,7 @@ def test_validate_rejects_missing_keyword_and_unknown_family():
         validate_network(spec, "g")
     with pytest.raises(BnasError, match="unknown network family 'resnt'; did you mean resnet"):
         validate_network({**SPEC, "family": "resnt"}, "g")
-    assert sorted(FAMILIES.names()) == ["resnet", "vgg_small"]
+    assert sorted(FAMILIES.names()) == ["binarynet", "birealnet", "resnet", "vgg_small", "xnornet"]
 
 
 @pytest.mark.parametrize("change,message", [

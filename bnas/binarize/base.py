@@ -117,6 +117,31 @@ class SignInputConv2d(BinaryConv2d):
         return sign_clipped_ste(x)
 
 
+class BinaryLinear(nn.Module):
+    """A fully-connected layer with 1-bit weights and 1-bit inputs, as the scheme's 1x1
+    :class:`BinaryConv2d` (``self.conv``, weight ``(out, in, 1, 1)``) applied to the features
+    viewed as a 1x1 map: ``scale_output(conv(binarize_input(x), binary_weight()))`` with the
+    scheme's own input binarizer, weight binarizer and output scale (for per-sample input
+    statistics the sample's features are its ``(C, 1, 1)`` map). ``forward`` takes and returns
+    ``(N, features)``.
+    """
+
+    def __init__(self, conv: BinaryConv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    @property
+    def in_features(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def out_features(self) -> int:
+        return self.conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x[:, :, None, None]).flatten(1)
+
+
 class Binarizer:
     """A binarization scheme: builds binary convolutions and says how they are trained.
 
@@ -174,6 +199,11 @@ class Binarizer:
         """A binary convolution of this scheme."""
         return self.conv_class(in_channels, out_channels, kernel_size, stride=stride,
                                padding=padding, dilation=dilation, groups=groups, bias=bias)
+
+    def linear(self, in_features: int, out_features: int) -> BinaryLinear:
+        """A binary fully-connected layer of this scheme (its 1x1 convolution, so that every
+        scheme's rules, schedules and optimizer routing apply to it unchanged)."""
+        return BinaryLinear(self.conv(in_features, out_features, 1))
 
     def binary_convs(self, model: nn.Module) -> Iterator[BinaryConv2d]:
         """The binary convolutions of ``model`` that belong to this scheme."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ..binarize.base import BinaryLinear
 from ..errors import BnasError
 from ..run import checkpoint as run_checkpoint
 
@@ -50,8 +51,8 @@ def structure(genotype: Any) -> dict[str, Any]:
 
 
 def model_classes(model: nn.Module) -> int | None:
-    """The number of outputs of the model's last linear layer."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    """The number of outputs of the model's last linear layer (real or binary)."""
+    linears = [m for m in model.modules() if isinstance(m, (nn.Linear, BinaryLinear))]
     return linears[-1].out_features if linears else None
 
 

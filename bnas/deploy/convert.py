@@ -48,6 +48,10 @@ FLOAT_MODULES: frozenset[str] = frozenset({
     "ZeroPadShortcut", "AvgPoolZeroPadShortcut", "RealConvOp", "Zero",
     # layer overrides (bnas.model.overrides): sign inputs with real weights, run in float
     "RealWeightConv2d",
+    # the Bop papers' networks (bnas.model.bopnets) and the binary dense layer, whose 1x1
+    # convolution child is packed like any binary convolution
+    "Sequential1w1a", "BiRealNet", "BiRealUnit", "ShiftBatchNorm", "ChannelLayerNorm",
+    "BinaryLinear",
 })
 
 
@@ -115,6 +119,13 @@ def _bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
 
 for _name in ACTIVATIONS.names():
     CONVERTERS.add(_name, lambda m, empty: packed_conv(m, empty))
+
+
+@CONVERTERS.register("RealInputConv")
+def _real_input_conv(op: nn.Module, empty: bool) -> nn.Module:
+    """BinaryNet's first layer (binary weights, real inputs) runs in float: the packed kernels
+    take 1-bit activations only."""
+    return copy.deepcopy(op).eval()
 
 
 @CONVERTERS.register("BinConvOp")

@@ -365,3 +365,36 @@ def test_tune_search_mode_with_a_cost_is_a_two_objective_study(tmp_path, capsys)
     assert summary[1].split()[:5] == ["trial", "state", "top1", "cost", "front"]
     assert "Pareto front (top-1 up, cost down): trials" in (tmp_path / "best.yaml").read_text()
     assert (tmp_path / "pareto.png").is_file() and "pareto plot:" in out
+
+
+# -- latency -------------------------------------------------------------------------------------
+def test_latency_table_entries_are_positive_and_ordered_by_kernel(tmp_path, monkeypatch):
+    pytest.importorskip("bnas.deploy.bench", reason="the packed engine's timing is not here")
+    from bnas.search.latency import build_table, engine
+
+    engine()  # the packed engine runs here (its kernels build with g++)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    table = build_table("bnas", RetrainSize.of("cifar10", 3, 16, 16), steps=1)
+    assert table.path.parent == tmp_path / "bnas" / "latency" and table.path.is_file()
+    # one node (edges from the cell inputs only): normal C=16 at 16x16, reductions C=32 at
+    # 16x16 and C=64 at 8x8, both strided: three shapes, six priced operations each
+    assert len(table.entries) == 3 * 6 and all(t > 0 for t in table.entries.values())
+    on_disk = json.loads(table.path.read_text())
+    assert on_disk["entries"] == table.entries and on_disk["threads"] == torch.get_num_threads()
+    # where the convolution outweighs the packing (C=256, 16x16: about 1.9x on the 2-core test
+    # machine), a 5x5 kernel takes longer than a 3x3 one, dilated or not
+    shape = (256, 16, 16)
+    for small, large in (("bin_conv_3x3", "bin_conv_5x5"), ("bin_dil_conv_3x3", "bin_dil_conv_5x5")):
+        assert table.get(large, shape, 1, "plain") > table.get(small, shape, 1, "plain")
+    assert table.key("bin_conv_5x5", shape, 1, "plain") in json.loads(table.path.read_text())["entries"]
+    # entries are kept (a later search reuses them) until regenerated
+    tiny = RetrainSize.of("cifar10", 3, 4, 8)
+    first = build_table("bnas", tiny, steps=1)
+    on_disk = json.loads(first.path.read_text())
+    table.path.write_text(json.dumps({**on_disk, "entries": {k: -1.0 for k in on_disk["entries"]}}))
+    COST_KINDS.get("latency")._tables.clear()
+    assert set(build_table("bnas", tiny, steps=1).entries.values()) == {-1.0}
+    again = build_table("bnas", tiny, steps=1, regenerate=True)
+    # the table now holds what this size needs, measured afresh (the earlier entries are gone)
+    assert len(again.entries) == 3 * 6 and set(again.entries) < set(first.entries)
+    assert min(again.entries.values()) > 0

@@ -31,7 +31,7 @@ from ..errors import BnasError
 from ..genotype import atomic_write_text
 from ..ops.cxx import cache_dir
 from ..profiling import Profile
-from .cost import COST_KINDS, CostKind, Shape
+from .cost import COST_KINDS, CostKind, RetrainSize, Shape
 
 #: Seconds of repeated runs behind each entry's median (after warm-up runs).
 MIN_TIME_S = 0.1
@@ -155,3 +155,18 @@ class LatencyKind(CostKind):
 
 
 COST_KINDS.add("latency", LatencyKind())
+
+
+def build_table(space: str, size: RetrainSize, *, steps: int = 4, binarizer: str = "plain",
+                regenerate: bool = False) -> LatencyTable:
+    """Measure (or with ``regenerate`` re-measure) every entry a search of ``space`` needs for a
+    network of ``size`` on this CPU at torch's current thread count; returns the table (saved)."""
+    from ..binarize import get as get_binarizer
+    from ..ops import SPACES
+    from .cost import CostModel
+
+    kind = COST_KINDS.get("latency")
+    if regenerate:
+        kind.forget()
+    CostModel.build(kind, SPACES.get(space), steps, space, size, get_binarizer(binarizer))
+    return kind.table()

@@ -208,6 +208,7 @@ def test_cli_import_then_eval(tmp_path, capsys):
     assert result["samples"] == 64 and 0.0 <= result["top1"] <= 100.0
     saved = checkpoint.load(out)
     assert saved["identity"]["binarizer"] == "siman" and saved["imported"]["from"] == "siman"
+    assert saved["config"]["data_recipe"] == "seeds"  # SiMaN normalises CIFAR as ImageNet
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
@@ -276,6 +277,7 @@ def test_bnas_cell_network_with_its_real_leftover_convolutions(tmp_path):
     assert record["layer_overrides"] == {"cells.4.ops.1.conv": "real_weight",
                                          "cells.4.ops.2.conv": "real_weight"}
     saved = checkpoint.load(out)
+    assert saved["config"]["data_recipe"] == "bnas"
     model = build_model("latest_cell_zeroise", layers=layers, init_channels=c,
                         layer_overrides=saved["config"]["layer_overrides"])
     model.load_state_dict(saved["model"])

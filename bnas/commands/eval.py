@@ -9,8 +9,9 @@ from ..train.options import add_config_options, overrides_from_args
 
 #: The settings ``bnas eval`` takes (the model's default to those the weights were trained with).
 EVAL_FIELDS = ("arch", "config", "layers", "init_channels", "num_classes", "binarizer",
-               "binarizer_hparams", "layer_overrides", "dataset", "data", "image_size", "loader", "workers",
-               "val_subset", "batch_size", "device", "amp", "channels_last", "seed")
+               "binarizer_hparams", "layer_overrides", "dataset", "data", "data_recipe",
+               "image_size", "loader", "workers", "val_subset", "batch_size", "eval_batch_size",
+               "device", "amp", "channels_last", "seed")
 
 EPILOG = """\
 examples:

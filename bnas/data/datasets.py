@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import BnasError
 from ..registry import Registry
+from .recipes import DATA_RECIPES
 from .transforms import cifar_transform, imagenet_transform, small_folder_transform
 
 SPLITS = ("train", "val")
@@ -31,6 +32,8 @@ class DatasetOptions:
     image_size: int | None = None
     synthetic_size: int = 512
     download: bool = True
+    #: the image pipeline (:data:`bnas.data.recipes.DATA_RECIPES`)
+    recipe: str = "bnas"
 
 
 Builder = Callable[[str, DatasetOptions], Dataset]
@@ -101,7 +104,8 @@ def _cifar(name: str) -> Builder:
         if missing:
             raise BnasError(f"{name} not found: expected {folder}/{missing[0]} (download the python "
                             f"version of {name} and unpack it under {root})")
-        transform = cifar_transform(train=split == "train" and opts.augment)
+        stats = DATA_RECIPES.get(opts.recipe).cifar_stats[name]
+        transform = cifar_transform(train=split == "train" and opts.augment, stats=stats)
         return CifarBatches(folder, list(files), layout.label_key, transform)
 
     return build
@@ -138,7 +142,8 @@ def _image_folder(split: str, root: Path, transform) -> Dataset:
 def _imagenet(split: str, opts: DatasetOptions) -> Dataset:
     root = _need_root("imagenet", opts)
     size = opts.image_size or 224
-    return _image_folder(split, root, imagenet_transform(size, train=split == "train" and opts.augment))
+    return _image_folder(split, root, imagenet_transform(size, train=split == "train" and opts.augment,
+                                                         recipe=DATA_RECIPES.get(opts.recipe)))
 
 
 @DATASETS.register("imagefolder")

@@ -1,4 +1,5 @@
-"""Image transforms of the recipes (BNAS / DARTS CIFAR, BNAS ImageNet).
+"""Image transforms of the recipes (CIFAR crops and flips, ImageNet random-resized crops), with
+each project's statistics and augmentation (:mod:`bnas.data.recipes`).
 
 torchvision is imported when a transform is built, not with this module: importing it costs
 about 190 MB of resident memory, which runs on synthetic data or tensors never need.
@@ -13,10 +14,10 @@ import torch
 if TYPE_CHECKING:
     from torchvision import transforms as T
 
-CIFAR_MEAN = (0.49139968, 0.48215827, 0.44653124)
-CIFAR_STD = (0.24703233, 0.24348505, 0.26158768)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .recipes import CIFAR10_STATS, IMAGENET_STATS, DataRecipe, Stats
+
+CIFAR_MEAN, CIFAR_STD = CIFAR10_STATS
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_STATS
 
 
 def _transforms() -> ModuleType:
@@ -25,20 +26,24 @@ def _transforms() -> ModuleType:
     return transforms
 
 
-def cifar_transform(train: bool) -> T.Compose:
-    """uint8 (3, 32, 32) tensor -> normalised float; training adds RandomCrop(32, 4) + flip."""
+def cifar_transform(train: bool, stats: Stats = CIFAR10_STATS) -> T.Compose:
+    """uint8 (3, 32, 32) tensor -> float normalised with ``stats`` (mean, std); training adds
+    RandomCrop(32, 4) + flip."""
     T = _transforms()
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train else []
-    return T.Compose([*steps, T.ConvertImageDtype(torch.float32), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    return T.Compose([*steps, T.ConvertImageDtype(torch.float32), T.Normalize(*stats)])
 
 
-def imagenet_transform(size: int, train: bool) -> T.Compose:
-    """BNAS ImageNet: RandomResizedCrop + flip + ColorJitter(0.4, 0.4, 0.4, 0.2) for training;
-    Resize(size * 8/7) + CenterCrop(size) (256 / 224) for validation."""
+def imagenet_transform(size: int, train: bool, recipe: DataRecipe | None = None) -> T.Compose:
+    """ImageNet: RandomResizedCrop(``recipe.crop_scale``) + flip (+ ColorJitter(0.4, 0.4, 0.4,
+    0.2) where the recipe has it; BNAS's by default) for training; Resize(size * 8/7) +
+    CenterCrop(size) (256 / 224) for validation."""
     T = _transforms()
     if train:
-        steps = [T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
-                 T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2)]
+        scale, jitter = (recipe.crop_scale, recipe.color_jitter) if recipe else ((0.08, 1.0), True)
+        steps = [T.RandomResizedCrop(size, scale=scale), T.RandomHorizontalFlip()]
+        if jitter:
+            steps.append(T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2))
     else:
         steps = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

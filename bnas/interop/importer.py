@@ -5,7 +5,10 @@ network's state dict, its identity and the settings that rebuild it, so that ``b
 ``bnas train --init-weights`` and ``bnas export`` take it like weights bnas trained, plus an
 ``imported`` record (project, file, the checkpoint's own epoch / accuracy / model name, the
 dropped and missing tensors, and the layer overrides its weights need, which the file's
-settings carry so that the builder applies them). Nothing is written unless every tensor matched.
+settings carry so that the builder applies them). The settings also name the image pipeline
+the project evaluated with (``data_recipe``: RBNN, ReCU and SiMaN normalise CIFAR-10 with
+ImageNet's statistics), so ``bnas eval`` feeds the weights what they expect. Nothing is written
+unless every tensor matched.
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ def import_checkpoint(source: str, path: str | Path, out: str | Path, *, arch: s
               "checkpoint": meta, **conversion.report(), "layer_overrides": overrides}
     settings = {"arch": arch, "config": config, "layers": layers, "init_channels": init_channels,
                 "num_classes": num_classes, "binarizer": src.binarizer, "binarizer_hparams": {},
-                "layer_overrides": overrides, "dataset": model.dataset}
+                "layer_overrides": overrides, "dataset": model.dataset,
+                "data_recipe": src.data_recipe}
     run_checkpoint.save("weights", {
         "model": model.state_dict(),
         "identity": checkpoint.identity(model, layers=layers, init_channels=init_channels,

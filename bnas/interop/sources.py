@@ -67,6 +67,8 @@ class Source:
     signature: frozenset[str] = frozenset()
     #: the layer overrides its checkpoints need, if any.
     overrides: Overrides | None = None
+    #: the image pipeline its networks were trained and evaluated with (bnas.data.recipes)
+    data_recipe: str = "seeds"
 
     def reference_leaf(self, leaf: str) -> str:
         return self.renames.get(leaf, leaf)
@@ -84,6 +86,7 @@ for _source in (
            signature=frozenset({"tau"})),
     Source("siman", "SiMaN (lmbxmu/SiMaN)", "siman", reshaped=frozenset({"B"}),
            signature=frozenset({"B", "percent"})),
-    Source("bnas", "BNAS (gistvision/bnas)", "plain", overrides=bnas_real_leftovers),
+    Source("bnas", "BNAS (gistvision/bnas)", "plain", overrides=bnas_real_leftovers,
+           data_recipe="bnas"),
 ):
     SOURCES.add(_source.name, _source)

@@ -52,7 +52,8 @@ class EpochRun:
     :func:`bnas.run.rundir.attach_run_log`), ``model`` (the network, with its ``binarizer``),
     ``net`` (``model`` or its DistributedDataParallel wrapper), ``train_loader`` and
     ``val_loader``, ``scheduler`` (the learning rate of ``optimizer``), ``epochs``,
-    ``start_epoch`` and ``progress`` (whether to draw the progress line).
+    ``start_epoch`` and ``progress`` (whether to draw the progress line); ``print_freq`` (log
+lines during an epoch) is optional.
     """
 
     ctx: Context
@@ -67,6 +68,8 @@ class EpochRun:
     start_epoch: int
     progress: bool
     channels_last: bool = False
+    #: log the running loss and top-1 every this many training batches (0: never)
+    print_freq: int = 0
 
     # -- what a run supplies ------------------------------------------------------------------
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
@@ -142,6 +145,11 @@ class EpochRun:
             if progress.due(batch + 1):
                 running = meter.result()
                 progress.draw(batch + 1, running["loss"], running["top1"], images)
+            if self.print_freq and (batch + 1) % self.print_freq == 0 and ctx.is_main:
+                running = meter.result()
+                self.log.info("epoch %d [%d/%d]  loss %.4f  top1 %.2f  lr %.4g", epoch + 1,
+                              batch + 1, len(self.train_loader), running["loss"],
+                              running["top1"], self.scheduler.lr())
         result = meter.result(ctx)
         result["images_per_s"] = images / max(time.perf_counter() - started, 1e-9)
         result["lr"] = self.scheduler.lr()

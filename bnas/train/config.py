@@ -21,18 +21,20 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from .. import presets
 from ..binarize import BINARIZERS
 from ..data.info import DATASET_INFO, dataset_info
+from ..data.recipes import DATA_RECIPES
 from ..errors import BnasError, unknown
 from ..model.configs import CONFIGS
 from ..run.schedules import SCHEDULES, build_schedule
 from ..runio import atomic_write_text
 from .data import LOADERS
+from .phases import scale_phases
 
 AMP_MODES = ("bf16", "fp16")
 OPTIMIZERS = ("sgd", "adam")
@@ -50,6 +52,10 @@ def _opt(default: Any, help: str) -> Any:
 @dataclass
 class TrainConfig:
     """Everything a training run needs; saved as ``config.yaml`` with every run."""
+
+    #: What :func:`resolve_config` rescaled to ``--epochs`` (:mod:`bnas.train.phases`), for the
+    #: run log; not a setting.
+    phase_notes: ClassVar[tuple[str, ...]] = ()
 
     # -- what to train ---------------------------------------------------------------------
     arch: str | None = _opt(None, "genotype name or file (latest_cell_zeroise, resnet20_1w1a, ...)")
@@ -71,9 +77,14 @@ class TrainConfig:
     workers: int = _opt(4, "data-loading worker processes per training process")
     train_subset: int | float | None = _opt(None, "train on this many samples (or this fraction)")
     val_subset: int | float | None = _opt(None, "validate on this many samples (or this fraction)")
+    data_recipe: str = _opt("bnas", "image pipeline: bnas (CIFAR-10 statistics, ImageNet colour "
+                                    "jitter) or seeds (RBNN/ReCU/SiMaN: CIFAR-10 with ImageNet's "
+                                    "statistics, no jitter)")
     # -- optimisation -------------------------------------------------------------------------
     epochs: int = _opt(100, "training epochs")
     batch_size: int = _opt(256, "global batch size, split evenly across processes")
+    eval_batch_size: int | None = _opt(None, "global validation batch size (default: "
+                                             "--batch-size; the seeds' -bt)")
     optimizer: str = _opt("sgd", "sgd or adam (Bop schemes use it for the real-valued parameters)")
     lr: float = _opt(0.1, "peak learning rate")
     momentum: float = _opt(0.9, "SGD momentum")
@@ -92,6 +103,8 @@ class TrainConfig:
     channels_last: bool = _opt(False, "channels-last memory format")
     sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across GPUs")
     progress: bool = _opt(True, "show a progress bar")
+    print_freq: int | None = _opt(None, "log the running loss and top-1 every N training "
+                                        "batches (the seeds' --print_freq)")
     out: str | None = _opt(None, "run directory (default: runs/train-<arch>-<time>)")
     resume: bool | str = _opt(False, "continue from the run directory's checkpoint (or a "
                                      "checkpoint file)")
@@ -117,6 +130,7 @@ class TrainConfig:
         self.binarizer = BINARIZERS.canonical(self.binarizer)
         dataset_info(self.dataset)
         self.loader = LOADERS.canonical(self.loader)
+        self.data_recipe = DATA_RECIPES.canonical(self.data_recipe)
         if self.amp in ("none", "off", ""):
             self.amp = None
         if self.amp is not None and self.amp not in AMP_MODES:
@@ -129,7 +143,8 @@ class TrainConfig:
             _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
         for name in ("workers", "warmup_epochs"):
             _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-        for name in ("layers", "init_channels", "num_classes", "image_size"):
+        for name in ("layers", "init_channels", "num_classes", "image_size", "eval_batch_size",
+                     "print_freq"):
             value = getattr(self, name)
             if value is not None:
                 _check(name, value, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
@@ -228,7 +243,10 @@ def resolve_config(preset: str | Path | None, overrides: dict[str, Any]) -> Trai
     recipe = BINARIZERS.get(pick["binarizer"]).recipe(family)
     _check_keys(recipe, f"the {pick['binarizer']} recipe")
     recipe["binarizer"] = pick["binarizer"]
-    return TrainConfig(**_combine([defaults, recipe, layer, given])).validate()
+    scaled, notes = scale_phases(_combine([defaults, recipe, layer]), given)
+    cfg = TrainConfig(**_combine([defaults, recipe, layer, scaled, given])).validate()
+    cfg.phase_notes = tuple(notes)
+    return cfg
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

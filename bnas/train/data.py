@@ -29,6 +29,11 @@ class Data:
     num_classes: int
 
 
+def eval_batch(cfg: TrainConfig) -> int:
+    """The global validation batch: ``--eval-batch-size``, else ``--batch-size``."""
+    return cfg.eval_batch_size or cfg.batch_size
+
+
 def per_process_batch(batch_size: int, ctx: Context) -> int:
     """The global batch split evenly across the processes."""
     if batch_size % ctx.world_size:
@@ -44,7 +49,7 @@ LOADERS: Registry[LoaderFactory] = Registry("loader")
 @LOADERS.register("torch")
 def torch_loaders(cfg: TrainConfig, ctx: Context, train: bool) -> Data:
     """torchvision datasets (``bnas.data.build_dataset``) through a DataLoader per process."""
-    options = {"root": cfg.data, "image_size": cfg.image_size}
+    options = {"root": cfg.data, "image_size": cfg.image_size, "recipe": cfg.data_recipe}
     splits = ("train", "val") if train else ("val",)
     with ctx.main_first():  # rank 0 downloads (CIFAR) before the others look
         datasets = {split: build_dataset(cfg.dataset, split, augment=split == "train", **options)
@@ -53,11 +58,12 @@ def torch_loaders(cfg: TrainConfig, ctx: Context, train: bool) -> Data:
                    or dataset_info(cfg.dataset).num_classes)
     if not num_classes:
         raise BnasError(f"dataset '{cfg.dataset}' needs --num-classes")
-    batch = per_process_batch(cfg.batch_size, ctx)
-    common = {"batch_size": batch, "seed": cfg.seed, "rank": ctx.rank, "world_size": ctx.world_size,
+    common = {"seed": cfg.seed, "rank": ctx.rank, "world_size": ctx.world_size,
               "workers": cfg.workers, "pin_memory": ctx.device.type == "cuda"}
-    val = build_loader(subset(datasets["val"], cfg.val_subset, cfg.seed), train=False, **common)
-    loader = (build_loader(subset(datasets["train"], cfg.train_subset, cfg.seed), train=True, **common)
+    val = build_loader(subset(datasets["val"], cfg.val_subset, cfg.seed), train=False,
+                       batch_size=per_process_batch(eval_batch(cfg), ctx), **common)
+    loader = (build_loader(subset(datasets["train"], cfg.train_subset, cfg.seed), train=True,
+                           batch_size=per_process_batch(cfg.batch_size, ctx), **common)
               if train else None)
     return Data(loader, val, num_classes)
 
@@ -79,9 +85,9 @@ def dali_loaders(cfg: TrainConfig, ctx: Context, train: bool) -> Data:
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) \
         if (root / "train").is_dir() else []
     num_classes = cfg.num_classes or len(classes) or dataset_info(cfg.dataset).num_classes
-    batch = per_process_batch(cfg.batch_size, ctx)
     size = cfg.image_size or dataset_info(cfg.dataset).image_size
-    common = {"batch_size": batch, "size": size, "rank": ctx.rank, "world_size": ctx.world_size,
+    common = {"size": size, "rank": ctx.rank, "world_size": ctx.world_size,
               "workers": cfg.workers, "device": ctx.device, "seed": cfg.seed}
-    val = DaliLoader(root, "val", **common)
-    return Data(DaliLoader(root, "train", **common) if train else None, val, num_classes)
+    val = DaliLoader(root, "val", batch_size=per_process_batch(eval_batch(cfg), ctx), **common)
+    return Data(DaliLoader(root, "train", batch_size=per_process_batch(cfg.batch_size, ctx),
+                           **common) if train else None, val, num_classes)

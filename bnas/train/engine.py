@@ -95,6 +95,7 @@ class Trainer(EpochRun):
     def __init__(self, cfg: TrainConfig, ctx: Context) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.epochs, self.progress, self.channels_last = cfg.epochs, cfg.progress, cfg.channels_last
+        self.print_freq = cfg.print_freq or 0
         self.out = self._run_dir()
         self.handlers = attach_run_log(log, self.out / "log", ctx.is_main)
         seed_everything(cfg.seed)
@@ -132,6 +133,8 @@ class Trainer(EpochRun):
         log.info("training %s (%d parameters, binarizer %s) on %s: %d process(es), device %s, "
                  "%d epochs, batch %d; run directory %s", cfg.name, params, cfg.binarizer,
                  cfg.dataset, ctx.world_size, ctx.device, cfg.epochs, cfg.batch_size, self.out)
+        for note in cfg.phase_notes:
+            log.info("recipe phase scaled to --epochs: %s", note)
         paper_network = self.model.binarizer.paper_network(cfg.arch)
         if paper_network:
             log.info("note: %s's published figures for %s used its own network, --arch %s",
@@ -307,7 +310,7 @@ def train(cfg: TrainConfig, *, on_epoch_end: EpochCallback | None = None) -> dic
 # -- evaluation ------------------------------------------------------------------------------
 #: Configuration fields that describe the model (filled from a weights file when not given).
 MODEL_FIELDS = ("arch", "config", "layers", "init_channels", "num_classes", "binarizer",
-                "binarizer_hparams", "layer_overrides", "dataset", "image_size")
+                "binarizer_hparams", "layer_overrides", "dataset", "data_recipe", "image_size")
 
 
 def weights_settings(path: str | Path, given: dict[str, Any]) -> dict[str, Any]:

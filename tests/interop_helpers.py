@@ -380,3 +380,43 @@ def bnas_cifar_forward(sd, x, c: int, layers: int, real: set[str]):
                                   sd[f"{p}.preprocess_res.1.bias"].to(DT), 2) if red else s1)
         s0, s1 = s1, out
     return linear(sd, "classifier", s1.mean((2, 3)))
+
+
+#: latest_cell (BNAS's ImageNet cell) as BNAS writes it.
+BNAS_LATEST = {"normal": [("bin_conv_3x3", 1), ("bin_dil_conv_3x3", 0), ("bin_conv_3x3", 1),
+                          ("bin_conv_3x3", 2), ("bin_conv_3x3", 2), ("bin_dil_conv_3x3", 1),
+                          ("bin_dil_conv_3x3", 1), ("bin_conv_3x3", 0)],
+               "reduce": [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("max_pool_3x3", 0),
+                          ("bin_conv_3x3", 2), ("max_pool_3x3", 0), ("bin_dil_conv_3x3", 3),
+                          ("max_pool_3x3", 0), ("bin_dil_conv_3x3", 4)]}
+
+
+def bnas_imagenet(c: int, layers: int, classes: int) -> dict[str, torch.Tensor]:
+    """A BNAS ImageNet network's state dict (model_imagenet.py names, registration order)."""
+    m = Maker("bnas")
+    m.conv("stem0.0", c // 2, 3, 3)
+    m.bn("stem0.1", c // 2)
+    m.conv("stem0.3", c, c // 2, 3)
+    m.bn("stem0.4", c)
+    m.conv("stem1.1", c, c, 3)
+    m.bn("stem1.2", c)
+    c_pp, c_p, c_cur, red_prev = c, c, c, True
+    for i in range(layers):
+        red = i in (layers // 3, 2 * layers // 3)
+        c_cur *= 2 if red else 1
+        p, suffix = f"cells.{i}", "_red" if red else ""
+        m.bn(f"{p}.preprocess0{suffix}.bn", c_pp)
+        m.conv(f"{p}.preprocess0{suffix}.op.0", c_cur, c_pp, 3 if red_prev else 1)
+        m.bn(f"{p}.preprocess1{suffix}.bn", c_p)
+        m.conv(f"{p}.preprocess1{suffix}.op.0", c_cur, c_p, 1)
+        if red:
+            m.bn(f"{p}.preprocess_res.0", c_p)
+            m.sd[f"{p}.preprocess_res.1.weight"] = m.randn(4 * c_cur, c_p, 2, 2) * 0.2
+            m.sd[f"{p}.preprocess_res.1.bias"] = 0.1 * m.randn(4 * c_cur)
+        for k, (op, _) in enumerate(BNAS_LATEST["reduce" if red else "normal"]):
+            if op in BNAS_CONVS:
+                m.bn(f"{p}._ops.{k}.bn", c_cur)
+                m.conv(f"{p}._ops.{k}.op.0", c_cur, c_cur, 3)
+        red_prev, c_pp, c_p = red, c_p, 4 * c_cur
+    m.linear("classifier", classes, c_p)
+    return m.sd

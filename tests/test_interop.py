@@ -309,3 +309,23 @@ def test_bnas_weights_need_their_overrides(tmp_path, capsys):
             "--device", "cpu", "--layer-override", "cells.4.ops.1.conv=real_weight"]
     assert main(argv) == 2
     assert "layer overrides" in capsys.readouterr().err
+
+
+def test_bnas_imagenet_network(tmp_path):
+    c, layers = 8, 4  # reductions at cells 1 and 2 (named *_red there), the last cell normal
+    sd = ref.bnas_imagenet(c, layers, classes=5)
+    torch.save({"epoch": 250, "state_dict": {f"module.{k}": v for k, v in sd.items()},
+                "amp": {"loss_scaler0": {"loss_scale": 65536.0, "unskipped": 0}}},
+               tmp_path / "b.pth.tar")
+    out = tmp_path / "w.pt"
+    record = import_checkpoint("bnas", tmp_path / "b.pth.tar", out, arch="latest_cell",
+                               dataset="imagenet", num_classes=5, layers=layers, init_channels=c)
+    assert record["layer_overrides"] == {"cells.3.ops.6.conv": "real_weight",
+                                         "cells.3.ops.7.conv": "real_weight"}
+    assert record["dropped"] == [] and record["checkpoint"] == {"epoch": 250}
+    state = checkpoint.load(out)["model"]
+    for theirs, ours in (("stem0.3.weight", "stem0.3.weight"),
+                         ("cells.1.preprocess0_red.op.0.weight", "cells.1.preprocess0.conv.weight"),
+                         ("cells.2.preprocess_res.1.bias", "cells.2.residual.1.bias"),
+                         ("cells.3._ops.7.op.0.weight", "cells.3.ops.7.conv.weight")):
+        assert torch.equal(state[ours], sd[theirs]), ours

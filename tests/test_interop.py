@@ -121,6 +121,10 @@ LAYOUTS = {
                               "state_dict": sd},
     "dataparallel": lambda sd: {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()},
                                 "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
+    # RBNN's main.py also saves the parameters as a list, and its accuracy may be a tensor
+    "parameter-list": lambda sd: {"epoch": 600, "state_dict": sd, "best_prec1": torch.tensor(87.5),
+                                  "parameters": [torch.nn.Parameter(v) for k, v in sd.items()
+                                                 if k.endswith("alpha")]},
 }
 
 
@@ -130,6 +134,8 @@ def test_checkpoint_layouts(tmp_path, layout):
     record = _check(tmp_path, source, make(), arch, forward, layout=LAYOUTS[layout])
     if layout == "state_dict":
         assert record["checkpoint"] == {"epoch": 400, "best_prec1": 87.4, "model": "resnet20_1w1a"}
+    if layout == "parameter-list":
+        assert record["checkpoint"] == {"epoch": 600, "best_prec1": 87.5}
 
 
 def test_tensors_are_carried_exactly(tmp_path):
@@ -329,3 +335,15 @@ def test_bnas_imagenet_network(tmp_path):
                          ("cells.2.preprocess_res.1.bias", "cells.2.residual.1.bias"),
                          ("cells.3._ops.7.op.0.weight", "cells.3.ops.7.conv.weight")):
         assert torch.equal(state[ours], sd[theirs]), ours
+
+
+def test_the_saved_model_name_must_match(tmp_path):
+    sd = ref.cifar_resnet20("rbnn")
+    _refused(tmp_path, {"model": "resnet20_bireal_1w1a", "state_dict": sd}, "rbnn",
+             "resnet20_1w1a", r"saved for the project's 'resnet20_bireal_1w1a' \(bnas: --arch "
+             r"resnet20_bireal_1w1a\), not 'resnet20_1w1a'")
+    _refused(tmp_path, {"model": "resnet20_1w1a", "state_dict": ref.cifar_resnet20("recu")},
+             "recu", "resnet20_bireal_1w1a", r"bnas: --arch recu_resnet20_1w1a")
+    torch.save({"model": "resnet20_1w1a", "state_dict": ref.cifar_resnet20("recu")},
+               tmp_path / "ok.pt")
+    import_checkpoint("recu", tmp_path / "ok.pt", tmp_path / "w.pt", arch="recu_resnet20_1w1a")

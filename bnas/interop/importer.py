@@ -16,12 +16,29 @@ from pathlib import Path
 from typing import Any
 
 from .. import build_model
+from ..binarize import BINARIZERS
+from ..errors import BnasError
+from ..genotype import names as genotype_names
 from ..model.overrides import apply_overrides
 from ..run import checkpoint as run_checkpoint
 from ..train import checkpoint
 from .convert import convert
 from .reading import read_state_dict
 from .sources import SOURCES
+
+
+def check_saved_name(meta: dict[str, Any], scheme: str, arch: str, path: str | Path) -> None:
+    """Refuse ``arch`` when the checkpoint names its network (RBNN's ``'model'`` entry) and that
+    network is another bnas genotype: ResNet-20 and its Bi-Real form hold the same tensors, so
+    only the name tells them apart. The project's model-zoo name maps to its own network where
+    it ships one (``Binarizer.networks``)."""
+    saved = meta.get("model")
+    if not isinstance(saved, str):
+        return
+    expected = BINARIZERS.get(scheme).paper_network(saved) or saved
+    if expected != arch and expected in genotype_names():
+        raise BnasError(f"{path} was saved for the project's '{saved}' (bnas: --arch {expected}), "
+                        f"not '{arch}'")
 
 
 def import_checkpoint(source: str, path: str | Path, out: str | Path, *, arch: str | None,
@@ -35,6 +52,7 @@ def import_checkpoint(source: str, path: str | Path, out: str | Path, *, arch: s
     model = build_model(arch, dataset=dataset, num_classes=num_classes, layers=layers,
                         init_channels=init_channels, config=config, binarizer=src.binarizer)
     name = model.genotype.name or str(arch)
+    check_saved_name(meta, src.binarizer, name, path)
     conversion = convert(state, model, src, str(path), name)
     overrides = src.overrides(state, conversion.found) if src.overrides else {}
     apply_overrides(model, overrides)

@@ -26,6 +26,14 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _scalar(value: Any) -> str | int | float | None:
+    """A checkpoint entry worth reporting (epoch, accuracy, model name): a number, a string or
+    a one-element tensor; None for anything else (optimizer state, parameter lists)."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else None
+    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
 def _is_state_dict(value: Any) -> bool:
     return (isinstance(value, dict) and bool(value)
             and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()))
@@ -52,7 +60,8 @@ def find_state_dict(data: Any, path: str | Path) -> tuple[dict[str, torch.Tensor
         key = next((k for k in STATE_KEYS if _is_state_dict(data.get(k))), None)
         if key is not None:
             state = data[key]
-            meta = {k: v for k, v in data.items() if k != key and isinstance(v, (str, int, float))}
+            meta = {k: _scalar(v) for k, v in data.items()
+                    if k != key and _scalar(v) is not None}
     if state is None:
         raise BnasError(f"{path} holds no model weights (expected a state dict of tensors or a "
                         f"dictionary with one under {' / '.join(repr(k) for k in STATE_KEYS)})")

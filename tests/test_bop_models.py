@@ -166,8 +166,8 @@ def test_a_preset_trains_binarynet(tmp_path):
     from bnas.train import resolve_config, train
     from bnas.train import checkpoint
 
-    cfg = resolve_config("bop_testExp", {"dataset": "digits", "epochs": 1, "train_subset": 100,
-                                         "val_subset": 50, "workers": 0, "progress": False,
+    cfg = resolve_config("bop_testExp", {"dataset": "digits", "epochs": 1, "train_subset": 50,
+                                         "val_subset": 25, "workers": 0, "progress": False,
                                          "device": "cpu", "out": str(tmp_path)})
     result = train(cfg)
     assert result["epochs"] == 1

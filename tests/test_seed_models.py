@@ -119,3 +119,15 @@ def test_init():
     r20 = build_model("recu_resnet20_1w1a", dataset="cifar10")
     assert torch.all(r20.stages[0][0].bn1.weight == 1.0)
     assert r20.classifier.weight.abs().max() <= 1.0 / 8.0  # PyTorch's uniform(+-1/sqrt(64))
+
+
+def test_training_says_which_network_the_paper_used(tmp_path):
+    from bnas.run.context import Context
+    from bnas.train import Trainer, resolve_config
+
+    cfg = resolve_config(None, {"arch": "resnet20_1w1a", "binarizer": "siman", "dataset": "digits",
+                                "epochs": 1, "train_subset": 32, "val_subset": 32, "workers": 0,
+                                "progress": False, "device": "cpu", "out": str(tmp_path)})
+    Trainer(cfg, Context()).close()
+    assert ("siman's published figures for resnet20_1w1a used its own network, --arch "
+            "siman_resnet20_1w1a") in (tmp_path / "log").read_text()

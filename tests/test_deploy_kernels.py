@@ -38,10 +38,10 @@ def reference(xb: torch.Tensor, negative: torch.Tensor, alpha: torch.Tensor | No
 
 
 def run(k: K.Kernels, x: torch.Tensor, negative: torch.Tensor, alpha: torch.Tensor | None,
-        geo: K.Geometry, **pack) -> torch.Tensor:
+        geo: K.Geometry, masked: bool = False, **pack) -> torch.Tensor:
+    """The packed convolution, in the unmasked mode (corrections) or the masked one."""
     plan = K.BinaryConvPlan(negative, alpha, geo)
-    packed, zeros = k.pack(x, geo, **pack)
-    return plan.run(k, x, packed, zeros)
+    return plan.run(k, x, k.pack(x, geo, masked=masked, **pack))
 
 
 def sym(k: int, stride: int = 1, dilation: int = 1) -> K.Geometry:
@@ -61,8 +61,9 @@ CASES = [  # n, c_in, c_out, h, w, geometry
 ]
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["corrected", "masked"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])))
-def test_binary_conv_equals_the_float64_reference(kern, case):
+def test_binary_conv_equals_the_float64_reference(kern, case, masked):
     n, c, o, h, w, geo = case
     gen = torch.Generator().manual_seed(sum(case[:5]))
     x = torch.randn(n, c, h, w, generator=gen)
@@ -71,7 +72,7 @@ def test_binary_conv_equals_the_float64_reference(kern, case):
     negative = torch.rand(o, c, geo.kh, geo.kw, generator=gen) < 0.5
     alpha = torch.rand(o, generator=gen) - 0.2  # a negative scale too
     expected = reference(torch.sign(x), negative, alpha, geo)
-    out = run(kern, x, negative, alpha, geo)
+    out = run(kern, x, negative, alpha, geo, masked)
     assert out.shape == expected.shape
     assert torch.equal(out, expected)
 
@@ -86,23 +87,29 @@ def test_scale_free_weights_give_the_integer_sums(kern):
 
 
 def test_many_interior_zeros_are_all_corrected(kern):
-    """More zeros than the first packing records: it packs again with room for all."""
+    """More zeros than the first packing records: it packs again with room for all; a plan
+    seeing that many turns to the masked mode, for this input and the next."""
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 66, 8, 8, generator=gen)
     x[:, ::3] = 0.0  # whole constant channels, as a BatchNorm with beta 0 makes them
     negative = torch.rand(12, 66, 3, 3, generator=gen) < 0.5
     alpha = torch.rand(12, generator=gen)
-    assert torch.equal(run(kern, x, negative, alpha, sym(3)),
-                       reference(torch.sign(x), negative, alpha, sym(3)))
+    expected = reference(torch.sign(x), negative, alpha, sym(3))
+    assert torch.equal(run(kern, x, negative, alpha, sym(3)), expected)
+    plan = K.BinaryConvPlan(negative, alpha, sym(3))
+    assert torch.equal(plan(kern, x), expected) and plan.masked
+    y = torch.relu(torch.randn(2, 66, 8, 8, generator=gen))
+    assert torch.equal(plan(kern, y), reference(torch.sign(y), negative, alpha, sym(3)))
 
 
 def test_zeros_as_plus_one_when_the_scheme_says_so(kern):
     x = torch.zeros(1, 5, 4, 4)
     x[0, 0, 0, 0] = -1.0
     negative = torch.rand(3, 5, 3, 3) < 0.5
-    out = run(kern, x, negative, None, sym(3), zero_is_zero=False)
     xb = torch.where(x < 0, -1.0, 1.0)
-    assert torch.equal(out, reference(xb, negative, None, sym(3)))
+    for masked in (False, True):
+        out = run(kern, x, negative, None, sym(3), masked, zero_is_zero=False)
+        assert torch.equal(out, reference(xb, negative, None, sym(3)))
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -154,7 +161,7 @@ def test_every_path_agrees_with_every_other(monkeypatch):
     outs = []
     for isa in ISAS:
         monkeypatch.setenv("BNAS_XNOR_ISA", isa)
-        outs.append(run(K.kernels(), x, negative, alpha, sym(3, 2)))
+        outs += [run(K.kernels(), x, negative, alpha, sym(3, 2), masked) for masked in (0, 1)]
     assert all(torch.equal(o, outs[0]) for o in outs[1:])
 
 

@@ -17,6 +17,7 @@ EPILOG = """\
 examples:
   bnas eval --weights runs/train-bnas-a-20250101-120000/best.pt --data ./data
   bnas eval --arch latest_cell --config bnas-d --weights best.pt --data /data/imagenet
+  bnas eval --weights runs/train-bnas-a-20250101-120000/best.pt --packed --data ./data
   torchrun --nproc_per_node 8 -m bnas eval --weights best.pt --data /data/imagenet
 """
 
@@ -30,6 +31,8 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, metavar="FILE", help="best.pt or checkpoint.pt")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--packed", action="store_true",
+                   help="run the binary operations on the bit-packed CPU engine (bnas.deploy)")
     add_config_options(p, EVAL_FIELDS, title="settings")
     p.set_defaults(run=run)
 
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     preset, overrides = overrides_from_args(args, EVAL_FIELDS)
     overrides = {**overrides, **weights_settings(args.weights, overrides), "progress": False}
-    result = evaluate(resolve_config(preset, overrides), args.weights)
+    result = evaluate(resolve_config(preset, overrides), args.weights, packed=args.packed)
     if int(os.environ.get("RANK", "0")) == 0:
         if args.json:
             print(json.dumps(result))

@@ -58,18 +58,22 @@ def pack(model: nn.Module) -> nn.Module:
     return packed
 
 
-def rebuild(ident: dict[str, Any]) -> nn.Module:
-    """The packed structure (placeholder weights) of a model identity."""
+def float_model(ident: dict[str, Any]) -> nn.Module:
+    """The float model (freshly initialised) of a model identity."""
     from ..genotype import from_json
     from ..model import build_model
 
     binarizer = dict(ident["binarizer"])
-    model = build_model(from_json(ident["genotype"], "the file's genotype"),
-                        dataset=ident["dataset"], num_classes=ident["num_classes"],
-                        layers=ident["layers"], init_channels=ident["init_channels"],
-                        layer_overrides=ident.get("layer_overrides") or None,
-                        binarizer=binarizer.pop("name"), **binarizer)
-    packed = convert(model, empty=True)
+    return build_model(from_json(ident["genotype"], "the file's genotype"),
+                       dataset=ident["dataset"], num_classes=ident["num_classes"],
+                       layers=ident["layers"], init_channels=ident["init_channels"],
+                       layer_overrides=ident.get("layer_overrides") or None,
+                       binarizer=binarizer.pop("name"), **binarizer)
+
+
+def rebuild(ident: dict[str, Any]) -> nn.Module:
+    """The packed structure (placeholder weights) of a model identity."""
+    packed = convert(float_model(ident), empty=True)
     packed.deploy_identity = ident
     return packed
 

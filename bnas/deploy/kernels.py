@@ -32,14 +32,16 @@ ISAS = ("portable", "avx2", "avx512")  # bit i of bnas_xnor_isas()
 O_BLOCK = 8
 #: Words read past a packed input's end by the vector paths' last tile.
 SLACK = 8
+#: A convolution turns to the masked mode when more than 1 in this many inputs has sign 0.
+MASKED_ABOVE = 64
 
 _P, _I, _D, _C = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
     "bnas_xnor_pack": [_P, _I, _I, _I, _I, _P, _P, _P, _C, _C, _I, _I, _I, _I, _I, _I, _P, _P,
-                       _I, _P, _C, _C],
+                       _P, _I, _P, _C, _C],
     "bnas_xnor_affine": [_P, _I, _I, _I, _P, _P, _C, _P],
     "bnas_xnor_bn_terms": [_P, _P, _P, _P, _I, _D, _C, _P, _P],
-    "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
+    "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
     "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P],
 }
 
@@ -62,13 +64,15 @@ class Kernels:
 
     def pack(self, x: torch.Tensor, geo: "Geometry", scale: torch.Tensor | None = None,
              shift: torch.Tensor | None = None, thresh: torch.Tensor | None = None,
-             zero_is_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (float32 NCHW) packed for a consumer of geometry ``geo``: ``(words, zeros)``,
-        ``zeros`` the flat indices of the inputs whose sign is 0 (see ``csrc/xnor.cpp``)."""
+             zero_is_zero: bool = True, masked: bool = False) -> "Packed":
+        """``x`` (float32 NCHW) packed for a consumer of geometry ``geo`` (see
+        ``csrc/xnor.cpp``): signs, and with ``masked`` where the input is nonzero; otherwise
+        the flat indices of the inputs whose sign is 0."""
         n, c, h, w = x.shape
         hp, wrow, wc = geo.padded(h, w)
-        words = (c + 63) // 64
-        out = torch.zeros(n * words * hp * wrow + SLACK, dtype=torch.int64)
+        size = n * -(-c // 64) * hp * wrow + SLACK
+        out = torch.zeros(size, dtype=torch.int64)
+        nz = torch.zeros(size, dtype=torch.int64) if masked else None
         count = torch.zeros(1, dtype=torch.int64)
         cap = 64
         while True:
@@ -76,12 +80,22 @@ class Kernels:
             self.lib.bnas_xnor_pack(
                 x.data_ptr(), n, c, h, w, _ptr(scale), _ptr(shift), _ptr(thresh),
                 int(bool(self.fma)), int(zero_is_zero), geo.pad[0], geo.pad[1], hp, wrow, wc,
-                geo.stride, out.data_ptr(), zeros.data_ptr(), cap, count.data_ptr(), self._isa,
-                torch.get_num_threads())
-            if int(count) <= cap:
-                return out, zeros[:int(count)]
+                geo.stride, out.data_ptr(), _ptr(nz), zeros.data_ptr(), cap, count.data_ptr(),
+                self._isa, torch.get_num_threads())
+            if masked or int(count) <= cap:
+                return Packed(out, nz, zeros[:0] if masked else zeros[:int(count)])
             cap = int(count)
             out.zero_()
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A packed input: its sign words, its nonzero words (masked mode) or None, and the flat
+    indices of its signs 0 (unmasked mode)."""
+
+    words: torch.Tensor
+    nonzero: torch.Tensor | None
+    zeros: torch.Tensor
 
 
 def _bn_terms(lib: ctypes.CDLL, bn: torch.nn.BatchNorm2d, fma: bool
@@ -230,6 +244,8 @@ class BinaryConvPlan:
         # per output channel and tap: the sum over input channels of the packed weights (+-1)
         self.tap_sums = (self.in_channels - 2 * negative.sum(dim=1, dtype=torch.int64)).numpy()
         self.alpha = None if alpha is None else alpha.detach().float().contiguous()
+        self.masked = False
+        self._geometry: dict[tuple[int, int, int], torch.Tensor] = {}
         self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def borders(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +267,13 @@ class BinaryConvPlan:
         return self._borders[key]
 
     def geometry(self, n: int, h: int, w: int) -> torch.Tensor:
-        """The kernels' geometry vector for an ``n x C x h x w`` input."""
+        """The kernels' geometry vector for an ``n x C x h x w`` input (cached)."""
+        key = (n, h, w)
+        if key not in self._geometry:
+            self._geometry[key] = self._make_geometry(n, h, w)
+        return self._geometry[key]
+
+    def _make_geometry(self, n: int, h: int, w: int) -> torch.Tensor:
         g = self.geo
         hp, wrow, wc = g.padded(h, w)
         ho, wo = g.output(h, w)
@@ -259,10 +281,21 @@ class BinaryConvPlan:
                              g.dilation, g.origin[0], g.origin[1], ho, wo,
                              self.in_channels * g.kh * g.kw], dtype=torch.int64)
 
-    def run(self, k: Kernels, x: torch.Tensor, packed: torch.Tensor,
-            zeros: torch.Tensor) -> torch.Tensor:
+    def __call__(self, k: Kernels, x: torch.Tensor, scale: torch.Tensor | None = None,
+                 shift: torch.Tensor | None = None, thresh: torch.Tensor | None = None,
+                 zero_is_zero: bool = True) -> torch.Tensor:
+        """Pack ``x`` (see :meth:`Kernels.pack`) and convolve it. An input with many signs 0
+        (a ReLU's output, say) switches this convolution to the masked mode for good: the
+        corrections would cost more than the masked popcounts."""
+        packed = k.pack(x, self.geo, scale, shift, thresh, zero_is_zero, self.masked)
+        if packed.zeros.numel() * MASKED_ABOVE > x.numel():
+            self.masked = True
+            packed = k.pack(x, self.geo, scale, shift, thresh, zero_is_zero, True)
+        return self.run(k, x, packed)
+
+    def run(self, k: Kernels, x: torch.Tensor, packed: Packed) -> torch.Tensor:
         """The convolution of the input ``x`` (only its shape is read) that :meth:`Kernels.pack`
-        packed for this geometry, ``zeros`` the signs 0 it found: a new float32 NCHW tensor."""
+        packed for this geometry: a new float32 NCHW tensor."""
         n, c, h, w = x.shape
         if c != self.in_channels:
             raise BnasError(f"a packed binary convolution of {self.in_channels} input channels "
@@ -273,13 +306,14 @@ class BinaryConvPlan:
             raise BnasError(f"input {h}x{w} is too small for a packed binary convolution")
         rowclass, corr = self.borders(h, w)
         extra = None
-        if zeros.numel():
+        if packed.zeros.numel():
             extra = torch.zeros(n, self.out_channels, ho, wo, dtype=torch.int32)
-            k.lib.bnas_xnor_zero_fix(zeros.data_ptr(), zeros.numel(), geo.data_ptr(), c, h, w,
-                                     self.geo.pad[0], self.geo.pad[1], self.weights.data_ptr(),
-                                     extra.data_ptr())
+            k.lib.bnas_xnor_zero_fix(packed.zeros.data_ptr(), packed.zeros.numel(),
+                                     geo.data_ptr(), c, h, w, self.geo.pad[0], self.geo.pad[1],
+                                     self.weights.data_ptr(), extra.data_ptr())
         out = torch.empty(n, self.out_channels, ho, wo)
-        k.lib.bnas_xnor_conv(packed.data_ptr(), geo.data_ptr(), self.weights.data_ptr(),
-                             rowclass.data_ptr(), corr.data_ptr(), _ptr(extra), _ptr(self.alpha),
-                             out.data_ptr(), k._isa, torch.get_num_threads())
+        k.lib.bnas_xnor_conv(packed.words.data_ptr(), _ptr(packed.nonzero), geo.data_ptr(),
+                             self.weights.data_ptr(), rowclass.data_ptr(), corr.data_ptr(),
+                             _ptr(extra), _ptr(self.alpha), out.data_ptr(), k._isa,
+                             torch.get_num_threads())
         return out

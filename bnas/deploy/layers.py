@@ -96,10 +96,8 @@ class PackedConv2d(nn.Module):
             raise BnasError(f"the packed engine runs float32 tensors on the CPU, got "
                             f"{x.dtype} on {x.device.type}")
         x = x.contiguous()
-        k = kernels()
-        packed, zeros = k.pack(x, self.geo, scale, shift, self.activation.threshold(x),
-                               self.activation.zero_is_zero)
-        y = self.plan().run(k, x, packed, zeros)
+        y = self.plan()(kernels(), x, scale, shift, self.activation.threshold(x),
+                        self.activation.zero_is_zero)
         return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))
 
     def extra_repr(self) -> str:

@@ -328,13 +328,26 @@ def weights_settings(path: str | Path, given: dict[str, Any]) -> dict[str, Any]:
     return {k: trained[k] for k in MODEL_FIELDS if given.get(k) is None and k in trained}
 
 
-def evaluate(cfg: TrainConfig, weights_path: str | Path) -> dict[str, float]:
+def evaluate(cfg: TrainConfig, weights_path: str | Path, packed: bool = False) -> dict[str, float]:
     """Top-1, top-5 (in %) and cross-entropy of the weights in ``weights_path`` (a ``best.pt``
-    or ``checkpoint.pt``) on the validation set of ``cfg``."""
+    or ``checkpoint.pt``) on the validation set of ``cfg``; with ``packed``, through the
+    bit-packed CPU engine (:func:`bnas.deploy.pack`)."""
     with distributed_context(cfg.device) as ctx:
         seed_everything(cfg.seed)
         data = LOADERS.get(cfg.loader)(cfg, ctx, False)
         model = build_network(cfg, data.num_classes, ctx)
         saved = checkpoint.load(weights_path)
         checkpoint.load_model_state(weights_path, saved, model, model_identity(model, cfg))
+        if packed:
+            model = packed_for(model, cfg, ctx)
         return validate(model, data.val, ctx, cfg.channels_last, autocast(cfg, ctx))
+
+
+def packed_for(model: nn.Module, cfg: TrainConfig, ctx: Context) -> nn.Module:
+    """``model`` on the packed engine (float32 on the CPU only)."""
+    if ctx.device.type != "cpu" or cfg.amp or cfg.channels_last:
+        raise BnasError("--packed runs float32 on the CPU: drop --device, --amp and "
+                        "--channels-last")
+    from ..deploy import pack
+
+    return pack(model)

@@ -9,6 +9,8 @@
 // Padded positions are packed as +1 (bit 0); the popcount then counts +1 * w_b there, which the
 // caller's per-border-class table subtracts (`corr`), and an interior zero (sign(0) = 0 of the
 // float model) is packed as +1 too and its taps' weights subtracted per output (`extra`).
+// Inputs with many zeros (a ReLU's output) take the masked mode instead: a second bit plane
+// marks the nonzero inputs (padding and zeros 0) and dot = popcount(m) - 2 * popcount((x^w) & m).
 // The result, an exact integer, is multiplied by alpha[o] once: the float model's
 // conv(sign(x), sign(W)) * alpha.
 //
@@ -59,6 +61,7 @@ struct Pack {
   int zero_is_zero;
   int64_t pt, pl, hp, wrow, wc, s;
   uint64_t* out;
+  uint64_t* nz;  // or null: where z != t, in out's layout (the masked mode)
   int64_t* zeros;
   int64_t zcap;
   int64_t* zcount;
@@ -68,16 +71,36 @@ inline float affine(float x, float a, float b, bool fma) {
   return fma ? std::fma(x, a, b) : x * a + b;
 }
 
+// Rare: the flat index of each sign(0) of a row segment, for the exact correction.
+template <bool BN, bool FMA>
+void record_zeros(const Pack& p, int64_t b, int64_t j, int64_t y, int64_t x0, int64_t len,
+                  float t) {
+  const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
+  for (int64_t cc = 0; cc < chans; ++cc) {
+    const int64_t ch = 64 * j + cc;
+    const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
+    for (int64_t i = 0; i < len; ++i) {
+      const float z = BN ? affine(src[i], p.scale[ch], p.shift[ch], FMA) : src[i];
+      if (z == t) {
+        const int64_t k = __atomic_fetch_add(p.zcount, 1, __ATOMIC_RELAXED);
+        if (k < p.zcap) p.zeros[k] = ((b * p.c + ch) * p.h + y) * p.w + x0 + i;
+      }
+    }
+  }
+}
+
 template <bool BN, bool FMA>
 __attribute__((always_inline)) inline void pack_row(const Pack& p, int64_t b, int64_t j,
                                                     int64_t y) {
   const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
   const float t = p.thresh ? p.thresh[b] : 0.0f;
-  uint64_t* row = p.out + ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
+  const int64_t at = ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
+  uint64_t* row = p.out + at;
   alignas(64) uint64_t acc[64];
+  alignas(64) uint64_t nonzero[64];
   for (int64_t x0 = 0; x0 < p.w; x0 += 64) {
     const int64_t len = std::min<int64_t>(64, p.w - x0);
-    for (int64_t i = 0; i < 64; ++i) acc[i] = 0;
+    for (int64_t i = 0; i < 64; ++i) acc[i] = nonzero[i] = 0;
     int anyzero = 0;
     for (int64_t cc = 0; cc < chans; ++cc) {
       const int64_t ch = 64 * j + cc;
@@ -87,25 +110,15 @@ __attribute__((always_inline)) inline void pack_row(const Pack& p, int64_t b, in
       for (int64_t i = 0; i < len; ++i) {
         const float z = BN ? affine(src[i], a, sh, FMA) : src[i];
         acc[i] |= (z < t) ? bit : uint64_t(0);
+        nonzero[i] |= (z != t || !p.zero_is_zero) ? bit : uint64_t(0);
         anyzero |= (z == t);
       }
     }
-    if (anyzero && p.zero_is_zero) {  // rare: record each sign(0) for the exact correction
-      for (int64_t cc = 0; cc < chans; ++cc) {
-        const int64_t ch = 64 * j + cc;
-        const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
-        for (int64_t i = 0; i < len; ++i) {
-          const float z = BN ? affine(src[i], p.scale[ch], p.shift[ch], FMA) : src[i];
-          if (z == t) {
-            const int64_t k = __atomic_fetch_add(p.zcount, 1, __ATOMIC_RELAXED);
-            if (k < p.zcap) p.zeros[k] = ((b * p.c + ch) * p.h + y) * p.w + x0 + i;
-          }
-        }
-      }
-    }
+    if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
     for (int64_t i = 0; i < len; ++i) {
       const int64_t col = x0 + i + p.pl;
       row[(col % p.s) * p.wc + col / p.s] = acc[i];
+      if (p.nz) p.nz[at + (col % p.s) * p.wc + col / p.s] = nonzero[i];
     }
   }
 }
@@ -118,7 +131,8 @@ __attribute__((always_inline)) inline void pack_row_any(const Pack& p, int64_t b
   else pack_row<true, false>(p, b, j, y);
 }
 
-// The row function of each path: the same code, vectorised for the path's instruction set.
+// The row function of each path: the same code, vectorised by the compiler for the path's
+// instruction set (AVX-512: written out with mask registers below).
 using RowFn = void (*)(const Pack&, int64_t, int64_t, int64_t);
 void row_portable(const Pack& p, int64_t b, int64_t j, int64_t y) { pack_row_any(p, b, j, y); }
 #if BNAS_X86
@@ -126,8 +140,61 @@ __attribute__((target("avx2,fma"))) void row_avx2(const Pack& p, int64_t b, int6
                                                   int64_t y) {
   pack_row_any(p, b, j, y);
 }
+
+// 64 pixels at a time: per channel, 8 pixels per compare, whose mask sets the channel's bit in
+// the 64-bit lanes of the sign and nonzero words.
+template <bool BN, bool FMA>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
-void row_avx512(const Pack& p, int64_t b, int64_t j, int64_t y) { pack_row_any(p, b, j, y); }
+void row512(const Pack& p, int64_t b, int64_t j, int64_t y) {
+  const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
+  const float t = p.thresh ? p.thresh[b] : 0.0f;
+  const __m256 tv = _mm256_set1_ps(t);
+  const int64_t at = ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
+  alignas(64) uint64_t acc[64], nonzero[64];
+  for (int64_t x0 = 0; x0 < p.w; x0 += 64) {
+    const int64_t len = std::min<int64_t>(64, p.w - x0);
+    const int vecs = static_cast<int>((len + 7) / 8);
+    __m512i a[8], m[8];
+    for (int v = 0; v < 8; ++v) a[v] = m[v] = _mm512_setzero_si512();
+    unsigned anyzero = 0;
+    for (int64_t cc = 0; cc < chans; ++cc) {
+      const int64_t ch = 64 * j + cc;
+      const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
+      const __m512i bit = _mm512_set1_epi64(static_cast<long long>(uint64_t(1) << cc));
+      const __m256 sc = _mm256_set1_ps(BN ? p.scale[ch] : 1.0f);
+      const __m256 sh = _mm256_set1_ps(BN ? p.shift[ch] : 0.0f);
+      for (int v = 0; v < vecs; ++v) {
+        const int64_t left = len - 8 * v;
+        const __mmask8 live = left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1u);
+        __m256 z = _mm256_maskz_loadu_ps(live, src + 8 * v);
+        if (BN) z = FMA ? _mm256_fmadd_ps(z, sc, sh) : _mm256_add_ps(_mm256_mul_ps(z, sc), sh);
+        const __mmask8 lt = _mm256_mask_cmp_ps_mask(live, z, tv, _CMP_LT_OQ);
+        const __mmask8 ne = p.zero_is_zero ? _mm256_mask_cmp_ps_mask(live, z, tv, _CMP_NEQ_UQ)
+                                           : live;
+        a[v] = _mm512_mask_or_epi64(a[v], lt, a[v], bit);
+        m[v] = _mm512_mask_or_epi64(m[v], ne, m[v], bit);
+        anyzero |= static_cast<unsigned>(live & ~ne);
+      }
+    }
+    for (int v = 0; v < 8; ++v) {
+      _mm512_store_si512(acc + 8 * v, a[v]);
+      _mm512_store_si512(nonzero + 8 * v, m[v]);
+    }
+    if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t col = x0 + i + p.pl, pos = at + (col % p.s) * p.wc + col / p.s;
+      p.out[pos] = acc[i];
+      if (p.nz) p.nz[pos] = nonzero[i];
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
+void row_avx512(const Pack& p, int64_t b, int64_t j, int64_t y) {
+  if (!p.scale) row512<false, false>(p, b, j, y);
+  else if (p.fma) row512<true, true>(p, b, j, y);
+  else row512<true, false>(p, b, j, y);
+}
 #endif
 
 void pack_all(const Pack& p, int threads, RowFn row) {
@@ -141,6 +208,7 @@ void pack_all(const Pack& p, int threads, RowFn row) {
 // one output row; a block is PV tiles x OB output channels of accumulators.
 struct Conv {
   const uint64_t* in;
+  const uint64_t* nz;  // or null; the masked mode: a product counts where the input bit is set
   int64_t plane, sample, wrow, s;  // plane = hp * wrow, sample = words * plane
   const uint64_t* w;
   int64_t words, taps, o;
@@ -160,140 +228,199 @@ struct Tile {
   int lanes;
 };
 
-// dot = k_real - 2 * count - corr - extra, times alpha: one output value (portable epilogue,
-// also the reference of the vector ones).
-inline float finish(const Conv& c, int64_t b, int64_t o, int64_t oh, int64_t ow, int64_t count) {
-  int32_t dot = c.k_real - 2 * static_cast<int32_t>(count) -
-                c.corr[(c.rowclass[oh] * c.o + o) * c.wo + ow];
-  if (c.extra) dot -= c.extra[((b * c.o + o) * c.ho + oh) * c.wo + ow];
+// Two ways to the integer sum. Unmasked: dot = k_real - 2 * popcount(x ^ w) - corr - extra
+// (the padding and sign(0) read as +1, then corrected). Masked (inputs with many zeros): each
+// input bit has a nonzero bit m, and dot = popcount(m) - 2 * popcount((x ^ w) & m) over the taps
+// (padding and zeros have m = 0; no correction).
+inline float finish(const Conv& c, int64_t b, int64_t o, int64_t oh, int64_t ow, int64_t count,
+                    int64_t nonzero) {
+  int32_t dot;
+  if (c.nz) {
+    dot = static_cast<int32_t>(nonzero) - 2 * static_cast<int32_t>(count);
+  } else {
+    dot = c.k_real - 2 * static_cast<int32_t>(count) -
+          c.corr[(c.rowclass[oh] * c.o + o) * c.wo + ow];
+    if (c.extra) dot -= c.extra[((b * c.o + o) * c.ho + oh) * c.wo + ow];
+  }
   const float f = static_cast<float>(dot);
   return c.alpha ? f * c.alpha[o] : f;
 }
 
-template <int OB, int PV>
+template <int OB, int PV, bool MASKED>
 void block_portable(const Conv& c, int64_t b, int64_t o0, const Tile* tiles, int tn) {
   const uint64_t* in = c.in + b * c.sample;
+  const uint64_t* nz = MASKED ? c.nz + b * c.sample : nullptr;
   const int64_t wstride = c.words * c.taps;
   for (int p = 0; p < tn; ++p) {
     for (int l = 0; l < tiles[p].lanes; ++l) {
-      int64_t cnt[OB] = {};
+      int64_t cnt[OB] = {}, nonzero = 0;
       for (int64_t j = 0; j < c.words; ++j) {
-        const uint64_t* src = in + j * c.plane + tiles[p].base + l;
+        const int64_t at = j * c.plane + tiles[p].base + l;
         const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
         for (int64_t t = 0; t < c.taps; ++t) {
-          const uint64_t v = src[c.off[t]];
-          for (int o = 0; o < OB; ++o) cnt[o] += __builtin_popcountll(v ^ wj[o * wstride + t]);
+          const uint64_t v = in[at + c.off[t]];
+          const uint64_t m = MASKED ? nz[at + c.off[t]] : ~uint64_t(0);
+          if (MASKED) nonzero += __builtin_popcountll(m);
+          for (int o = 0; o < OB; ++o)
+            cnt[o] += __builtin_popcountll((v ^ wj[o * wstride + t]) & m);
         }
       }
       for (int o = 0; o < OB && o0 + o < c.o; ++o) {
         const int64_t oh = tiles[p].oh, ow = tiles[p].ow0 + l;
-        c.out[((b * c.o + o0 + o) * c.ho + oh) * c.wo + ow] = finish(c, b, o0 + o, oh, ow, cnt[o]);
+        c.out[((b * c.o + o0 + o) * c.ho + oh) * c.wo + ow] =
+            finish(c, b, o0 + o, oh, ow, cnt[o], nonzero);
       }
     }
   }
 }
 
 #if BNAS_X86
-template <int OB, int PV>
+template <int OB, int PV, bool MASKED>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512vpopcntdq")))
 void block_avx512(const Conv& c, int64_t b, int64_t o0, const Tile* tiles, int tn) {
   const uint64_t* in = c.in + b * c.sample;
+  const uint64_t* nz = MASKED ? c.nz + b * c.sample : nullptr;
   const int64_t wstride = c.words * c.taps;
-  __m512i acc[OB][PV];
+  __m512i acc[OB][PV], nonzero[PV];
   int64_t base[PV];
-  for (int p = 0; p < PV; ++p) base[p] = tiles[p < tn ? p : 0].base;
+  for (int p = 0; p < PV; ++p) {
+    base[p] = tiles[p < tn ? p : 0].base;
+    nonzero[p] = _mm512_setzero_si512();
+  }
   for (int o = 0; o < OB; ++o)
     for (int p = 0; p < PV; ++p) acc[o][p] = _mm512_setzero_si512();
   for (int64_t j = 0; j < c.words; ++j) {
     const uint64_t* src = in + j * c.plane;
     const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
     for (int64_t t = 0; t < c.taps; ++t) {
-      __m512i x[PV];
+      __m512i x[PV], m[PV];
       const int64_t off = c.off[t];
-      for (int p = 0; p < PV; ++p) x[p] = _mm512_loadu_si512(src + base[p] + off);
+      for (int p = 0; p < PV; ++p) {
+        x[p] = _mm512_loadu_si512(src + base[p] + off);
+        if (MASKED) {
+          m[p] = _mm512_loadu_si512(nz + j * c.plane + base[p] + off);
+          nonzero[p] = _mm512_add_epi64(nonzero[p], _mm512_popcnt_epi64(m[p]));
+        }
+      }
       for (int o = 0; o < OB; ++o) {
         const __m512i wv = _mm512_set1_epi64(static_cast<long long>(wj[o * wstride + t]));
-        for (int p = 0; p < PV; ++p)
-          acc[o][p] = _mm512_add_epi64(acc[o][p], _mm512_popcnt_epi64(_mm512_xor_si512(x[p], wv)));
+        for (int p = 0; p < PV; ++p) {
+          // (x ^ w) & m in one ternary-logic instruction (truth table 0x28)
+          const __m512i v = MASKED ? _mm512_ternarylogic_epi64(x[p], wv, m[p], 0x28)
+                                   : _mm512_xor_si512(x[p], wv);
+          acc[o][p] = _mm512_add_epi64(acc[o][p], _mm512_popcnt_epi64(v));
+        }
       }
     }
   }
   const __m256i k = _mm256_set1_epi32(c.k_real);
   for (int p = 0; p < tn; ++p) {
     const Tile& tile = tiles[p];
-    const __mmask8 m = static_cast<__mmask8>((1u << tile.lanes) - 1u);
+    const __mmask8 mask = static_cast<__mmask8>((1u << tile.lanes) - 1u);
     for (int o = 0; o < OB && o0 + o < c.o; ++o) {
       const int64_t oc = o0 + o;
-      __m256i dot = _mm256_sub_epi32(k, _mm256_slli_epi32(_mm512_cvtepi64_epi32(acc[o][p]), 1));
-      dot = _mm256_sub_epi32(dot, _mm256_maskz_loadu_epi32(
-          m, c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0));
+      const __m256i twice = _mm256_slli_epi32(_mm512_cvtepi64_epi32(acc[o][p]), 1);
       const int64_t at = ((b * c.o + oc) * c.ho + tile.oh) * c.wo + tile.ow0;
-      if (c.extra) dot = _mm256_sub_epi32(dot, _mm256_maskz_loadu_epi32(m, c.extra + at));
+      __m256i dot;
+      if (MASKED) {
+        dot = _mm256_sub_epi32(_mm512_cvtepi64_epi32(nonzero[p]), twice);
+      } else {
+        dot = _mm256_sub_epi32(k, twice);
+        dot = _mm256_sub_epi32(dot, _mm256_maskz_loadu_epi32(
+            mask, c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0));
+        if (c.extra) dot = _mm256_sub_epi32(dot, _mm256_maskz_loadu_epi32(mask, c.extra + at));
+      }
       __m256 f = _mm256_cvtepi32_ps(dot);
       if (c.alpha) f = _mm256_mul_ps(f, _mm256_set1_ps(c.alpha[oc]));
-      _mm256_mask_storeu_ps(c.out + at, m, f);
+      _mm256_mask_storeu_ps(c.out + at, mask, f);
     }
   }
 }
 
-template <int OB, int PV>
+// Per 64-bit lane, the number of set bits of v's bytes, as bytes (two nibble lookups).
+__attribute__((target("avx2"))) inline __m256i byte_counts(__m256i v, __m256i lut, __m256i low) {
+  const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
+  const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+  return _mm256_add_epi8(lo, hi);
+}
+
+template <int OB, int PV, bool MASKED>
 __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_t o0,
                                                 const Tile* tiles, int tn) {
   const uint64_t* in = c.in + b * c.sample;
+  const uint64_t* nz = MASKED ? c.nz + b * c.sample : nullptr;
   const int64_t wstride = c.words * c.taps;
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low = _mm256_set1_epi8(0x0f);
-  __m256i acc[OB][PV];
+  const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+  __m256i acc[OB][PV], nonzero[PV];
   int64_t base[PV];
-  for (int p = 0; p < PV; ++p) base[p] = tiles[p < tn ? p : 0].base;
+  for (int p = 0; p < PV; ++p) {
+    base[p] = tiles[p < tn ? p : 0].base;
+    nonzero[p] = zero;
+  }
   for (int o = 0; o < OB; ++o)
-    for (int p = 0; p < PV; ++p) acc[o][p] = _mm256_setzero_si256();
+    for (int p = 0; p < PV; ++p) acc[o][p] = zero;
   for (int64_t j = 0; j < c.words; ++j) {
     const uint64_t* src = in + j * c.plane;
     const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
     // Byte counts grow by at most 8 per tap: flush them to the 64-bit lanes every 31 taps.
     for (int64_t t0 = 0; t0 < c.taps; t0 += 31) {
       const int64_t t1 = std::min<int64_t>(c.taps, t0 + 31);
-      __m256i bytes[OB][PV];
-      for (int o = 0; o < OB; ++o)
-        for (int p = 0; p < PV; ++p) bytes[o][p] = _mm256_setzero_si256();
+      __m256i bytes[OB][PV], nzbytes[PV];
+      for (int p = 0; p < PV; ++p) {
+        nzbytes[p] = zero;
+        for (int o = 0; o < OB; ++o) bytes[o][p] = zero;
+      }
       for (int64_t t = t0; t < t1; ++t) {
-        __m256i x[PV];
+        __m256i x[PV], m[PV];
         const int64_t off = c.off[t];
-        for (int p = 0; p < PV; ++p)
+        for (int p = 0; p < PV; ++p) {
           x[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + base[p] + off));
+          if (MASKED) {
+            m[p] = _mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(nz + j * c.plane + base[p] + off));
+            nzbytes[p] = _mm256_add_epi8(nzbytes[p], byte_counts(m[p], lut, low));
+          }
+        }
         for (int o = 0; o < OB; ++o) {
           const __m256i wv = _mm256_set1_epi64x(static_cast<long long>(wj[o * wstride + t]));
           for (int p = 0; p < PV; ++p) {
-            const __m256i v = _mm256_xor_si256(x[p], wv);
-            const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
-            const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-            bytes[o][p] = _mm256_add_epi8(bytes[o][p], _mm256_add_epi8(lo, hi));
+            __m256i v = _mm256_xor_si256(x[p], wv);
+            if (MASKED) v = _mm256_and_si256(v, m[p]);
+            bytes[o][p] = _mm256_add_epi8(bytes[o][p], byte_counts(v, lut, low));
           }
         }
       }
-      for (int o = 0; o < OB; ++o)
-        for (int p = 0; p < PV; ++p)
-          acc[o][p] = _mm256_add_epi64(acc[o][p], _mm256_sad_epu8(bytes[o][p], _mm256_setzero_si256()));
+      for (int p = 0; p < PV; ++p) {
+        if (MASKED) nonzero[p] = _mm256_add_epi64(nonzero[p], _mm256_sad_epu8(nzbytes[p], zero));
+        for (int o = 0; o < OB; ++o)
+          acc[o][p] = _mm256_add_epi64(acc[o][p], _mm256_sad_epu8(bytes[o][p], zero));
+      }
     }
   }
   const __m128i k = _mm_set1_epi32(c.k_real);
   const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
   for (int p = 0; p < tn; ++p) {
     const Tile& tile = tiles[p];
-    const __m128i m = _mm_cmpgt_epi32(_mm_set1_epi32(tile.lanes), _mm_setr_epi32(0, 1, 2, 3));
+    const __m128i mask = _mm_cmpgt_epi32(_mm_set1_epi32(tile.lanes), _mm_setr_epi32(0, 1, 2, 3));
+    const __m128i nzc = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(nonzero[p], evens));
     for (int o = 0; o < OB && o0 + o < c.o; ++o) {
       const int64_t oc = o0 + o;
       const __m128i cnt = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[o][p], evens));
-      __m128i dot = _mm_sub_epi32(k, _mm_slli_epi32(cnt, 1));
-      dot = _mm_sub_epi32(dot, _mm_maskload_epi32(
-          c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0, m));
       const int64_t at = ((b * c.o + oc) * c.ho + tile.oh) * c.wo + tile.ow0;
-      if (c.extra) dot = _mm_sub_epi32(dot, _mm_maskload_epi32(c.extra + at, m));
+      __m128i dot;
+      if (MASKED) {
+        dot = _mm_sub_epi32(nzc, _mm_slli_epi32(cnt, 1));
+      } else {
+        dot = _mm_sub_epi32(k, _mm_slli_epi32(cnt, 1));
+        dot = _mm_sub_epi32(dot, _mm_maskload_epi32(
+            c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0, mask));
+        if (c.extra) dot = _mm_sub_epi32(dot, _mm_maskload_epi32(c.extra + at, mask));
+      }
       __m128 f = _mm_cvtepi32_ps(dot);
       if (c.alpha) f = _mm_mul_ps(f, _mm_set1_ps(c.alpha[oc]));
-      _mm_maskstore_ps(c.out + at, m, f);
+      _mm_maskstore_ps(c.out + at, mask, f);
     }
   }
 }
@@ -347,11 +474,11 @@ int bnas_xnor_isas() {
 void bnas_xnor_pack(const float* x, int64_t n, int64_t c, int64_t h, int64_t w,
                     const float* scale, const float* shift, const float* thresh, int fma,
                     int zero_is_zero, int64_t pt, int64_t pl, int64_t hp, int64_t wrow,
-                    int64_t wc, int64_t s, uint64_t* out, int64_t* zeros, int64_t zcap,
-                    int64_t* zcount, int isa, int threads) {
+                    int64_t wc, int64_t s, uint64_t* out, uint64_t* nz, int64_t* zeros,
+                    int64_t zcap, int64_t* zcount, int isa, int threads) {
   *zcount = 0;
   const Pack p{x, n, c, h, w, scale, shift, thresh, fma, zero_is_zero, pt, pl, hp, wrow, wc, s,
-               out, zeros, zcap, zcount};
+               out, nz, zeros, zcap, zcount};
 #if BNAS_X86
   if (isa == AVX512) return pack_all(p, threads, row_avx512);
   if (isa == AVX2) return pack_all(p, threads, row_avx2);
@@ -381,9 +508,10 @@ void bnas_xnor_bn_terms(const float* mean, const float* var, const float* gamma,
   }
 }
 
-// The binary convolution (struct Conv; geometry in g: n, words, hp, wrow, wc, s, o, kh, kw, d,
+// The binary convolution (struct Conv; nz: the masked mode's nonzero bits or null; geometry in g: n, words, hp, wrow, wc, s, o, kh, kw, d,
 // oy, ox, ho, wo, k_real).
-void bnas_xnor_conv(const uint64_t* in, const int64_t* g, const uint64_t* weights,
+void bnas_xnor_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g,
+                    const uint64_t* weights,
                     const int32_t* rowclass, const int32_t* corr, const int32_t* extra,
                     const float* alpha, float* out, int isa, int threads) {
   const int64_t n = g[0], words = g[1], hp = g[2], wrow = g[3], wc = g[4], s = g[5], o = g[6],
@@ -394,14 +522,16 @@ void bnas_xnor_conv(const uint64_t* in, const int64_t* g, const uint64_t* weight
       const int64_t col = ox + j * d;
       off[i * kw + j] = i * d * wrow + (col % s) * wc + col / s;
     }
-  const Conv c{in, hp * wrow, words * hp * wrow, wrow, s, weights, words, kh * kw, o,
+  const Conv c{in, nz, hp * wrow, words * hp * wrow, wrow, s, weights, words, kh * kw, o,
                off.data(), oy, ho, wo, static_cast<int32_t>(g[14]), rowclass, corr, extra,
                alpha, out};
 #if BNAS_X86
-  if (isa == AVX512) return conv_run<8, 8, 3>(c, n, threads, block_avx512<8, 3>);
-  if (isa == AVX2) return conv_run<4, 4, 2>(c, n, threads, block_avx2<4, 2>);
+  if (isa == AVX512)
+    return conv_run<8, 8, 3>(c, n, threads, nz ? block_avx512<8, 3, true> : block_avx512<8, 3, false>);
+  if (isa == AVX2)
+    return conv_run<4, 4, 2>(c, n, threads, nz ? block_avx2<4, 2, true> : block_avx2<4, 2, false>);
 #endif
-  conv_run<4, 4, 1>(c, n, threads, block_portable<4, 1>);
+  conv_run<4, 4, 1>(c, n, threads, nz ? block_portable<4, 1, true> : block_portable<4, 1, false>);
 }
 
 // extra[b, o, oh, ow] += w_b[o, ch, i, j] for every recorded sign(0) at (b, ch, y, x) and

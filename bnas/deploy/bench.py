@@ -1,0 +1,228 @@
+"""Timing the packed engine next to the same model in float32 PyTorch (eval mode, oneDNN) and,
+where ``bnas.deploy.onnx`` and onnxruntime are installed, onnxruntime.
+
+:func:`bench` measures latency at each batch size and thread count, throughput, peak memory
+and per-layer times; :func:`time_op` times one search-space operation through the engine (a
+latency table for cost-aware search is built on it). Timings are medians of repeated runs after
+a warm-up, under ``torch.inference_mode``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import PackedConv2d, _BatchNormSign
+
+
+def sizes(packed: nn.Module, path: str | Path | None = None) -> dict[str, int]:
+    """Bytes of the packed binary weights (bits and scales), of the same weights in float32,
+    and of the file at ``path`` (when given)."""
+    convs = [m for m in packed.modules() if isinstance(m, PackedConv2d)]
+    out = {"binary_bytes": sum(m.bits.numel() + (0 if m.alpha is None else 4 * m.alpha.numel())
+                               for m in convs),
+           "binary_float_bytes": sum(4 * m.out_channels * m.in_channels * m.kernel_size ** 2
+                                     for m in convs)}
+    if path is not None:
+        out["file_bytes"] = Path(path).stat().st_size
+    return out
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """torch (and so the packed kernels) on ``n`` threads inside the block."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def latency(run: Callable[[], Any], min_time: float = 0.3, min_runs: int = 5) -> float:
+    """Median seconds of ``run()`` over at least ``min_runs`` runs and ``min_time`` seconds,
+    after two warm-up runs."""
+    with torch.inference_mode():
+        run()
+        run()
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_time:
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_memory_mb(run: Callable[[], Any]) -> float | None:
+    """This process's peak resident memory (MB) while ``run()`` runs: the kernel's high-water
+    mark reset first (Linux), None where it cannot be."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with torch.inference_mode():
+            run()
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def layer_names(packed: nn.Module) -> list[str]:
+    """The layers a per-layer table lists: the packed operations and the real-valued leaves
+    (the float model has a module of the same name for each)."""
+    names = []
+    for name, module in packed.named_modules():
+        if isinstance(module, (PackedConv2d, _BatchNormSign)):
+            if not any(name.startswith(n + ".") for n in names):
+                names.append(name)
+        elif not list(module.children()) and not any(name.startswith(n + ".") for n in names):
+            if any(True for _ in module.parameters(recurse=False)) or not isinstance(
+                    module, (nn.Identity, nn.Dropout)):
+                names.append(name)
+    return names
+
+
+def layer_times(model: nn.Module, x: torch.Tensor, names: list[str],
+                runs: int = 5) -> dict[str, float]:
+    """Median seconds per forward of each named module of ``model`` on input ``x``."""
+    modules = dict(model.named_modules())
+    times: dict[str, list[float]] = {n: [] for n in names if n in modules}
+    starts: dict[str, float] = {}
+    handles = []
+    for name in times:
+        def pre(module, inputs, name=name):
+            starts[name] = time.perf_counter()
+
+        def post(module, inputs, output, name=name):
+            times[name].append(time.perf_counter() - starts[name])
+
+        handles += [modules[name].register_forward_pre_hook(pre),
+                    modules[name].register_forward_hook(post)]
+    try:
+        with torch.inference_mode():
+            model(x)  # warm-up
+            for t in times.values():
+                t.clear()
+            for _ in range(runs):
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    # a module called k times per forward (shared operations) counts k calls per run
+    return {n: sum(t) / runs for n, t in times.items() if t}
+
+
+def onnx_runner(model: nn.Module, shape: tuple[int, ...], n_threads: int
+                ) -> tuple[Callable[[], Any] | None, str]:
+    """A function that runs ``model`` exported to ONNX in onnxruntime on ``n_threads`` threads,
+    or None and why not."""
+    try:
+        import onnxruntime as ort
+
+        from .onnx import export_onnx
+    except ImportError as e:
+        return None, f"onnxruntime not measured ({e.name} is not installed)"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path, shape)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = n_threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: torch.randn(shape).numpy()}
+    return (lambda: session.run(None, feed)), f"onnxruntime {ort.__version__}"
+
+
+def bench(float_model: nn.Module, packed: nn.Module, image_size: int,
+          batches: tuple[int, ...] = (1, 32), thread_counts: tuple[int, ...] | None = None,
+          min_time: float = 0.3) -> dict[str, Any]:
+    """Latency per engine, batch size and thread count; throughput and peak memory at the
+    largest batch on all threads; per-layer times (batch 1, all threads) of the float model and
+    the packed engine, and where the packed engine's time goes."""
+    from .kernels import describe
+
+    all_threads = torch.get_num_threads()
+    thread_counts = thread_counts or tuple(sorted({1, all_threads}))
+    float_model.eval()
+    engines: dict[str, Callable[[torch.Tensor], Any]] = {"pytorch": float_model, "packed": packed}
+    result: dict[str, Any] = {"engine": describe(), "threads": list(thread_counts),
+                              "batches": list(batches), "image_size": image_size,
+                              "cpu": cpu_name(), "latency_ms": {}, "notes": []}
+    for name, model in engines.items():
+        result["latency_ms"][name] = {}
+        for n in thread_counts:
+            with threads(n):
+                for b in batches:
+                    x = torch.randn(b, 3, image_size, image_size)
+                    result["latency_ms"][name][f"{b}x{n}"] = 1e3 * latency(
+                        lambda: model(x), min_time)
+    for n in thread_counts:
+        for b in batches:
+            run, note = onnx_runner(float_model, (b, 3, image_size, image_size), n)
+            if run is None:
+                result["notes"].append(note)
+                break
+            result["latency_ms"].setdefault("onnxruntime", {})[f"{b}x{n}"] = 1e3 * latency(
+                run, min_time)
+        else:
+            continue
+        break
+    big = max(batches)
+    x = torch.randn(big, 3, image_size, image_size)
+    result["throughput"] = {name: big / (lat[f"{big}x{all_threads}"] / 1e3)
+                            for name, lat in result["latency_ms"].items()
+                            if f"{big}x{all_threads}" in lat}
+    result["peak_memory_mb"] = {name: peak_memory_mb(lambda: model(x))
+                                for name, model in engines.items()}
+    names = layer_names(packed)
+    one = torch.randn(1, 3, image_size, image_size)
+    times_float, times_packed = layer_times(float_model, one, names), layer_times(packed, one, names)
+    kinds = {n: type(m).__name__ for n, m in packed.named_modules() if n in times_packed}
+    result["layers"] = [{"name": n, "kind": kinds.get(n, ""), "pytorch_ms": 1e3 * times_float.get(n, 0.0),
+                         "packed_ms": 1e3 * times_packed.get(n, 0.0)} for n in names
+                        if n in times_packed]
+    binary = sum(r["packed_ms"] for r in result["layers"]
+                 if r["kind"] in ("PackedConv2d", "PackedBinConvOp", "PackedFactorizedReduce"))
+    result["packed_split_ms"] = {"binary operations": binary,
+                                 "real-valued layers": sum(r["packed_ms"] for r in result["layers"]) - binary}
+    return result
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def time_op(op_name: str, c: int, hw: int, stride: int = 1, n_threads: int | None = None,
+            binarizer: str = "plain", min_time: float = 0.1) -> float:
+    """Seconds one forward of search-space operation ``op_name`` takes through the packed
+    engine on a ``1 x c x hw x hw`` input (``stride`` 2 on reducing edges), on ``n_threads``
+    threads (default: torch's current number)."""
+    from ..binarize import get as get_binarizer
+    from ..ops import make_op
+    from .convert import convert
+
+    op = make_op(op_name, c, stride, get_binarizer(binarizer))
+    packed = convert(nn.Sequential(op))
+    x = torch.randn(1, c, hw, hw)
+    with threads(n_threads or torch.get_num_threads()):
+        return latency(lambda: packed(x), min_time)

@@ -62,19 +62,30 @@ def latency(run: Callable[[], Any], min_time: float = 0.3, min_runs: int = 5) ->
     return statistics.median(times)
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
 def peak_memory_mb(run: Callable[[], Any]) -> float | None:
-    """This process's peak resident memory (MB) while ``run()`` runs: the kernel's high-water
-    mark reset first (Linux), None where it cannot be."""
+    """How far this process's resident memory (MB) rises above where it stood while ``run()``
+    runs (its activations and workspaces; the kernel's high-water mark is reset first, on
+    Linux), or None where it cannot be measured."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
+        before = _status_mb("VmRSS")
         with torch.inference_mode():
             run()
-        with open("/proc/self/status") as f:
-            line = next(line for line in f if line.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
+        return max(_status_mb("VmHWM") - before, 0.0)
     except (OSError, StopIteration):
         return None
+
+
+def model_mb(model: nn.Module) -> float:
+    """MB of a model's parameters and buffers (a packed model's bits and scales)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
 
 
 def layer_names(packed: nn.Module) -> list[str]:
@@ -146,8 +157,8 @@ def onnx_runner(model: nn.Module, shape: tuple[int, ...], n_threads: int
 def bench(float_model: nn.Module, packed: nn.Module, image_size: int,
           batches: tuple[int, ...] = (1, 32), thread_counts: tuple[int, ...] | None = None,
           min_time: float = 0.3) -> dict[str, Any]:
-    """Latency per engine, batch size and thread count; throughput and peak memory at the
-    largest batch on all threads; per-layer times (batch 1, all threads) of the float model and
+    """Latency per engine, batch size and thread count; throughput and peak working memory at
+    the largest batch on all threads, and the models' sizes; per-layer times (batch 1, all threads) of the float model and
     the packed engine, and where the packed engine's time goes."""
     from .kernels import describe
 
@@ -184,6 +195,7 @@ def bench(float_model: nn.Module, packed: nn.Module, image_size: int,
                             if f"{big}x{all_threads}" in lat}
     result["peak_memory_mb"] = {name: peak_memory_mb(lambda: model(x))
                                 for name, model in engines.items()}
+    result["model_mb"] = {name: model_mb(model) for name, model in engines.items()}
     names = layer_names(packed)
     one = torch.randn(1, 3, image_size, image_size)
     times_float, times_packed = layer_times(float_model, one, names), layer_times(packed, one, names)

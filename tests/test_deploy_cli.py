@@ -1,0 +1,80 @@
+"""bnas export, bnas eval --packed and bnas bench on a tiny trained run, and their one-line
+errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bnas.cli import main
+from bnas.deploy import load, pack
+from bnas.deploy.source import trained_model
+from bnas.train import resolve_config, train
+
+TINY = {"arch": "latest_cell_zeroise", "layers": 3, "init_channels": 8, "dataset": "digits",
+        "epochs": 1, "batch_size": 32, "train_subset": 64, "val_subset": 64, "workers": 0,
+        "progress": False}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(resolve_config(None, {**TINY, "out": str(out)}))
+    return out / "best.pt"
+
+
+def test_export_writes_a_file_equal_to_the_packed_model(weights, tmp_path, capsys):
+    out = tmp_path / "m.bnx"
+    assert main(["export", "--weights", str(weights), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"wrote {out}: ") and "binary weights" in printed
+    loaded = load(out)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pack(trained_model(weights, None, {}))(x))
+
+
+def test_eval_packed_gives_the_float_models_predictions(weights, capsys):
+    assert main(["eval", "--weights", str(weights), "--val-subset", "96", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--weights", str(weights), "--val-subset", "96", "--packed", "--json"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    assert packed["top1"] == plain["top1"] and packed["samples"] == plain["samples"]
+    assert packed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+
+
+def test_bench_prints_latency_memory_and_layers(weights, tmp_path, capsys):
+    assert main(["bench", "resnet20_1w1a", "--batches", "1,2", "--min-time", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"pytorch", "packed"} <= set(result["latency_ms"])
+    columns = {f"{b}x{n}" for b in (1, 2) for n in result["threads"]}
+    assert set(result["latency_ms"]["packed"]) == columns
+    assert result["model"] == "resnet20_1w1a" and result["image_size"] == 32
+    assert set(result["throughput"]) >= {"pytorch", "packed"}
+    kinds = {row["kind"] for row in result["layers"]}
+    assert {"PackedConv2d", "Conv2d", "Linear"} <= kinds
+    out = tmp_path / "m.bnx"
+    main(["export", "--weights", str(weights), "--out", str(out)])
+    capsys.readouterr()
+    assert main(["bench", "--weights", str(out), "--batches", "1", "--min-time", "0"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("latest_cell_zeroise at 32x32") and "packed speed-up" in text
+    assert "PackedBinConvOp" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench"], "give an architecture or --weights"),
+    (["bench", "resnet20_1w1a", "--batches", "1,x"], "--batches"),
+    (["bench", "--weights", "missing.pt"], "not found"),
+    (["export", "--weights", "missing.pt", "--out", "x.bnx"], "not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_eval_packed_refuses_what_the_engine_does_not_run(weights, capsys):
+    assert main(["eval", "--weights", str(weights), "--packed", "--channels-last"]) == 2
+    assert "float32 on the CPU" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def trained_model(weights: str | Path, preset: str | None,
     binarizer and dataset default to those it was trained with (``overrides`` may name them;
     weights of another architecture are refused)."""
     from ..train import checkpoint, resolve_config
-    from ..train.distributed import Context
+    from ..run.context import Context
     from ..train.engine import build_network, model_identity, weights_settings
 
     cfg = resolve_config(preset, {**overrides, **weights_settings(weights, overrides)})

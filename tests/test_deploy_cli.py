@@ -12,9 +12,9 @@ from bnas.deploy import load, pack
 from bnas.deploy.source import trained_model
 from bnas.train import resolve_config, train
 
-TINY = {"arch": "latest_cell_zeroise", "layers": 3, "init_channels": 8, "dataset": "digits",
-        "epochs": 1, "batch_size": 32, "train_subset": 64, "val_subset": 64, "workers": 0,
-        "progress": False}
+TINY = {"arch": "latest_cell_zeroise", "layers": 3, "init_channels": 8,
+        "dataset": "synthetic", "epochs": 1, "batch_size": 32, "train_subset": 64,
+        "val_subset": 64, "workers": 0, "progress": False}
 
 
 @pytest.fixture(scope="module")

@@ -201,20 +201,24 @@ def test_truncated_or_unsafe_files_are_refused(tmp_path):
     _refused(tmp_path, {"epoch": 1}, "recu", "recu_resnet20_1w1a", "holds no model weights")
 
 
-def test_cli_import_then_eval(tmp_path, capsys):
-    torch.save({"state_dict": ref.cifar_resnet20("siman", prelu=True)}, tmp_path / "s.pth.tar")
+@pytest.mark.parametrize("source,arch,project", [
+    ("rbnn", "resnet20_bireal_1w1a", "RBNN"), ("recu", "recu_resnet20_1w1a", "ReCU"),
+    ("siman", "siman_resnet20_1w1a", "SiMaN")])
+def test_cli_import_then_eval(tmp_path, capsys, source, arch, project):
+    sd = ref.cifar_resnet20(source, prelu=source == "siman")
+    torch.save({"state_dict": sd}, tmp_path / "s.pth.tar")
     out = tmp_path / "w.pt"
-    assert main(["import", "--from", "siman", str(tmp_path / "s.pth.tar"), "--arch",
-                 "siman_resnet20_1w1a", "--dataset", "digits", "--out", str(out)]) == 0
+    assert main(["import", "--from", source, str(tmp_path / "s.pth.tar"), "--arch", arch,
+                 "--dataset", "digits", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "imported" in printed and "SiMaN" in printed
+    assert "imported" in printed and project in printed
     assert main(["eval", "--weights", str(out), "--json", "--val-subset", "64", "--workers", "0",
                  "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 64 and 0.0 <= result["top1"] <= 100.0
     saved = checkpoint.load(out)
-    assert saved["identity"]["binarizer"] == "siman" and saved["imported"]["from"] == "siman"
-    assert saved["config"]["data_recipe"] == "seeds"  # SiMaN normalises CIFAR as ImageNet
+    assert saved["identity"]["binarizer"] == source and saved["imported"]["from"] == source
+    assert saved["config"]["data_recipe"] == "seeds"  # the seeds normalise CIFAR as ImageNet
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):

@@ -47,7 +47,8 @@ def load_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated file, pickled code, not a torch file at all
-        raise BnasError(f"{path} is not a checkpoint of plain tensors ({_first_line(exc)})") from None
+        raise BnasError(f"{path} is not a checkpoint of plain tensors "
+                        f"({_first_line(exc)})") from None
 
 
 def find_state_dict(data: Any, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

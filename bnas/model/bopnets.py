@@ -83,7 +83,8 @@ class ChannelLayerNorm(nn.Module):
         mean = x.mean(dim=1, keepdim=True)
         var = x.var(dim=1, unbiased=False, keepdim=True)
         shape = (1, -1, *([1] * (x.dim() - 2)))
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        scaled = (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape)
+        return scaled + self.bias.view(shape)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}"

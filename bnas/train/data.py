@@ -87,7 +87,8 @@ def dali_loaders(cfg: TrainConfig, ctx: Context, train: bool) -> Data:
     num_classes = cfg.num_classes or len(classes) or dataset_info(cfg.dataset).num_classes
     size = cfg.image_size or dataset_info(cfg.dataset).image_size
     common = {"size": size, "rank": ctx.rank, "world_size": ctx.world_size,
-              "workers": cfg.workers, "device": ctx.device, "seed": cfg.seed}
+              "workers": cfg.workers, "device": ctx.device, "seed": cfg.seed,
+              "recipe": cfg.data_recipe}
     val = DaliLoader(root, "val", batch_size=per_process_batch(eval_batch(cfg), ctx), **common)
     return Data(DaliLoader(root, "train", batch_size=per_process_batch(cfg.batch_size, ctx),
                            **common) if train else None, val, num_classes)

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""The bit-packed CPU engine against float32 PyTorch (and onnxruntime), batch 1, per path.
+
+    python benchmarks/deploy.py                     # every workload on every path (minutes)
+    python benchmarks/deploy.py --only avx512       # one path
+    python benchmarks/deploy.py --only "conv 64->64" --steps 50
+
+Workloads, each on every kernel path this CPU runs (``BNAS_XNOR_ISA``: avx512, avx2,
+portable), each in a fresh process with ``torch.set_num_threads(threads)``:
+
+* every 3x3 binary convolution shape of resnet18_1w1a's ImageNet stages: the packed
+  convolution of an already packed input (in a network the packing is fused with the layer
+  before; its own time is the ``packing ms`` column) against ``torch.nn.functional.conv2d`` of
+  the same shape in float32;
+* whole networks: resnet18_1w1a (ImageNet, 224x224) and BNAS-A (CIFAR, 32x32) in eval mode, the
+  packed model against the float model in PyTorch and, where ``bnas.deploy.onnx`` and
+  onnxruntime are installed, in onnxruntime; where the packed engine's time goes: packing,
+  binary convolutions and real-valued layers.
+
+Times are medians of ``--steps`` runs after two warm-up runs. Machines are noisy: compare
+figures measured side by side (the ratios).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from common import parser, run
+
+#: resnet18_1w1a's 3x3 binary convolutions at 224x224: (c_in, c_out, input size, stride).
+CONVS = [(64, 64, 56, 1), (64, 128, 56, 2), (128, 128, 28, 1), (128, 256, 28, 2),
+         (256, 256, 14, 1), (256, 512, 14, 2), (512, 512, 7, 1)]
+NETWORKS = {"resnet18_1w1a imagenet 224": ({"arch": "resnet18_1w1a", "dataset": "imagenet"}, 224),
+            "bnas-a cifar 32": ({"config": "bnas-a"}, 32)}
+
+
+def paths() -> list[str]:
+    from bnas.deploy.kernels import supported_isas
+
+    return list(reversed(supported_isas()))
+
+
+def workloads() -> list[tuple[str, str, Any]]:
+    items = []
+    for isa in paths():
+        items += [(f"conv {ci}->{co} {h}x{h} s{s} [{isa}]", isa, (ci, co, h, s))
+                  for ci, co, h, s in CONVS]
+        items += [(f"{name} [{isa}]", isa, name) for name in NETWORKS]
+    return items
+
+
+def median_ms(fn, steps: int) -> float:
+    import torch
+
+    with torch.inference_mode():
+        fn()
+        fn()
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def measure_conv(shape: tuple[int, int, int, int], steps: int) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from bnas.deploy.kernels import BinaryConvPlan, Geometry, kernels
+
+    ci, co, h, s = shape
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, ci, h, h, generator=gen), torch.randn(co, ci, 3, 3, generator=gen)
+    k = kernels()
+    geo = Geometry(3, 3, s, 1, (1, 1, 1, 1))
+    plan = BinaryConvPlan(w < 0, w.abs().mean(dim=(1, 2, 3)), geo)
+    packed = k.pack(x, geo)
+    return {"pytorch_ms": median_ms(lambda: F.conv2d(x, w, stride=s, padding=1), steps),
+            "packed_ms": median_ms(lambda: plan.run(k, x, packed), steps),
+            "packing_ms": median_ms(lambda: k.pack(x, geo), steps)}
+
+
+def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
+    import torch
+
+    import bnas
+    from bnas.deploy import kernels as kernel_module, pack
+    from bnas.deploy.bench import layer_times, layer_names, onnx_runner
+
+    settings, size = NETWORKS[name]
+    torch.manual_seed(0)
+    model = bnas.build_model(**settings).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():  # BatchNorm statistics of real-looking activations (fewer exact zeros)
+        model.train()
+        model(torch.randn(8, 3, size, size))
+        model.eval()
+    packed = pack(model)
+    result = {"pytorch_ms": median_ms(lambda: model(x), steps),
+              "packed_ms": median_ms(lambda: packed(x), steps)}
+    runner, note = onnx_runner(model, tuple(x.shape), threads)
+    result["onnxruntime_ms"] = None if runner is None else median_ms(runner, steps)
+    result["note"] = note
+    names = layer_names(packed)
+    times = layer_times(packed, x, names, runs=steps)
+    kinds = {n: type(m).__name__ for n, m in packed.named_modules()}
+    binary = sum(t for n, t in times.items() if kinds[n].startswith("Packed"))
+    result["real_ms"] = 1e3 * (sum(times.values()) - binary)
+    spent = []  # the packing's share: time the kernels' pack calls over a few forwards
+    original = kernel_module.Kernels.pack
+
+    def timed(self, *args, **kwargs):
+        t = time.perf_counter()
+        out = original(self, *args, **kwargs)
+        spent.append(time.perf_counter() - t)
+        return out
+
+    kernel_module.Kernels.pack = timed
+    with torch.inference_mode():
+        for _ in range(steps):
+            packed(x)
+    kernel_module.Kernels.pack = original
+    result["packing_ms"] = 1e3 * sum(spent) / steps
+    return result
+
+
+def main() -> int:
+    args = parser(__doc__.split("\n\n")[0], steps=20).parse_args()
+    if args.child is not None:  # the path must be chosen before the kernels load
+        os.environ["BNAS_XNOR_ISA"] = workloads()[args.child][1]
+    items = workloads()
+
+    def measure(index: int) -> dict[str, Any]:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        _, _, what = items[index]
+        if isinstance(what, tuple):
+            return measure_conv(what, args.steps)
+        return measure_network(what, args.steps, args.threads)
+
+    def cell(value: float | None, width: int = 10) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
+
+    def row(index: int, r: dict[str, Any]) -> str:
+        onnx = r.get("onnxruntime_ms")
+        vs_onnx = f"{onnx / r['packed_ms']:9.2f}x" if onnx else f"{'-':>10}"
+        return (f"{items[index][0]:40} {cell(r['pytorch_ms'])} {cell(onnx)} "
+                f"{cell(r['packed_ms'])} {r['pytorch_ms'] / r['packed_ms']:9.2f}x {vs_onnx} "
+                f"{cell(r['packing_ms'])} {cell(r.get('real_ms'))}")
+
+    def settings() -> list[str]:
+        from bnas.deploy.bench import cpu_name
+        from bnas.deploy.kernels import describe
+
+        return [f"cpu: {cpu_name()}, {args.threads} threads; paths: {', '.join(paths())}; "
+                f"default: {describe()}"]
+
+    header = (f"{'workload':40} {'pytorch ms':>10} {'onnxrt ms':>10} {'packed ms':>10} "
+              f"{'vs pytorch':>10} {'vs onnxrt':>10} {'packing ms':>10} {'real ms':>10}")
+    return run(__file__, args, [name for name, _, _ in items], header, measure, row,
+               settings=settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -128,9 +128,10 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.parametrize("case", ["rbnn-resnet20", "recu-resnet20", "siman-resnet20"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_checkpoint_layouts(tmp_path, layout):
-    source, make, arch, forward = CIFAR_CASES["recu-resnet20"]
+def test_checkpoint_layouts(tmp_path, layout, case):
+    source, make, arch, forward = CIFAR_CASES[case]
     record = _check(tmp_path, source, make(), arch, forward, layout=LAYOUTS[layout])
     if layout == "state_dict":
         assert record["checkpoint"] == {"epoch": 400, "best_prec1": 87.4, "model": "resnet20_1w1a"}

@@ -66,7 +66,7 @@ def test_forward_backward(arch, dataset, size):
     (dict(arch="latest_cell", init_channels=0), "--init-channels must be a positive integer"),
     (dict(config="bnas-z"), "unknown configuration 'bnas-z'"),
     (dict(arch="latest", dataset="cifar10"), "unknown architecture 'latest'"),
-    (dict(arch="latest_cell", dataset="mnist"), "unknown dataset 'mnist'"),
+    (dict(arch="latest_cell", dataset="emnist"), "unknown dataset 'emnist'"),
     (dict(arch="latest_cell", binarizer="nope"), "unknown binarizer 'nope'"),
 ])
 def test_bad_input(kwargs, message):

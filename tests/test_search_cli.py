@@ -85,7 +85,7 @@ def test_existing_names_are_kept_unless_overwrite(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--space", "darts"], "unknown search space 'darts'"),
     (["--binarizer", "xnor++"], "unknown binarizer 'xnor++'"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--dataset", "emnist"], "unknown dataset 'emnist'"),
     (["--dataset", "imagefolder", "--data", "/nonexistent/folder"], "image folder not found"),
     (["--train-portion", "1.5"], "--train-portion must be a number strictly between 0 and 1"),
     (["--train-portion", "0"], "--train-portion"),

@@ -15,6 +15,7 @@ from ..search.cell import CELLS
 from ..search.config import DATASET_PRESETS
 from ..search.cost import COST_KINDS, PENALTIES, parse_weights
 from ..search.pareto import DEFAULT_COMPARE, DEFAULT_TRAIN
+from ..search.strategies import STRATEGIES
 
 EPILOG = """\
 examples:
@@ -24,6 +25,8 @@ examples:
   bnas search --save c10_skip --space bnas-skip --order 2
   bnas search --resume runs/search-bnas_c10-20250101-120000   # continue a stopped search
   bnas train --arch my_arch --dataset digits           # retrain what was found
+  bnas search --strategy random --samples 8 --save rnd --dataset fashion-mnist \
+      --band-params 100K:300K --layers 8 --init-channels 16   # the random baseline
 
 many GPUs / machines (one process per GPU; --batch-size is per process):
   torchrun --nproc_per_node 4 -m bnas search --save c10 --data ~/data
@@ -38,6 +41,15 @@ alphas_normal.png, alphas_reduce.png and checkpoint.pt. Presets per dataset: """
 #: (flags, destination, argparse settings, help) for every option.
 OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
     (("--save",), "save", {"metavar": "NAME"}, "name of the genotypes to write (NAME, NAME_imagenet)"),
+    (("--strategy",), "strategy", {}, "search strategy: " + "; ".join(
+        f"{name}: {s.description}" for name, s in STRATEGIES.items())),
+    (("--samples",), "samples", {"type": int, "metavar": "N"},
+     "--strategy random: how many genotypes to draw (saved as NAME_0 .. NAME_<N-1>)"),
+    (("--band-params",), "band_params", {"metavar": "LO:HI"},
+     "--strategy random: keep genotypes whose network (the search's --layers, --init-channels, "
+     "--image-size) has LO..HI parameters (e.g. 100K:300K; either side may be empty)"),
+    (("--band-ops",), "band_ops", {"metavar": "LO:HI"},
+     "--strategy random: keep genotypes whose network costs LO..HI OPs (FLOPs + BOPs/64)"),
     (("--overwrite",), "overwrite", {"action": "store_true", "default": None},
      "replace existing genotypes of that name"),
     (("--dataset",), "dataset", {}, "dataset: " + ", ".join(DATASET_INFO.names()) + " (default cifar10)"),
@@ -130,19 +142,6 @@ def _hparams(pairs: list[str] | None, flag: str = "--binarizer-hparam") -> dict[
     return found
 
 
-def _cost(result) -> str:
-    """What the CIFAR genotype costs, and whether it meets the budget (a search for cost)."""
-    cost = result.genotype.provenance.get("cost")
-    if cost is None:
-        return ""
-    from ..search.cost import COST_KINDS
-
-    text = f"; it costs {COST_KINDS.get(cost['kind']).format(cost['genotype_cost'])}"
-    if "meets_target" in cost:
-        text += f" ({'within' if cost['meets_target'] else 'over'} the budget {cost['target']})"
-    return text
-
-
 def _sweep(args: argparse.Namespace, overrides: dict[str, Any], weights: list[float]) -> int:
     """Several cost weights: the Pareto sweep (:mod:`bnas.search.pareto`)."""
     from ..search.pareto import sweep
@@ -157,9 +156,14 @@ def _sweep(args: argparse.Namespace, overrides: dict[str, Any], weights: list[fl
     return 0
 
 
+#: Options gathered into the configuration's ``cost_band`` (key: cost measure).
+BAND_OPTIONS = {"band_params": "params", "band_ops": "ops"}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..search.config import resolve
     from ..search.loop import search
+    from ..search.strategies import report
 
     if args.resume is not None:
         given = [flags[0] for flags, dest, _, _ in OPTIONS
@@ -168,9 +172,10 @@ def run(args: argparse.Namespace) -> int:
                                            ("--front-train", args.front_train)) if value is not None]
         if given:
             raise BnasError(f"--resume continues with the saved settings; drop {', '.join(given)}")
-        result = search(resume=args.resume, device=args.device)
+        message = report(search(resume=args.resume, device=args.device))
     else:
-        overrides = {dest: getattr(args, dest) for _, dest, _, _ in OPTIONS}
+        overrides = {dest: getattr(args, dest) for _, dest, _, _ in OPTIONS
+                     if dest not in BAND_OPTIONS}
         overrides["binarizer_hparams"] = _hparams(args.binarizer_hparams)
         weights = parse_weights(args.cost_weight) if args.cost_weight is not None else [None]
         if len(weights) > 1:
@@ -179,9 +184,11 @@ def run(args: argparse.Namespace) -> int:
             raise BnasError("--front-compare and --front-train set up a sweep: give several "
                             "--cost-weight values (0,0.01,0.1,1)")
         overrides["cost_weight"] = weights[0]
-        result = search(resolve(overrides))
+        band = {key: getattr(args, dest) for dest, key in BAND_OPTIONS.items()
+                if getattr(args, dest) is not None}
+        overrides["cost_band"] = band or None
+        cfg = resolve(overrides)
+        message = STRATEGIES.get(cfg.strategy).run(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"genotypes '{result.genotype.name}' and '{result.genotype_imagenet.name}' from epoch "
-              f"{result.best_epoch + 1} (val top-1 {result.best_top1:.2f}%){_cost(result)}; run "
-              f"directory {result.out}")
+        print(message)
     return 0

@@ -153,7 +153,32 @@ def _imagefolder(split: str, opts: DatasetOptions) -> Dataset:
     return _image_folder(split, root, small_folder_transform(size, train=split == "train" and opts.augment))
 
 
+@DATASETS.register("tiny-imagenet")
+def _tiny_imagenet(split: str, opts: DatasetOptions) -> Dataset:
+    """Tiny-ImageNet, arranged by ``tools/prepare_tiny_imagenet.py`` (:mod:`.tiny_imagenet`):
+    64x64 images, random crop (padding 8) + flip when training, ImageNet normalisation."""
+    from . import tiny_imagenet
+
+    root = _need_root("tiny-imagenet", opts)
+    size = opts.image_size or tiny_imagenet.IMAGE_SIZE
+    return tiny_imagenet.build(split, root,
+                               small_folder_transform(size, train=split == "train" and opts.augment))
+
+
 # -- offline data ---------------------------------------------------------------------------------
+def _idx(name: str) -> Builder:
+    def build(split: str, opts: DatasetOptions) -> Dataset:
+        from .idx import build as build_idx
+
+        return build_idx(name, split, opts.root, opts.augment, opts.image_size)
+
+    return build
+
+
+DATASETS.add("fashion-mnist", _idx("fashion-mnist"))
+DATASETS.add("mnist", _idx("mnist"))
+
+
 @DATASETS.register("digits")
 def _digits(split: str, opts: DatasetOptions) -> Dataset:
     """scikit-learn's 1,797 handwritten 8x8 digits (real data, bundled, offline), upscaled to

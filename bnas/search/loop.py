@@ -34,7 +34,7 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,12 +137,12 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, cfg: SearchConfig,
                                                  args={"final": cfg.lr_min / cfg.lr}))
 
 
-def check_save_name(cfg: SearchConfig, overwrite: bool) -> None:
-    """Refuse to replace an existing genotype (``NAME`` or ``NAME_imagenet``, by name or in
-    ``--genotype-dir``) unless asked."""
+def check_save_name(cfg: SearchConfig, overwrite: bool, names: Sequence[str] | None = None) -> None:
+    """Refuse to replace an existing genotype (``names``, by default ``NAME`` and
+    ``NAME_imagenet``; by name or in ``--genotype-dir``) unless asked."""
     if overwrite:
         return
-    for name in (cfg.save, cfg.save + IMAGENET_SUFFIX):
+    for name in names or (cfg.save, cfg.save + IMAGENET_SUFFIX):
         if cfg.genotype_dir is None:  # found by name: the user directory or a shipped genotype
             found = G.find(name)
         else:

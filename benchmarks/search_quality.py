@@ -20,9 +20,13 @@ than the spread (the larger of the two standard deviations).
 Resumable: every finished run (a search, a draw, a retraining) is a JSON file in
 ``OUT/runs/``, written atomically, and is never redone; a killed search or retraining continues
 from its checkpoint. ``OUT/protocol.json`` holds the settings, and another invocation must use
-the same ones. ``OUT/table.md`` and ``OUT/summary.json`` are rewritten at the end.
+the same ones. Several processes may share one ``OUT`` (one per core): each claims a job with a
+lock file holding its process id (a dead holder's lock is taken over), and ``--reverse`` starts
+a second one at the other end of the plan. ``OUT/table.md`` and ``OUT/summary.json`` are
+rewritten by whichever process ends last with every run done.
 
-    nice python benchmarks/search_quality.py --out runs/search-quality --threads 1
+    nice python benchmarks/search_quality.py --out runs/search-quality --threads 1 &
+    nice python benchmarks/search_quality.py --out runs/search-quality --threads 1 --reverse
 """
 from __future__ import annotations
 
@@ -89,14 +93,15 @@ def plan(p: Protocol) -> list[Job]:
 
 # -- running ------------------------------------------------------------------------------------
 def _write_json(path: Path, data: Any) -> None:
-    from bnas.genotype import atomic_write_text
+    from bnas.runio import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _search(job: Job, p: Protocol, out: Path) -> dict[str, Any]:
     from bnas.search import resolve
-    from bnas.search.loop import CHECKPOINT, search
+    from bnas.run.checkpoint import CHECKPOINT
+    from bnas.search.loop import search
 
     run_dir = out / "search" / job.id
     if (run_dir / CHECKPOINT).is_file():
@@ -136,6 +141,7 @@ def _cost(arch: str, p: Protocol, cell: bool) -> dict[str, float]:
 
 def _train(job: Job, p: Protocol, out: Path) -> dict[str, Any]:
     from bnas import genotype as G
+    from bnas.run.checkpoint import CHECKPOINT
     from bnas.train import resolve_config, train
 
     path = out / "genotypes" / f"{job.arch}.json"
@@ -145,7 +151,7 @@ def _train(job: Job, p: Protocol, out: Path) -> dict[str, Any]:
     overrides = {"arch": arch, "dataset": p.dataset, "data": p.data, "image_size": p.image_size,
                  "epochs": p.epochs, "train_subset": p.train_subset, "val_subset": p.val_subset,
                  "seed": job.seed, "progress": False, "out": str(run_dir),
-                 "resume": (run_dir / "checkpoint.pt").is_file()}
+                 "resume": (run_dir / CHECKPOINT).is_file()}
     if cell:
         overrides.update(layers=p.layers, init_channels=p.init_channels)
     result = train(resolve_config("fashion-mnist-cpu", overrides))
@@ -166,6 +172,57 @@ def run_job(job: Job, p: Protocol, out: Path) -> dict[str, Any]:
     return {"id": job.id, "kind": job.kind, **result,
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu, 1)}
+
+
+def _claim(lock: Path) -> bool:
+    """Take the job whose lock file this is, unless a live process holds it."""
+    import os
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            holder = int(lock.read_text() or 0)
+            os.kill(holder, 0)
+            return False  # another worker runs it
+        except (ValueError, ProcessLookupError):  # left by a killed worker: take it over
+            lock.write_text(str(os.getpid()))
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def _needs(job: Job) -> str | None:
+    """The job whose result a retraining needs (its search or the draw)."""
+    if job.kind != "train" or job.group not in ("searched", "random"):
+        return None
+    return f"search-s{job.arch.rsplit('_s', 1)[1]}" if job.group == "searched" else "draw"
+
+
+def work(jobs: list[Job], p: Protocol, out: Path) -> list[dict[str, Any]]:
+    """Run every job not cached yet (in passes, while any is runnable: not held by another
+    process, its search or draw done); returns the cached results found."""
+    runs = out / "runs"
+    progress = True
+    while progress:
+        progress = False
+        for job in jobs:
+            cached, lock = runs / f"{job.id}.json", runs / f"{job.id}.lock"
+            need = _needs(job)
+            if cached.is_file() or (need and not (runs / f"{need}.json").is_file()):
+                continue
+            if not _claim(lock):
+                continue
+            print(f"running {job.id}", flush=True)
+            try:
+                _write_json(cached, run_job(job, p, out))
+            finally:
+                lock.unlink(missing_ok=True)
+            progress = True
+    return [json.loads((runs / f"{j.id}.json").read_text()) for j in jobs
+            if (runs / f"{j.id}.json").is_file()]
 
 
 # -- aggregation --------------------------------------------------------------------------------
@@ -240,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/search-quality", help="results folder")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--reverse", action="store_true",
+                        help="take the jobs from the end of the plan (a second process on the "
+                             "same --out, for another core)")
     for name, value in asdict(Protocol()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=value,
                             type=type(value) if value is not None else str)
@@ -253,16 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     p = _protocol(args)
     try:
         _check_protocol(p, out)
-        results = []
-        for job in plan(p):
-            cached = out / "runs" / f"{job.id}.json"
-            if not cached.is_file():
-                print(f"running {job.id}", flush=True)
-                _write_json(cached, run_job(job, p, out))
-            results.append(json.loads(cached.read_text()))
+        results = work(plan(p)[::-1] if args.reverse else plan(p), p, out)
     except BnasError as exc:
         print(f"search_quality: error: {exc}", file=sys.stderr)
         return 2
+    order = [j.id for j in plan(p)]
+    results.sort(key=lambda r: order.index(r["id"]))
     rows = summarise(results)
     cpu = sum(r["cpu_seconds"] for r in results)
     wall = sum(r["seconds"] for r in results)
@@ -270,9 +326,13 @@ def main(argv: list[str] | None = None) -> int:
                         f"{len(results)} runs: {wall / 60:.1f} min wall-clock, {cpu / 60:.1f} "
                         f"CPU-min in the runs (this process: "
                         f"{resource.getrusage(resource.RUSAGE_SELF).ru_utime / 60:.1f})"])
+    if len(results) < len(plan(p)):
+        print(f"{len(results)} of {len(plan(p))} runs done, the others run in another process "
+              f"(the last to finish writes the table); so far:\n{report}")
+        return 0
     _write_json(out / "summary.json", {"protocol": asdict(p), "groups": rows,
                                         "verdict": verdict(rows), "runs": results})
-    from bnas.genotype import atomic_write_text
+    from bnas.runio import atomic_write_text
 
     atomic_write_text(out / "table.md", report + "\n")
     print(report)

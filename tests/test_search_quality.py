@@ -114,3 +114,23 @@ def test_tiny_protocol_end_to_end_on_fashion_mnist(tmp_path, capsys):
             assert 0 <= run["top1"] <= 100 and run["params"] > 0
     assert sq.main(args) == 0  # everything cached: nothing runs again
     assert "running " not in capsys.readouterr().out
+
+
+def test_workers_share_one_folder_through_lock_files(tmp_path, monkeypatch):
+    out = tmp_path / "quality"
+    runs = out / "runs"
+    done = []
+    monkeypatch.setattr(sq, "run_job", lambda job, p, out: done.append(job.id) or
+                        next(r for r in _toy_results(TOY) if r["id"] == job.id))
+    jobs = sq.plan(TOY)
+    import os
+    runs.mkdir(parents=True)
+    (runs / "draw.lock").write_text(str(os.getppid()))  # a live process holds the draw
+    (runs / "train-resnet20_1w1a-t1.lock").write_text("999999999")  # a dead one held this
+    results = sq.work(jobs[::-1], TOY, out)
+    assert "draw" not in done and not any(j.startswith("train-random") for j in done)
+    assert done[0] == "train-resnet20_1w1a-t1" and "search-s0" in done
+    assert done.index("search-s0") < done.index("train-searched_s0-t0")  # the next pass
+    assert len(results) == len(jobs) - 1 - 4 and not list(runs.glob("*.lock"))[1:]
+    (runs / "draw.lock").unlink()
+    assert len(sq.work(jobs, TOY, out)) == len(jobs)  # the rest, then nothing held

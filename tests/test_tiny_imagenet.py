@@ -64,7 +64,7 @@ def test_prepare_then_read_both_splits(tmp_path):
     image, _ = val[0]
     assert image.shape == (3, 64, 64) and train[0][0].shape == (3, 64, 64)
     info = dataset_info("tiny-imagenet")
-    assert (info.num_classes, info.image_size, info.style) == (200, 64, "cifar")
+    assert (info.num_classes, info.image_size, info.family) == (200, 64, "cifar")
 
 
 def test_cell_network_trains_one_step_on_it(tmp_path):

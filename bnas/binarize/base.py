@@ -120,8 +120,8 @@ class SignInputConv2d(BinaryConv2d):
 class BinaryLinear(nn.Module):
     """A fully-connected layer with 1-bit weights and 1-bit inputs, as the scheme's 1x1
     :class:`BinaryConv2d` (``self.conv``, weight ``(out, in, 1, 1)``) applied to the features
-    viewed as a 1x1 map: ``scale_output(conv(binarize_input(x), binary_weight()))`` with the
-    scheme's own input binarizer, weight binarizer and output scale (for per-sample input
+    viewed as a 1x1 map: ``conv(binarize_input(x), binary_weight()) * weight_scale()`` with
+    the scheme's own input binarizer, weight binarizer and scale (for per-sample input
     statistics the sample's features are its ``(C, 1, 1)`` map). ``forward`` takes and returns
     ``(N, features)``.
     """

@@ -135,23 +135,19 @@ def layer_times(model: nn.Module, x: torch.Tensor, names: list[str],
 
 def onnx_runner(model: nn.Module, shape: tuple[int, ...], n_threads: int
                 ) -> tuple[Callable[[], Any] | None, str]:
-    """A function that runs ``model`` exported to ONNX in onnxruntime on ``n_threads`` threads,
-    or None and why not."""
-    try:
-        import onnxruntime as ort
+    """A function that runs ``model`` exported to ONNX in onnxruntime on ``n_threads`` threads
+    (every graph optimisation on), or None and why not."""
+    from .onnx import MissingExtra, export_onnx, onnx_session, require
 
-        from .onnx import export_onnx
-    except ImportError as e:
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model, path, shape)
+            session = onnx_session(path, n_threads, exact=False)
+    except MissingExtra as e:
         return None, f"onnxruntime not measured ({e.name} is not installed)"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, path, shape)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = n_threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: torch.randn(shape).numpy()}
-    return (lambda: session.run(None, feed)), f"onnxruntime {ort.__version__}"
+    return (lambda: session.run(None, feed)), f"onnxruntime {require('onnxruntime').__version__}"
 
 
 def bench(float_model: nn.Module, packed: nn.Module, image_size: int,

@@ -11,6 +11,7 @@ import pytest
 import bnas
 from bnas import binarize, profiling
 from bnas.cli import main
+from bnas.errors import BnasError
 from bnas.genotype import names as genotype_names
 from bnas.model import CONFIGS
 from bnas.ops import OPS, SPACES
@@ -135,11 +136,44 @@ def test_show_several_side_by_side(capsys):
         cells = [cell.strip() for cell in rows["parameters"] if cell.strip()]
         assert cells[col] == f"{p.params:,}"
         assert [c.strip() for c in rows["BOPs"] if c.strip()][col] == profiling.si(p.bops)
+    assert "latency, packed" not in rows  # only with --latency
     code, out, _ = run(capsys, "show", *names, "--dataset", "cifar100", "--json")
     data = json.loads(out)
+    assert not any("latency_s" in d for d in data)
     assert [d["name"] for d in data] == names and data[2]["kind"] == "fixed"
     assert data[0]["ops"] == bnas.profile(bnas.build_model("latest_cell", dataset="cifar100")).ops
     one_line_error(*run(capsys, "show", "latest_cell", "nonesuch"))
+
+
+def test_show_latency_through_the_packed_engine(capsys, monkeypatch):
+    """--latency times each network (cells at the given size, fixed ones at theirs); without
+    a usable engine it is one line, exit 2."""
+    from bnas.search.latency import engine
+
+    names = ["latest_cell", "resnet20_1w1a"]
+    size = ["--dataset", "digits", "--layers", "3", "--init-channels", "8", "--latency"]
+    try:
+        engine()
+    except BnasError:
+        one_line_error(*run(capsys, "show", *names, *size))
+        return
+    code, out, _ = run(capsys, "show", *names, *size)
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith("latency, packed"))
+    times = [float(c.replace(",", "")) for c in row.split()[2::2]]
+    assert len(times) == 2 and all(t > 0 for t in times) and row.count(" ms") == 2
+    code, out, _ = run(capsys, "show", *names, *size, "--json")
+    data = json.loads(out)
+    assert [d["cells"] for d in data] == [3, None] and all(d["latency_s"] > 0 for d in data)
+
+    import bnas.deploy.kernels
+
+    def unavailable():
+        raise BnasError("the packed engine's kernels are off (no C++ compiler)")
+
+    monkeypatch.setattr(bnas.deploy.kernels, "kernels", unavailable)
+    err = one_line_error(*run(capsys, "show", *names, *size))
+    assert "needs the packed engine" in err
 
 
 def test_show_bad_input(capsys):

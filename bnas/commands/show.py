@@ -1,6 +1,7 @@
 """``bnas show``: what a network costs (see :mod:`bnas.profiling`): parameters (binary and
 real-valued), FLOPs, binary operations, OPs = FLOPs + BOPs/64, packed size, output shape and a
-per-layer table. Several names: their totals side by side."""
+per-layer table. Several names: their totals side by side. ``--latency`` also times each network
+through the bit-packed engine (batch 1, this machine)."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +9,14 @@ import json
 import os
 from typing import Any
 
+import torch
 import yaml
 
 from .. import genotype
 from ..errors import BnasError, unknown
 from ..model import CONFIGS, build_model
 from ..profiling import Profile, si, profile
+from ..search.cost import COST_KINDS
 
 EPILOG = """\
 FLOPs count real-valued multiply-accumulates and BOPs binary ones (both operands 1-bit), as in
@@ -25,6 +28,8 @@ examples:
   bnas show resnet20_1w1a --binarizer rbnn --hparam a32=true
   bnas show runs/search/genotype.json --json
   bnas show bnas-a latest_cell resnet20_1w1a             # side by side
+  bnas show my_arch latest_cell resnet20_1w1a --dataset digits --layers 8 --latency
+(side by side, --layers and --init-channels size the cell genotypes; fixed networks keep theirs)
 """
 
 
@@ -48,14 +53,18 @@ def hparam(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"cannot read the value of {text!r}") from None
 
 
-def describe(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], Profile]:
-    """Build the network ``name`` at the size the arguments give; its description and its
-    :class:`Profile`."""
+def describe(args: argparse.Namespace, name: str,
+             cells_only: bool = False) -> tuple[dict[str, Any], Profile]:
+    """Build the network ``name`` at the size the arguments give (with ``cells_only``, the size
+    applies to cell genotypes and fixed networks keep theirs); its description (with its latency
+    through the packed engine, ``latency_s``, under ``--latency``) and its :class:`Profile`."""
     arch, config = resolve_name(name)
     if config and args.config and CONFIGS.canonical(args.config) != config:
         raise BnasError(f"'{name}' is a configuration; --config {args.config} contradicts it")
+    sized = not (cells_only and arch is not None and genotype.load(arch).kind == "fixed")
     model = build_model(arch, dataset=args.dataset, num_classes=args.num_classes,
-                        layers=args.layers, init_channels=args.init_channels,
+                        layers=args.layers if sized else None,
+                        init_channels=args.init_channels if sized else None,
                         config=config or args.config, binarizer=args.binarizer,
                         **dict(args.hparam))
     cells = getattr(model, "cells", None)
@@ -63,7 +72,10 @@ def describe(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], Profi
             "configuration": config or args.config, "dataset": model.dataset,
             "cells": len(cells) if cells is not None else None,
             "binarizer": model.binarizer.config()}
-    return info, profile(model)
+    prof = profile(model)
+    if args.latency:
+        info["latency_s"] = COST_KINDS.get("latency").network(model, prof.input_size, prof)
+    return info, prof
 
 
 def _header(info: dict[str, Any]) -> str:
@@ -89,13 +101,15 @@ COMPARED: list[tuple[str, Any]] = [
     ("BOPs", lambda info, p: si(p.bops)),
     ("OPs", lambda info, p: si(p.ops)),
     ("packed size", lambda info, p: f"{p.size_bytes / 2**20:.2f} MiB"),
+    ("latency, packed", lambda info, p: COST_KINDS.get("latency").format(info["latency_s"])),
 ]
 
 
 def compare(described: list[tuple[dict[str, Any], Profile]]) -> str:
     """The totals of several networks, one column each."""
     header = ["", *(info["name"] for info, _ in described)]
-    rows = [[label, *(str(figure(info, p)) for info, p in described)] for label, figure in COMPARED]
+    rows = [[label, *(str(figure(info, p)) for info, p in described)] for label, figure in COMPARED
+            if label != "latency, packed" or all("latency_s" in info for info, _ in described)]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(row, widths))).rstrip() for row in (header, *rows)]
@@ -105,7 +119,9 @@ def compare(described: list[tuple[dict[str, Any], Profile]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if len(args.name) > 1:
-        described = [describe(args, name) for name in args.name]
+        if args.latency:
+            COST_KINDS.get("latency").check()  # one line, before any network is built
+        described = [describe(args, name, cells_only=True) for name in args.name]
         if args.json:
             print(json.dumps([{**info, **prof.to_dict()} for info, prof in described], indent=2))
         else:
@@ -116,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**info, **prof.to_dict()}, indent=2))
         return 0
     blocks = [_header(info), prof.summary()]
+    if "latency_s" in info:
+        blocks[-1] += (f"\nlatency     {COST_KINDS.get('latency').format(info['latency_s'])} "
+                       f"(packed engine, batch 1, {torch.get_num_threads()} threads)")
     if not args.no_table:
         blocks.append(prof.table())
     print("\n\n".join(blocks))
@@ -141,5 +160,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hparam", type=hparam, action="append", default=[], metavar="KEY=VALUE",
                         help="a hyper-parameter of the binarizer (repeatable)")
     parser.add_argument("--no-table", action="store_true", help="totals only, no per-layer table")
+    parser.add_argument("--latency", action="store_true",
+                        help="also time the network through the bit-packed engine (batch 1)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)

@@ -165,12 +165,14 @@ def _replace(module: nn.Module, original: nn.Module, empty: bool, prefix: str) -
 
 def convert(model: nn.Module, empty: bool = False) -> nn.Module:
     """An inference-only copy of ``model`` whose binary operations run packed (``model`` is put
-    in eval mode and binarizes its weights as its own forward would). Every module must be
-    convertible or a known float module."""
+    in eval mode and binarizes its weights as its own forward would; a model on a GPU is read
+    from a CPU copy). Every module must be convertible or a known float module."""
     kind = type(model).__name__
     if kind not in FLOAT_MODULES:
         raise BnasError(f"the packed engine cannot run a {kind}")
     model.eval()
+    if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
+        model = copy.deepcopy(model).cpu()  # the packed kernels and the float layers: CPU
     packed = copy.deepcopy(model)
     _replace(packed, model, empty, "")
     packed.eval()

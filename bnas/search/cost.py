@@ -97,9 +97,10 @@ class CostKind(ABC):
         return self.network(model, input_size, counted) - edges
 
     def format(self, value: float) -> str:
-        """``value`` with its unit, e.g. ``98.81 M OPs`` or ``4.20 ms``."""
+        """``value`` with its unit, e.g. ``98.81 M OPs``, ``4.2 ms`` or ``0.085 ms``."""
         if self.time:
-            return f"{value * 1e3:.3g} ms"
+            ms = value * 1e3
+            return f"{ms:,.3f} ms" if abs(ms) < 1 else f"{ms:,.1f} ms"
         return f"{si(value)} {self.unit}"
 
 

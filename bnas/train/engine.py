@@ -332,7 +332,8 @@ def evaluate(cfg: TrainConfig, weights_path: str | Path, packed: bool = False) -
     """Top-1, top-5 (in %) and cross-entropy of the weights in ``weights_path`` (a ``best.pt``
     or ``checkpoint.pt``) on the validation set of ``cfg``; with ``packed``, through the
     bit-packed CPU engine (:func:`bnas.deploy.pack`)."""
-    with distributed_context(cfg.device) as ctx:
+    device = "cpu" if packed and cfg.device == "auto" else cfg.device
+    with distributed_context(device) as ctx:
         seed_everything(cfg.seed)
         data = LOADERS.get(cfg.loader)(cfg, ctx, False)
         model = build_network(cfg, data.num_classes, ctx)

@@ -127,3 +127,32 @@ def test_ddp_over_nccl_in_one_process(tmp_path):
     assert (tmp_path / "g" / "nccl.json").is_file()
     assert checkpoint.load(tmp_path / "train" / "checkpoint.pt")["epoch"] == 1
     assert json.loads((tmp_path / "search" / "genotypes.jsonl").read_text().splitlines()[-1])["epoch"] == 0
+
+
+@pytest.mark.parametrize("tf32", [False, True], ids=["fp32", "tf32"])
+@pytest.mark.parametrize("benchmark", [False, True], ids=["heuristic", "cudnn-benchmark"])
+@pytest.mark.parametrize("scheme", ["plain", "rbnn", "recu", "siman", "bop"])
+def test_binary_convolutions_on_cuda_sum_exact_integers(scheme, benchmark, tf32):
+    """conv(sign(x), sign(W)) * alpha on cuDNN, whatever algorithm it picks (with benchmark
+    mode it times several, some of them transform-based) and with TF32 (+-1 is exact in it):
+    the output is alpha * the exact integer, rounded once, as on the CPU."""
+    from test_binary_rounding import GEOMETRIES, layer_and_input, record
+
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        for geometry in GEOMETRIES:
+            layer, x = layer_and_input(scheme, geometry, seed=3)
+            layer = layer.cuda().eval()
+            used = record(layer)
+            with torch.no_grad():
+                y = layer(x.cuda())
+            scale = layer.weight_scale()
+            exact = F.conv2d(used["binarize_input"].double().cpu(),
+                             used["binary_weight"].double().cpu(), None, **geometry)
+            if scale is not None:
+                exact = exact * scale.detach().double().cpu().view(1, -1, 1, 1)
+            assert torch.equal(y.cpu(), exact.float())
+    finally:
+        torch.backends.cudnn.benchmark = saved

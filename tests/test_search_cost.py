@@ -3,6 +3,7 @@ worked out by hand; one-hot architectures against bnas show's counts; the pull o
 budgets and bad input."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -398,3 +399,38 @@ def test_latency_table_entries_are_positive_and_ordered_by_kernel(tmp_path, monk
     # the table now holds what this size needs, measured afresh (the earlier entries are gone)
     assert len(again.entries) == 3 * 6 and set(again.entries) < set(first.entries)
     assert min(again.entries.values()) > 0
+
+
+def test_bench_table_command_and_a_latency_search(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("bnas.deploy.bench", reason="the packed engine's timing is not here")
+    from bnas.search.latency import engine
+
+    engine()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    table = ["--table", "dataset=digits", "layers=3", "init_channels=4", "image_size=8",
+             "steps=1", "threads=1"]
+    assert main(["bench", *table, "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["threads"] == 1 and made["layers"] == 3 and len(made["entries"]) == 3 * 6
+    assert made["path"].startswith(str(tmp_path / "cache" / "bnas" / "latency"))
+    assert made["path"].endswith("-1threads.json") and min(made["entries"].values()) > 0
+    for bad, words in ((["--table", "layers=0"], "--table layers must be at least 1"),
+                       (["--table", "depth=3"], "KEY one of space, dataset"),
+                       (["latest_cell", "--table", "layers=3"], "drop the architecture"),
+                       (["latest_cell", "--regenerate"], "--regenerate goes with --table")):
+        assert main(["bench", *bad]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+    # a search for latency prices its edges from that table and reports the budget
+    torch.set_num_threads(1)
+    args = [*TINY[:-4], "--save", "quick", "--device", "cpu", "--layers", "3", "--init-channels",
+            "4", "--epochs", "1", "--subset", "64", "--batch-size", "32", "--no-progress",
+            "--genotype-dir", str(tmp_path / "g"), "--out", str(tmp_path / "run"), "--cost",
+            "latency", "--cost-weight", "1", "--cost-target", "50 ms", "--cost-layers", "3",
+            "--cost-init-channels", "4", "--cost-image-size", "8", "--steps", "1"]
+    assert main(args) == 0
+    cost = G.load(tmp_path / "g" / "quick.json").provenance["cost"]
+    assert cost["kind"] == "latency" and cost["unit"] == "s" and cost["target_value"] == 0.05
+    assert 0 < cost["fixed"] < cost["genotype_cost"] <= cost["max_cost"]
+    assert cost["meets_target"] is (cost["genotype_cost"] <= 0.05)
+    assert "bin_conv_3x3 c4 8x8 s1 plain" in json.loads(Path(made["path"]).read_text())["entries"]

@@ -14,6 +14,14 @@ examples:
   bnas bench --config bnas-a
   bnas bench --weights runs/train-bnas-a-20250101-120000/best.pt --json
   bnas bench --weights bnas-a.bnx
+  bnas bench --table space=bnas dataset=cifar10 layers=20 init_channels=36 threads=1
+  bnas bench --table space=bnas-skip dataset=digits layers=8 init_channels=16 --regenerate
+
+--table measures the per-operation latency table of bnas search --cost latency (every operation
+of the space at every shape of the network of that size; defaults: space=bnas dataset=cifar10,
+the builder's size for the dataset, steps=4 binarizer=plain, torch's threads). Tables are kept
+per CPU model and thread count under ~/.cache/bnas/latency; entries already there are reused
+unless --regenerate.
 """
 
 
@@ -35,6 +43,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--min-time", type=float, default=0.5, metavar="S",
                    help="seconds each latency is measured for at least (default 0.5)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--table", nargs="+", metavar="KEY=VALUE",
+                   help="measure the latency table of a --cost latency search instead (see below)")
+    p.add_argument("--regenerate", action="store_true",
+                   help="--table: measure every entry afresh")
     add_config_options(p, tuple(f for f in MODEL_FIELDS if f != "arch"), title="model")
     p.set_defaults(run=run)
 
@@ -65,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.bench import bench
     from ..errors import BnasError
 
+    if args.table is not None:
+        if args.model is not None or args.weights is not None:
+            raise BnasError("--table measures operations, not a model: drop the architecture "
+                            "and --weights")
+        return _table(args)
+    if args.regenerate:
+        raise BnasError("--regenerate goes with --table")
     try:
         batches = tuple(int(b) for b in args.batches.split(","))
     except ValueError:
@@ -76,6 +95,23 @@ def run(args: argparse.Namespace) -> int:
                    min_time=args.min_time)
     result["model"] = model.genotype.name
     print(json.dumps(result) if args.json else report(result))
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    """``--table``: build (or complete) the latency table and print it."""
+    from ..search.latency import table_for
+
+    table, settings = table_for(args.table, args.regenerate)
+    if args.json:
+        print(json.dumps({"path": str(table.path), **settings, "entries": table.entries}))
+        return 0
+    print(f"latency table {table.path} ({len(table.entries)} entries; seconds through the packed "
+          f"engine, batch 1, {settings['threads']} thread(s)) for {settings['space']} at "
+          f"{settings['layers']} cells, C={settings['init_channels']}, "
+          f"{settings['image_size']}x{settings['image_size']} ({settings['dataset']}):")
+    for key, seconds in sorted(table.entries.items()):
+        print(f"  {key:48} {seconds * 1e3:9.3f} ms")
     return 0
 
 

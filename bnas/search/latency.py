@@ -170,3 +170,47 @@ def build_table(space: str, size: RetrainSize, *, steps: int = 4, binarizer: str
         kind.forget()
     CostModel.build(kind, SPACES.get(space), steps, space, size, get_binarizer(binarizer))
     return kind.table()
+
+
+#: ``bnas bench --table`` settings: name -> (type, default); ``None`` defaults come from the
+#: dataset (the builder's cell-network size for its family, its image size) or from torch.
+TABLE_SETTINGS: dict[str, tuple[type, Any]] = {
+    "space": (str, "bnas"), "dataset": (str, "cifar10"), "layers": (int, None),
+    "init_channels": (int, None), "image_size": (int, None), "steps": (int, 4),
+    "binarizer": (str, "plain"), "threads": (int, None)}
+
+
+def table_settings(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` words of ``bnas bench --table`` (see :data:`TABLE_SETTINGS`), checked."""
+    found = {k: default for k, (_, default) in TABLE_SETTINGS.items()}
+    for text in pairs:
+        key, sep, value = text.partition("=")
+        if not sep or key not in TABLE_SETTINGS:
+            raise BnasError(f"--table expects KEY=VALUE with KEY one of "
+                            f"{', '.join(TABLE_SETTINGS)}, got {text!r}")
+        kind = TABLE_SETTINGS[key][0]
+        try:
+            found[key] = kind(value)
+        except ValueError:
+            raise BnasError(f"--table {key}: expected {kind.__name__}, got {value!r}") from None
+        if kind is int and found[key] < 1:
+            raise BnasError(f"--table {key} must be at least 1, got {value}")
+    return found
+
+
+def table_for(pairs: list[str], regenerate: bool = False) -> tuple[LatencyTable, dict[str, Any]]:
+    """Build the table ``bnas bench --table KEY=VALUE ...`` asks for; it and the settings."""
+    from ..deploy.bench import threads
+    from ..ops import SPACES
+
+    settings = table_settings(pairs)
+    settings["space"] = SPACES.canonical(settings["space"])
+    size = RetrainSize.of(settings["dataset"], settings["layers"], settings["init_channels"],
+                          settings["image_size"])
+    settings.update(size.to_dict())
+    engine()
+    with threads(settings["threads"] or torch.get_num_threads()):
+        settings["threads"] = torch.get_num_threads()
+        table = build_table(settings["space"], size, steps=settings["steps"],
+                            binarizer=settings["binarizer"], regenerate=regenerate)
+    return table, settings

@@ -17,8 +17,9 @@ portable), each in a fresh process with ``torch.set_num_threads(threads)``:
   onnxruntime are installed, in onnxruntime; where the packed engine's time goes: packing,
   binary convolutions and real-valued layers.
 
-Times are medians of ``--steps`` runs after two warm-up runs. Machines are noisy: compare
-figures measured side by side (the ratios).
+Times are medians of ``--steps`` runs after two warm-up runs, by the wall clock or, with
+``--clock cpu`` (one thread only), by the thread's CPU time, which other processes sharing the
+cores do not inflate. Machines are noisy: compare figures measured side by side (the ratios).
 """
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def workloads() -> list[tuple[str, str, Any]]:
     return items
 
 
+#: The clock of every measurement (``--clock``): wall time, or this thread's CPU time.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock = CLOCKS["wall"]
+
+
 def median_ms(fn, steps: int) -> float:
     import torch
 
@@ -60,9 +66,9 @@ def median_ms(fn, steps: int) -> float:
         fn()
         times = []
         for _ in range(steps):
-            t = time.perf_counter()
+            t = clock()
             fn()
-            times.append(time.perf_counter() - t)
+            times.append(clock() - t)
     return 1e3 * statistics.median(times)
 
 
@@ -114,9 +120,9 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
     original = kernel_module.Kernels.pack
 
     def timed(self, *args, **kwargs):
-        t = time.perf_counter()
+        t = clock()
         out = original(self, *args, **kwargs)
-        spent.append(time.perf_counter() - t)
+        spent.append(clock() - t)
         return out
 
     kernel_module.Kernels.pack = timed
@@ -129,7 +135,17 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    args = parser(__doc__.split("\n\n")[0], steps=20).parse_args()
+    p = parser(__doc__.split("\n\n")[0], steps=20)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or the thread's CPU time (with --threads 1)")
+    args = p.parse_args()
+    if args.child is None:  # the workload processes inherit the choice
+        os.environ["BNAS_BENCH_CLOCK"] = args.clock
+    args.clock = os.environ.get("BNAS_BENCH_CLOCK", args.clock)
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu measures one thread: add --threads 1")
+    global clock
+    clock = CLOCKS[args.clock]
     if args.child is not None:  # the path must be chosen before the kernels load
         os.environ["BNAS_XNOR_ISA"] = workloads()[args.child][1]
     items = workloads()
@@ -157,8 +173,8 @@ def main() -> int:
         from bnas.deploy.bench import cpu_name
         from bnas.deploy.kernels import describe
 
-        return [f"cpu: {cpu_name()}, {args.threads} threads; paths: {', '.join(paths())}; "
-                f"default: {describe()}"]
+        return [f"cpu: {cpu_name()}, {args.threads} threads, {args.clock} clock; paths: "
+                f"{', '.join(paths())}; default: {describe()}"]
 
     header = (f"{'workload':40} {'pytorch ms':>10} {'onnxrt ms':>10} {'packed ms':>10} "
               f"{'vs pytorch':>10} {'vs onnxrt':>10} {'packing ms':>10} {'real ms':>10}")

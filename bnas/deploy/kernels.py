@@ -41,7 +41,7 @@ _SIGNATURES = {
                        _P, _I, _P, _C, _C],
     "bnas_xnor_affine": [_P, _I, _I, _I, _P, _P, _C, _P],
     "bnas_xnor_bn_terms": [_P, _P, _P, _P, _I, _D, _C, _P, _P],
-    "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
+    "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
     "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P],
 }
 
@@ -241,6 +241,8 @@ class BinaryConvPlan:
         self.geo = geo
         self.words = -(-self.in_channels // 64)
         self.weights = pack_weight_bits(negative)
+        low = 0x0F0F0F0F0F0F0F0F  # each byte's low nibble (the AVX2 path's lookups)
+        self.nibbles = torch.stack([self.weights & low, (self.weights >> 4) & low])
         # per output channel and tap: the sum over input channels of the packed weights (+-1)
         self.tap_sums = (self.in_channels - 2 * negative.sum(dim=1, dtype=torch.int64)).numpy()
         self.alpha = None if alpha is None else alpha.detach().float().contiguous()
@@ -313,7 +315,7 @@ class BinaryConvPlan:
                                      self.weights.data_ptr(), extra.data_ptr())
         out = torch.empty(n, self.out_channels, ho, wo)
         k.lib.bnas_xnor_conv(packed.words.data_ptr(), _ptr(packed.nonzero), geo.data_ptr(),
-                             self.weights.data_ptr(), rowclass.data_ptr(), corr.data_ptr(),
+                             self.weights.data_ptr(), self.nibbles.data_ptr(), rowclass.data_ptr(), corr.data_ptr(),
                              _ptr(extra), _ptr(self.alpha), out.data_ptr(), k._isa,
                              torch.get_num_threads())
         return out

@@ -136,9 +136,78 @@ __attribute__((always_inline)) inline void pack_row_any(const Pack& p, int64_t b
 using RowFn = void (*)(const Pack&, int64_t, int64_t, int64_t);
 void row_portable(const Pack& p, int64_t b, int64_t j, int64_t y) { pack_row_any(p, b, j, y); }
 #if BNAS_X86
+// AVX2: per channel, 8 pixels per compare; each half of the compare's lanes, widened to 64
+// bits, selects the channel's bit for 4 sign and nonzero words.
+template <bool BN, bool FMA>
+__attribute__((target("avx2,fma"))) void row256(const Pack& p, int64_t b, int64_t j, int64_t y) {
+  const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
+  const float t = p.thresh ? p.thresh[b] : 0.0f;
+  const __m256 tv = _mm256_set1_ps(t);
+  const int64_t at = ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
+  alignas(32) uint64_t acc[32], nonzero[32];
+  alignas(32) float tail[8];
+  for (int64_t x0 = 0; x0 < p.w; x0 += 32) {
+    const int64_t len = std::min<int64_t>(32, p.w - x0);
+    const int vecs = static_cast<int>((len + 7) / 8);
+    __m256i a[8], m[8];
+    for (int v = 0; v < 8; ++v) a[v] = m[v] = _mm256_setzero_si256();
+    int anyzero = 0;
+    for (int64_t cc = 0; cc < chans; ++cc) {
+      const int64_t ch = 64 * j + cc;
+      const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
+      const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(uint64_t(1) << cc));
+      const __m256 sc = _mm256_set1_ps(BN ? p.scale[ch] : 1.0f);
+      const __m256 sh = _mm256_set1_ps(BN ? p.shift[ch] : 0.0f);
+      for (int v = 0; v < vecs; ++v) {
+        const int64_t left = len - 8 * v;
+        __m256 z;
+        if (left >= 8) {
+          z = _mm256_loadu_ps(src + 8 * v);
+        } else {  // the row's last pixels; the rest compare as t (neither sign nor zero kept)
+          for (int i = 0; i < 8; ++i) tail[i] = i < left ? src[8 * v + i] : 0.0f;
+          z = _mm256_load_ps(tail);
+        }
+        if (BN) z = FMA ? _mm256_fmadd_ps(z, sc, sh) : _mm256_add_ps(_mm256_mul_ps(z, sc), sh);
+        if (left < 8) z = _mm256_blendv_ps(tv, z, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(static_cast<int>(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+        const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(z, tv, _CMP_LT_OQ));
+        __m256i ne = _mm256_castps_si256(_mm256_cmp_ps(z, tv, _CMP_NEQ_UQ));
+        if (left < 8 || !p.zero_is_zero) {
+          const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)),
+                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+          if (!p.zero_is_zero) ne = live;
+          anyzero |= _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(ne, live)));
+        } else {
+          anyzero |= ~_mm256_movemask_ps(_mm256_castsi256_ps(ne)) & 0xff;
+        }
+        for (int half = 0; half < 2; ++half) {
+          const __m256i l = _mm256_cvtepi32_epi64(half ? _mm256_extracti128_si256(lt, 1)
+                                                       : _mm256_castsi256_si128(lt));
+          const __m256i n = _mm256_cvtepi32_epi64(half ? _mm256_extracti128_si256(ne, 1)
+                                                       : _mm256_castsi256_si128(ne));
+          a[2 * v + half] = _mm256_or_si256(a[2 * v + half], _mm256_and_si256(l, bit));
+          m[2 * v + half] = _mm256_or_si256(m[2 * v + half], _mm256_and_si256(n, bit));
+        }
+      }
+    }
+    for (int v = 0; v < 8; ++v) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(acc + 4 * v), a[v]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(nonzero + 4 * v), m[v]);
+    }
+    if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t col = x0 + i + p.pl, pos = at + (col % p.s) * p.wc + col / p.s;
+      p.out[pos] = acc[i];
+      if (p.nz) p.nz[pos] = nonzero[i];
+    }
+  }
+}
+
 __attribute__((target("avx2,fma"))) void row_avx2(const Pack& p, int64_t b, int64_t j,
                                                   int64_t y) {
-  pack_row_any(p, b, j, y);
+  if (!p.scale) row256<false, false>(p, b, j, y);
+  else if (p.fma) row256<true, true>(p, b, j, y);
+  else row256<true, false>(p, b, j, y);
 }
 
 // 64 pixels at a time: per channel, 8 pixels per compare, whose mask sets the channel's bit in
@@ -211,6 +280,8 @@ struct Conv {
   const uint64_t* nz;  // or null; the masked mode: a product counts where the input bit is set
   int64_t plane, sample, wrow, s;  // plane = hp * wrow, sample = words * plane
   const uint64_t* w;
+  const uint64_t* nibbles;  // the weights' low nibbles, then their high nibbles (AVX2)
+  int64_t nibble_plane;     // words in each
   int64_t words, taps, o;
   const int64_t* off;  // per tap: word offset from a tile's base
   int64_t oy, ho, wo;
@@ -344,6 +415,11 @@ __attribute__((target("avx2"))) inline __m256i byte_counts(__m256i v, __m256i lu
   return _mm256_add_epi8(lo, hi);
 }
 
+// Four ints, the lanes of mask only when the tile is partial.
+__attribute__((target("avx2"))) inline __m128i load4(const int32_t* q, bool full, __m128i mask) {
+  return full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)) : _mm_maskload_epi32(q, mask);
+}
+
 template <int OB, int PV, bool MASKED>
 __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_t o0,
                                                 const Tile* tiles, int tn) {
@@ -364,6 +440,8 @@ __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_
   for (int64_t j = 0; j < c.words; ++j) {
     const uint64_t* src = in + j * c.plane;
     const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
+    const uint64_t* nl = c.nibbles + o0 * wstride + j * c.taps;       // weights & 0x0f..
+    const uint64_t* nh = nl + c.nibble_plane;                         // (weights >> 4) & 0x0f..
     // Byte counts grow by at most 8 per tap: flush them to the 64-bit lanes every 31 taps.
     for (int64_t t0 = 0; t0 < c.taps; t0 += 31) {
       const int64_t t1 = std::min<int64_t>(c.taps, t0 + 31);
@@ -373,7 +451,7 @@ __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_
         for (int o = 0; o < OB; ++o) bytes[o][p] = zero;
       }
       for (int64_t t = t0; t < t1; ++t) {
-        __m256i x[PV], m[PV];
+        __m256i x[PV], m[PV], xl[PV], xh[PV];
         const int64_t off = c.off[t];
         for (int p = 0; p < PV; ++p) {
           x[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + base[p] + off));
@@ -381,14 +459,27 @@ __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_
             m[p] = _mm256_loadu_si256(
                 reinterpret_cast<const __m256i*>(nz + j * c.plane + base[p] + off));
             nzbytes[p] = _mm256_add_epi8(nzbytes[p], byte_counts(m[p], lut, low));
+          } else {  // the input's nibbles, shared by the OB output channels
+            xl[p] = _mm256_and_si256(x[p], low);
+            xh[p] = _mm256_and_si256(_mm256_srli_epi16(x[p], 4), low);
           }
         }
         for (int o = 0; o < OB; ++o) {
-          const __m256i wv = _mm256_set1_epi64x(static_cast<long long>(wj[o * wstride + t]));
-          for (int p = 0; p < PV; ++p) {
-            __m256i v = _mm256_xor_si256(x[p], wv);
-            if (MASKED) v = _mm256_and_si256(v, m[p]);
-            bytes[o][p] = _mm256_add_epi8(bytes[o][p], byte_counts(v, lut, low));
+          const int64_t at = o * wstride + t;
+          if (MASKED) {
+            const __m256i wv = _mm256_set1_epi64x(static_cast<long long>(wj[at]));
+            for (int p = 0; p < PV; ++p) {
+              const __m256i v = _mm256_and_si256(_mm256_xor_si256(x[p], wv), m[p]);
+              bytes[o][p] = _mm256_add_epi8(bytes[o][p], byte_counts(v, lut, low));
+            }
+          } else {  // nibbles of x ^ w = nibbles of x ^ nibbles of w: six operations
+            const __m256i wl = _mm256_set1_epi64x(static_cast<long long>(nl[at]));
+            const __m256i wh = _mm256_set1_epi64x(static_cast<long long>(nh[at]));
+            for (int p = 0; p < PV; ++p) {
+              const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_xor_si256(xl[p], wl));
+              const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_xor_si256(xh[p], wh));
+              bytes[o][p] = _mm256_add_epi8(_mm256_add_epi8(bytes[o][p], lo), hi);
+            }
           }
         }
       }
@@ -410,17 +501,21 @@ __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_
       const __m128i cnt = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[o][p], evens));
       const int64_t at = ((b * c.o + oc) * c.ho + tile.oh) * c.wo + tile.ow0;
       __m128i dot;
+      // Masked loads and stores only for a row's last, partial tile (they are slow on some
+      // CPUs).
+      const bool full = tile.lanes == 4;
       if (MASKED) {
         dot = _mm_sub_epi32(nzc, _mm_slli_epi32(cnt, 1));
       } else {
         dot = _mm_sub_epi32(k, _mm_slli_epi32(cnt, 1));
-        dot = _mm_sub_epi32(dot, _mm_maskload_epi32(
-            c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0, mask));
-        if (c.extra) dot = _mm_sub_epi32(dot, _mm_maskload_epi32(c.extra + at, mask));
+        dot = _mm_sub_epi32(dot, load4(c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0,
+                                       full, mask));
+        if (c.extra) dot = _mm_sub_epi32(dot, load4(c.extra + at, full, mask));
       }
       __m128 f = _mm_cvtepi32_ps(dot);
       if (c.alpha) f = _mm_mul_ps(f, _mm_set1_ps(c.alpha[oc]));
-      _mm_maskstore_ps(c.out + at, mask, f);
+      if (full) _mm_storeu_ps(c.out + at, f);
+      else _mm_maskstore_ps(c.out + at, mask, f);
     }
   }
 }
@@ -428,15 +523,16 @@ __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_
 
 using BlockFn = void (*)(const Conv&, int64_t, int64_t, const Tile*, int);
 
-// Every (sample, block of PV tiles, block of OB output channels) on the OpenMP threads.
+// Every (sample, block of PV tiles) on the OpenMP threads, each through every block of OB output
+// channels (the tiles' bases computed once).
 template <int V, int OB, int PV>
 void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
   const int64_t per_row = (c.wo + V - 1) / V, tiles = c.ho * per_row;
   const int64_t tblocks = (tiles + PV - 1) / PV, oblocks = (c.o + OB - 1) / OB;
-  const int64_t total = n * tblocks * oblocks;
+  const int64_t total = n * tblocks;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < total; ++i) {
-    const int64_t b = i / (tblocks * oblocks), ob = i % oblocks, tb = (i / oblocks) % tblocks;
+    const int64_t b = i / tblocks, tb = i % tblocks;
     Tile tile[PV];
     int tn = 0;
     for (int p = 0; p < PV && tb * PV + p < tiles; ++p, ++tn) {
@@ -444,7 +540,7 @@ void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
       tile[p] = {(c.oy + oh * c.s) * c.wrow + ow0, oh, ow0,
                  static_cast<int>(std::min<int64_t>(V, c.wo - ow0))};
     }
-    block(c, b, ob * OB, tile, tn);
+    for (int64_t ob = 0; ob < oblocks; ++ob) block(c, b, ob * OB, tile, tn);
   }
 }
 
@@ -511,7 +607,7 @@ void bnas_xnor_bn_terms(const float* mean, const float* var, const float* gamma,
 // The binary convolution (struct Conv; nz: the masked mode's nonzero bits or null; geometry in g: n, words, hp, wrow, wc, s, o, kh, kw, d,
 // oy, ox, ho, wo, k_real).
 void bnas_xnor_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g,
-                    const uint64_t* weights,
+                    const uint64_t* weights, const uint64_t* nibbles,
                     const int32_t* rowclass, const int32_t* corr, const int32_t* extra,
                     const float* alpha, float* out, int isa, int threads) {
   const int64_t n = g[0], words = g[1], hp = g[2], wrow = g[3], wc = g[4], s = g[5], o = g[6],
@@ -522,7 +618,9 @@ void bnas_xnor_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g,
       const int64_t col = ox + j * d;
       off[i * kw + j] = i * d * wrow + (col % s) * wc + col / s;
     }
-  const Conv c{in, nz, hp * wrow, words * hp * wrow, wrow, s, weights, words, kh * kw, o,
+  const int64_t o_pad = (o + 7) / 8 * 8;
+  const Conv c{in, nz, hp * wrow, words * hp * wrow, wrow, s, weights, nibbles,
+               o_pad * words * kh * kw, words, kh * kw, o,
                off.data(), oy, ho, wo, static_cast<int32_t>(g[14]), rowclass, corr, extra,
                alpha, out};
 #if BNAS_X86

@@ -17,7 +17,6 @@ from torch import nn
 import bnas
 from bnas.binarize.base import BinaryConv2d
 from bnas.deploy import fileio, load, pack, save
-from bnas.deploy.convert import ACTIVATIONS, binary_parts
 from bnas.deploy.layers import PackedConv2d
 from bnas.errors import BnasError
 from bnas.genotype import from_json, load as load_genotype, names
@@ -25,27 +24,9 @@ from bnas.genotype import from_json, load as load_genotype, names
 SCHEMES = ["plain", "rbnn", "recu", "siman", "bop", "bop2"]
 
 
-@pytest.fixture(autouse=True)
-def exact_float_model(monkeypatch):
-    """Float models whose binary convolutions compute conv(b(x), sign W) in float64, then the
-    scale in float32: the one-rounding reference the engine must equal bit for bit."""
-    if hasattr(BinaryConv2d, "weight_scale"):
-        return
-
-    original = BinaryConv2d.forward_binary_input
-
-    def forward(self, xb):
-        if type(self).__name__ not in ACTIVATIONS:  # a layer override: real weights
-            return original(self, xb)
-        negative, alpha = binary_parts(self)
-        y = F.conv2d(xb.double(), 1.0 - 2.0 * negative.double(), None, self.stride,
-                     self.padding, self.dilation).float()
-        return y if alpha is None else y * alpha.view(1, -1, 1, 1)
-
-    monkeypatch.setattr(BinaryConv2d, "forward_binary_input", forward)
-
-
 def assert_same(y: torch.Tensor, z: torch.Tensor) -> None:
+    """The float model computes conv(sign x, sign W) * alpha with one rounding, as the engine
+    does: bit for bit."""
     assert torch.equal(y, z), (y - z).abs().max()
     assert torch.equal(y.argmax(1), z.argmax(1))
 

@@ -62,26 +62,18 @@ def _float_conv(conv: nn.Module) -> bool:
 
 
 def binary_parts(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(negative, alpha)`` of an eval-mode binary convolution: where its 1-bit weight is -1,
-    and its per-output-channel scale (None for scale-free schemes). Raises for weights that are
-    not +-1 (an exact zero weight is a third value the 1-bit format cannot hold)."""
+    """``(negative, alpha)`` of an eval-mode binary convolution: where its 1-bit weight
+    (:meth:`~bnas.binarize.base.BinaryConv2d.binary_weight`) is -1, and its per-output-channel
+    scale (:meth:`~bnas.binarize.base.BinaryConv2d.weight_scale`; None for scale-free schemes).
+    Raises for weights that are not +-1 (an exact zero weight is a third value the 1-bit format
+    cannot hold)."""
     with torch.no_grad():
-        weight = conv.binary_weight().detach()
-        if hasattr(conv, "weight_scale"):
-            alpha = conv.weight_scale()
-            alpha = None if alpha is None else alpha.detach().reshape(-1).float().clone()
-            signs = weight
-        else:  # a scheme that folds its scale into the weight: sign(W) * alpha
-            alpha = weight.abs().amax(dim=(1, 2, 3))
-            signs = torch.sign(weight)
-            if torch.equal(alpha, torch.ones_like(alpha)) and type(conv).__name__ == "BopConv2d":
-                alpha = None
+        signs = conv.binary_weight().detach()
+        alpha = conv.weight_scale()
+        alpha = None if alpha is None else alpha.detach().reshape(-1).float().clone()
     if not bool(((signs == 1) | (signs == -1)).all()):
         raise BnasError(f"{type(conv).__name__} has binary weights other than +-1 (e.g. an exact "
                         f"0): the packed engine stores one bit per weight")
-    if alpha is not None and signs.dim() == 4 and not hasattr(conv, "weight_scale"):
-        if not torch.equal(signs * alpha.view(-1, 1, 1, 1), weight):
-            raise BnasError(f"{type(conv).__name__}'s weights are not sign * per-channel scale")
     return signs < 0, alpha
 
 
@@ -105,8 +97,7 @@ def packed_conv(conv: BinaryConv2d, empty: bool, geo: Geometry | None = None) ->
     if geo is None:
         geo = Geometry(k, k, conv.stride[0], conv.dilation[0], (p, p, p, p))
     negative, alpha = (None, None) if empty else binary_parts(conv)
-    scaled = conv.weight_scale() is not None if hasattr(conv, "weight_scale") else (
-        type(conv).__name__ != "BopConv2d")
+    scaled = conv.weight_scale() is not None
     packed = PackedConv2d(conv.in_channels, conv.out_channels, k, geo, activation, scaled,
                           bias=conv.bias is not None)
     if not empty:

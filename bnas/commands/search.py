@@ -28,6 +28,12 @@ examples:
   bnas search --strategy random --samples 8 --save rnd --dataset fashion-mnist \
       --band-params 100K:300K --layers 8 --init-channels 16   # the random baseline
 
+searching for cost as well (the expected cost of the retrained network, bnas.search.cost):
+  bnas search --save cheap --cost ops --cost-weight 0.1     # W * C(alpha) / C_max
+  bnas search --save fits --cost bops --cost-weight 1 --cost-target 500M --cost-penalty log
+  bnas search --save fast --cost latency --cost-weight 1 --cost-target 5ms   # packed engine
+  bnas search --dataset digits --save front --cost ops --cost-weight 0,0.01,0.1,1   # Pareto front
+
 many GPUs / machines (one process per GPU; --batch-size is per process):
   torchrun --nproc_per_node 4 -m bnas search --save c10 --data ~/data
 

@@ -118,7 +118,7 @@ def test_show_text_matches_the_library(capsys):
 def test_show_genotype_file_and_binarizer_hparams(capsys):
     path = str(Path(bnas.__file__).parent / "genotypes" / "latest_cell_zeroise.json")
     code, out, _ = run(capsys, "show", path, "--layers", "2", "--init-channels", "4", "--no-table",
-                       "--binarizer", "rbnn", "--hparam", "a32=true")
+                       "--binarizer", "rbnn", "--binarizer-hparam", "a32=true")
     assert code == 0 and "layer" not in out
     assert "binarizer rbnn (" in out and "a32=True" in out
     assert "BOPs        0 (binary" in out                 # 1-bit weights on real inputs
@@ -190,7 +190,7 @@ def test_show_bad_input(capsys):
     err = one_line_error(*run(capsys, "show", "missing/genotype.json"))
     assert "not found" in err
     with pytest.raises(SystemExit) as exc:
-        main(["show", "latest_cell", "--hparam", "novalue"])
+        main(["show", "latest_cell", "--binarizer-hparam", "novalue"])
     assert exc.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
 
 

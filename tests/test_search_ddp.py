@@ -15,7 +15,7 @@ WORKER = Path(__file__).with_name("search_ddp_worker.py")
 
 def test_two_processes_search_as_one(tmp_path):
     settings = {"save": "ddp", "dataset": "digits", "layers": 3, "init_channels": 4, "epochs": 2,
-                "subset": 192, "batch_size": 16, "image_size": 16, "device": "cpu",
+                "subset": 192, "batch_size": 32, "image_size": 16, "device": "cpu",
                 "progress": False, "workers": 0, "out": str(tmp_path)}
     torchrun_two_processes(WORKER, settings)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -28,5 +28,5 @@ def test_two_processes_search_as_one(tmp_path):
             assert torch.equal(tensor, ranks[1]["weights"][name]), name
     log = (tmp_path / "log.txt").read_text()
     assert "2 process(es)" in log and (tmp_path / "ddp.json").is_file()
-    # 96 weight images over 2 processes of batch 16: 3 steps per epoch each
+    # 96 weight images over 2 processes of batch 16 (32 in all): 3 steps per epoch each
     assert json.loads((tmp_path / "genotypes.jsonl").read_text().splitlines()[-1])["epoch"] == 1

@@ -10,7 +10,7 @@ from bnas.binarize import BINARIZERS
 from bnas.cli import build_parser
 from bnas.errors import BnasError
 from bnas.train.config import TrainConfig, load_preset, preset_names, resolve_config, save_config
-from bnas.train.data import per_process_batch
+from bnas.run.context import per_process_batch
 from bnas.run.context import Context
 from bnas.train.options import overrides_from_args
 from bnas.commands.train import FIELDS

@@ -141,7 +141,7 @@ def test_run_fields_are_not_tunable():
 
 
 def test_default_search_space_brackets_bnas_settings():
-    targets = config_targets(SearchConfig, SEARCH_NOT_TUNABLE)
+    targets = config_targets(SearchConfig)
     space = SearchSpace.parse(defaults.SEARCH_SPACE, targets)
     assert list(space) == ["lam", "tau", "arch_lr"]
     bnas = SearchConfig()  # lambda 1.0, tau 7.7, arch lr 3e-4 (Kim et al., ECCV 2020)

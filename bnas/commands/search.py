@@ -5,15 +5,10 @@ import argparse
 import os
 from typing import Any
 
-import yaml
-
-from ..binarize import names as binarizer_names
-from ..data.info import DATASET_INFO
 from ..errors import BnasError
-from ..ops import SPACES
-from ..search.cell import CELLS
-from ..search.config import DATASET_PRESETS
-from ..search.cost import COST_KINDS, PENALTIES, parse_weights
+from ..options import add_options, given_flags, key_value, key_values, read_options
+from ..search.config import DATASET_PRESETS, FIELDS, SearchConfig
+from ..search.cost import parse_weights
 from ..search.pareto import DEFAULT_COMPARE, DEFAULT_TRAIN
 from ..search.strategies import STRATEGIES
 
@@ -34,7 +29,7 @@ searching for cost as well (the expected cost of the retrained network, bnas.sea
   bnas search --save fast --cost latency --cost-weight 1 --cost-target 5ms   # packed engine
   bnas search --dataset digits --save front --cost ops --cost-weight 0,0.01,0.1,1   # Pareto front
 
-many GPUs / machines (one process per GPU; --batch-size is per process):
+many GPUs / machines (one process per GPU; --batch-size is global, split across them):
   torchrun --nproc_per_node 4 -m bnas search --save c10 --data ~/data
 
 The search writes NAME and NAME_imagenet (gamma down-weights zeroise) into the user genotype
@@ -44,72 +39,16 @@ alphas_normal.png, alphas_reduce.png and checkpoint.pt. Presets per dataset: """
     f"{name}: " + ", ".join(f"{k}={v}" for k, v in preset.items())
     for name, preset in DATASET_PRESETS.items()) + "."
 
-#: (flags, destination, argparse settings, help) for every option.
-OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any], str]] = [
-    (("--save",), "save", {"metavar": "NAME"}, "name of the genotypes to write (NAME, NAME_imagenet)"),
-    (("--strategy",), "strategy", {}, "search strategy: " + "; ".join(
-        f"{name}: {s.description}" for name, s in STRATEGIES.items())),
-    (("--samples",), "samples", {"type": int, "metavar": "N"},
-     "--strategy random: how many genotypes to draw (saved as NAME_0 .. NAME_<N-1>)"),
-    (("--band-params",), "band_params", {"metavar": "LO:HI"},
-     "--strategy random: keep genotypes whose network (the search's --layers, --init-channels, "
-     "--image-size) has LO..HI parameters (e.g. 100K:300K; either side may be empty)"),
-    (("--band-ops",), "band_ops", {"metavar": "LO:HI"},
-     "--strategy random: keep genotypes whose network costs LO..HI OPs (FLOPs + BOPs/64)"),
-    (("--overwrite",), "overwrite", {"action": "store_true", "default": None},
-     "replace existing genotypes of that name"),
-    (("--dataset",), "dataset", {}, "dataset: " + ", ".join(DATASET_INFO.names()) + " (default cifar10)"),
-    (("--data",), "data", {"metavar": "DIR"}, "dataset root (CIFAR download dir; train/ and val/ folders)"),
-    (("--image-size",), "image_size", {"type": int}, "input resolution (default: the dataset's)"),
-    (("--subset",), "subset", {"type": int, "metavar": "N"}, "search on N training images only"),
-    (("--train-portion",), "train_portion", {"type": float},
-     "share of the training images that train the weights; the rest train the architecture (0.5)"),
-    (("--space",), "space", {}, "search space: " + ", ".join(SPACES.names()) + " (default bnas)"),
-    (("--binarizer",), "binarizer", {}, "binarization scheme: " + ", ".join(binarizer_names())
-     + " (default plain, as BNAS)"),
-    (("--binarizer-hparam",), "binarizer_hparams", {"action": "append", "metavar": "KEY=VALUE"},
-     "a hyper-parameter of the scheme (repeatable; values read as YAML)"),
-    (("--layers",), "layers", {"type": int}, "cells of the supernet (8)"),
-    (("--init-channels",), "init_channels", {"type": int}, "initial channels C (16)"),
-    (("--steps",), "steps", {"type": int}, "intermediate nodes per cell (4)"),
-    (("--epochs",), "epochs", {"type": int}, "search epochs (50)"),
-    (("--batch-size",), "batch_size", {"type": int}, "batch size per process (64)"),
-    (("--lr",), "lr", {"type": float}, "weight learning rate, cosine-annealed (0.025)"),
-    (("--lr-min",), "lr_min", {"type": float}, "final weight learning rate (0.001)"),
-    (("--momentum",), "momentum", {"type": float}, "weight SGD momentum (0.9)"),
-    (("--weight-decay",), "weight_decay", {"type": float}, "weight decay of the weights (3e-4)"),
-    (("--arch-lr",), "arch_lr", {"type": float}, "Adam learning rate of the alphas (3e-4)"),
-    (("--arch-weight-decay",), "arch_weight_decay", {"type": float}, "weight decay of the alphas (1e-3)"),
-    (("--lambda",), "lam", {"type": float}, "weight of the diversity (entropy) term (1.0)"),
-    (("--tau",), "tau", {"type": float}, "annealing constant of the diversity term, epochs (7.7)"),
-    (("--gamma",), "gamma", {"type": float}, "zeroise down-weighting of the ImageNet genotype (3)"),
-    (("--order",), "order", {"type": int, "choices": (1, 2)},
-     "1: first-order DARTS (BNAS); 2: second-order (unrolled) DARTS"),
-    (("--cost",), "cost", {"metavar": "KIND"},
-     "search for cost as well: " + ", ".join(COST_KINDS.names()) + " (bnas.search.cost)"),
-    (("--cost-weight",), "cost_weight", {"metavar": "W[,W...]"},
-     "weight of the cost term, >= 0 (0 records the cost without optimising it); several "
-     "(0,0.01,0.1,1): a sweep that retrains what each finds and writes the Pareto front"),
-    (("--cost-target",), "cost_target", {"metavar": "BUDGET"},
-     "drive the cost toward a budget instead: 100M, 1.2G (counts), 5ms (latency)"),
-    (("--cost-penalty",), "cost_penalty", {"metavar": "NAME"},
-     "penalty above the budget: " + ", ".join(PENALTIES.names()) + " (default hinge)"),
-    (("--cost-layers",), "cost_layers", {"type": int},
-     "cells of the retrained network whose cost counts (20 for CIFAR-style data, 12 ImageNet)"),
-    (("--cost-init-channels",), "cost_init_channels", {"type": int},
-     "initial channels of the retrained network (36 for CIFAR-style data, 64 ImageNet)"),
-    (("--cost-image-size",), "cost_image_size", {"type": int},
-     "input resolution of the retrained network (the dataset's)"),
-    (("--seed",), "seed", {"type": int}, "random seed (2)"),
-    (("--workers",), "workers", {"type": int}, "data-loading worker processes (2)"),
-    (("--impl",), "impl", {}, "supernet implementation: " + ", ".join(CELLS.names())
-     + " (same maths; fast is the default)"),
-    (("--device",), "device", {}, "auto, cpu, cuda or cuda:N (auto)"),
-    (("--progress",), "progress", {"action": argparse.BooleanOptionalAction}, "show a progress bar"),
-    (("--out",), "out", {"metavar": "DIR"}, "run directory (default runs/search-NAME-<time>)"),
-    (("--genotype-dir",), "genotype_dir", {"metavar": "DIR"},
-     "write the genotypes there instead of the user genotype directory"),
-]
+#: The options that fill the configuration's ``cost_band`` (flag destination: cost measure).
+BAND_OPTIONS = {"band_params": "params", "band_ops": "ops"}
+#: The settings with an option of their own name (``cost_band`` has the two above).
+OPTION_FIELDS = [name for name in FIELDS if name != "cost_band"]
+
+
+def _strategy_help(name: str) -> str | None:
+    if name != "strategy":
+        return None
+    return "search strategy: " + "; ".join(f"{n}: {s.description}" for n, s in STRATEGIES.items())
 
 
 def add_parser(subparsers) -> None:
@@ -118,34 +57,24 @@ def add_parser(subparsers) -> None:
         description="Differentiable search of binary cells as in BNAS (Kim, Singh, Choi, ECCV "
                     "2020), with any binarization scheme, first- or second-order, on CPUs or GPUs.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flags, dest, settings, help_text in OPTIONS:
-        p.add_argument(*flags, dest=dest, help=help_text, **{"default": None, **settings})
+    add_options(p, SearchConfig, OPTION_FIELDS, "settings", show_defaults=True,
+                help_of=_strategy_help)
+    band = p.add_argument_group("--strategy random: cost bands")
+    band.add_argument("--band-params", metavar="LO:HI",
+                      help="keep genotypes whose network (the search's --layers, --init-channels, "
+                           "--image-size) has LO..HI parameters (e.g. 100K:300K; either side may "
+                           "be empty)")
+    band.add_argument("--band-ops", metavar="LO:HI",
+                      help="keep genotypes whose network costs LO..HI OPs (FLOPs + BOPs/64)")
     p.add_argument("--resume", metavar="RUN_DIR|CHECKPOINT",
                    help="continue a search from its run directory (its settings are used)")
     p.add_argument("--front-compare", metavar="NAMES",
                    help="a sweep's comparison architectures, comma-separated (default "
                         + ",".join(DEFAULT_COMPARE) + "; 'none' for none)")
-    p.add_argument("--front-train", action="append", metavar="KEY=VALUE",
+    p.add_argument("--front-train", action="append", type=key_value, metavar="KEY=VALUE",
                    help="a training setting of a sweep's retrainings (repeatable; default "
                         + ", ".join(f"{k}={v}" for k, v in DEFAULT_TRAIN.items()) + ")")
     p.set_defaults(run=run)
-
-
-def _hparams(pairs: list[str] | None, flag: str = "--binarizer-hparam") -> dict[str, Any] | None:
-    if pairs is None:
-        return None
-    found: dict[str, Any] = {}
-    for text in pairs:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise BnasError(f"{flag} expects KEY=VALUE, got {text!r}")
-        if key.strip() in found:
-            raise BnasError(f"{flag} sets '{key.strip()}' twice")
-        try:
-            found[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise BnasError(f"cannot read the value of {flag} {text!r}") from None
-    return found
 
 
 def _sweep(args: argparse.Namespace, overrides: dict[str, Any], weights: list[float]) -> int:
@@ -155,15 +84,12 @@ def _sweep(args: argparse.Namespace, overrides: dict[str, Any], weights: list[fl
     compare = DEFAULT_COMPARE if args.front_compare is None else tuple(
         n.strip() for n in args.front_compare.split(",") if n.strip() and n.strip() != "none")
     points, out = sweep(overrides, weights, compare=compare,
-                        train_settings=_hparams(args.front_train, "--front-train"))
+                        train_settings=(key_values(args.front_train, "--front-train")
+                                        if args.front_train is not None else None))
     front = [p.name for p in points if p.front]
     print(f"Pareto front ({len(front)} of {len(points)}): {', '.join(front)}; table and plot in "
           f"{out} (front.md, front.png)")
     return 0
-
-
-#: Options gathered into the configuration's ``cost_band`` (key: cost measure).
-BAND_OPTIONS = {"band_params": "params", "band_ops": "ops"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,17 +98,16 @@ def run(args: argparse.Namespace) -> int:
     from ..search.strategies import report
 
     if args.resume is not None:
-        given = [flags[0] for flags, dest, _, _ in OPTIONS
-                 if getattr(args, dest) is not None and dest != "device"]
+        given = given_flags(args, SearchConfig, [n for n in OPTION_FIELDS if n != "device"])
         given += [flag for flag, value in (("--front-compare", args.front_compare),
-                                           ("--front-train", args.front_train)) if value is not None]
+                                           ("--front-train", args.front_train),
+                                           ("--band-params", args.band_params),
+                                           ("--band-ops", args.band_ops)) if value is not None]
         if given:
             raise BnasError(f"--resume continues with the saved settings; drop {', '.join(given)}")
         message = report(search(resume=args.resume, device=args.device))
     else:
-        overrides = {dest: getattr(args, dest) for _, dest, _, _ in OPTIONS
-                     if dest not in BAND_OPTIONS}
-        overrides["binarizer_hparams"] = _hparams(args.binarizer_hparams)
+        overrides = read_options(args, SearchConfig, OPTION_FIELDS)
         weights = parse_weights(args.cost_weight) if args.cost_weight is not None else [None]
         if len(weights) > 1:
             return _sweep(args, overrides, weights)

@@ -10,11 +10,11 @@ import os
 from typing import Any
 
 import torch
-import yaml
 
 from .. import genotype
 from ..errors import BnasError, unknown
 from ..model import CONFIGS, build_model
+from ..options import HPARAM_FLAG, key_value, key_values
 from ..profiling import Profile, si, profile
 from ..search.cost import COST_KINDS
 
@@ -25,7 +25,7 @@ the binary-network papers; only convolutions and linear layers are counted.
 examples:
   bnas show bnas-a
   bnas show latest_cell --dataset cifar10 --layers 8 --init-channels 16
-  bnas show resnet20_1w1a --binarizer rbnn --hparam a32=true
+  bnas show resnet20_1w1a --binarizer rbnn --binarizer-hparam a32=true
   bnas show runs/search/genotype.json --json
   bnas show bnas-a latest_cell resnet20_1w1a             # side by side
   bnas show my_arch latest_cell resnet20_1w1a --dataset digits --layers 8 --latency
@@ -42,17 +42,6 @@ def resolve_name(name: str) -> tuple[str | None, str | None]:
     raise unknown("architecture or configuration", name, genotype.names() + CONFIGS.names())
 
 
-def hparam(text: str) -> tuple[str, Any]:
-    """``--hparam KEY=VALUE``: the value is read as YAML (``a32=true``, ``tau_min=0.8``)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise argparse.ArgumentTypeError(f"cannot read the value of {text!r}") from None
-
-
 def describe(args: argparse.Namespace, name: str,
              cells_only: bool = False) -> tuple[dict[str, Any], Profile]:
     """Build the network ``name`` at the size the arguments give (with ``cells_only``, the size
@@ -66,7 +55,7 @@ def describe(args: argparse.Namespace, name: str,
                         layers=args.layers if sized else None,
                         init_channels=args.init_channels if sized else None,
                         config=config or args.config, binarizer=args.binarizer,
-                        **dict(args.hparam))
+                        **key_values(args.binarizer_hparams, HPARAM_FLAG))
     cells = getattr(model, "cells", None)
     info = {"name": name, "architecture": model.genotype.name, "kind": model.genotype.kind,
             "configuration": config or args.config, "dataset": model.dataset,
@@ -157,7 +146,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-channels", type=int, help="initial channels of a cell network")
     parser.add_argument("--config", help="a configuration whose size and dataset are the defaults")
     parser.add_argument("--binarizer", default="plain", help="binarization scheme (default: plain)")
-    parser.add_argument("--hparam", type=hparam, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument(HPARAM_FLAG, dest="binarizer_hparams", type=key_value, action="append",
+                        default=[], metavar="KEY=VALUE",
                         help="a hyper-parameter of the binarizer (repeatable)")
     parser.add_argument("--no-table", action="store_true", help="totals only, no per-layer table")
     parser.add_argument("--latency", action="store_true",

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..errors import BnasError
 from ..train.config import FIELDS
-from ..train.options import _key_value, add_config_options, overrides_from_args
+from ..options import key_value, key_values
+from ..train.options import add_config_options, overrides_from_args
 from ..tune import MODES, PRUNERS, SAMPLERS, SpaceRequest, TuneRequest, TuneSetup, run
 from ..tune.runner import print_space
 
@@ -82,7 +83,7 @@ def add_parser(subparsers) -> None:
     space.add_argument("--param", action="append", default=[], metavar="NAME=LOW:HIGH[:log]|A,B,..",
                        help="add or replace one entry of the space (repeatable)")
     space.add_argument("--print-space", action="store_true", help="print the space as YAML and exit")
-    p.add_argument("--search-arg", dest="search_args", action="append", type=_key_value,
+    p.add_argument("--search-arg", dest="search_args", action="append", type=key_value,
                    metavar="KEY=VALUE", help="search mode: fix a search setting (a field of "
                    "bnas.search.config.SearchConfig: epochs, subset, layers, lam, ...; repeatable)")
     add_config_options(p, BUDGET_FIELDS, title=f"proxy budget of every trial (stored with the "
@@ -145,9 +146,7 @@ def build_request(args: argparse.Namespace) -> TuneRequest:
                   if getattr(args, opt) is not None})
     if preset is not None:
         given["preset"] = preset
-    search = dict(args.search_args or [])
-    if len(search) != len(args.search_args or []):
-        raise BnasError("--search-arg sets the same key twice")
+    search = key_values(args.search_args or [], "--search-arg")
     if search and args.mode != "search":
         raise BnasError("--search-arg needs --mode search")
     given.update({f"search.{k}": v for k, v in search.items()})

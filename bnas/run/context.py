@@ -101,6 +101,14 @@ class Context:
         return x, y.to(self.device, non_blocking=True)
 
 
+def per_process_batch(batch_size: int, ctx: Context) -> int:
+    """The global batch split evenly across the processes."""
+    if batch_size % ctx.world_size:
+        raise BnasError(f"batch size {batch_size} does not split evenly across "
+                        f"{ctx.world_size} processes")
+    return batch_size // ctx.world_size
+
+
 def _env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))

@@ -10,18 +10,19 @@ in about a minute on a CPU, Fashion-MNIST a subset at 16x16 in minutes), and exp
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import genotype as G
 from ..binarize import BINARIZERS, get as get_binarizer
-from ..data.info import dataset_info
+from ..data.info import DATASET_INFO, dataset_info
 from ..errors import BnasError
 from ..ops import SPACES
+from ..options import HPARAM_FLAG, check, check_all, fields, finite, setting
 from .cell import CELLS
+from .cost import COST_KINDS, PENALTIES, parse_target
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -39,50 +40,80 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class SearchConfig:
-    """Everything a search needs; stored in its checkpoints and its genotypes' provenance."""
+    """Everything a search needs; stored in its checkpoints and its genotypes' provenance.
 
-    save: str | None = None
-    strategy: str = "bnas"
-    samples: int = 1
-    cost_band: dict[str, str] = field(default_factory=dict)
-    dataset: str = "cifar10"
-    data: str | None = None
-    image_size: int | None = None
-    subset: int | None = None
-    train_portion: float = 0.5
-    space: str = "bnas"
-    binarizer: str = "plain"
-    binarizer_hparams: dict[str, Any] = field(default_factory=dict)
-    layers: int = 8
-    init_channels: int = 16
-    steps: int = 4
-    epochs: int = 50
-    batch_size: int = 64
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    arch_lr: float = 3e-4
-    arch_weight_decay: float = 1e-3
-    lam: float = 1.0
-    tau: float = 7.7
-    gamma: float = 3.0
-    order: int = 1
-    cost: str | None = None
-    cost_weight: float | None = None
-    cost_target: str | None = None
-    cost_penalty: str | None = None
-    cost_layers: int | None = None
-    cost_init_channels: int | None = None
-    cost_image_size: int | None = None
-    seed: int = 2
-    workers: int = 2
-    impl: str = "fast"
-    device: str = "auto"
-    progress: bool = True
-    out: str | None = None
-    genotype_dir: str | None = None
-    overwrite: bool = False
+    Each field carries its ``--help`` text, its flag and whether ``bnas tune`` may sample it
+    (:func:`bnas.options.setting`); ``bnas search``'s options are generated from them."""
+
+    save: str | None = setting(None, "name of the genotypes to write (NAME, NAME_imagenet)",
+                               tunable=False, metavar="NAME")
+    strategy: str = setting("bnas", "search strategy (bnas.search.strategies)", tunable=False)
+    samples: int = setting(1, "--strategy random: how many genotypes to draw (saved as NAME_0 .. "
+                              "NAME_<N-1>)", tunable=False, metavar="N")
+    cost_band: dict[str, str] = setting({}, "--strategy random: the cost bands genotypes must "
+                                            "fall in, by measure (params, ops): LO:HI",
+                                        tunable=False)
+    dataset: str = setting("cifar10", "dataset: " + ", ".join(DATASET_INFO.names()), tunable=False)
+    data: str | None = setting(None, "dataset root (CIFAR download dir; train/ and val/ folders)",
+                               tunable=False, metavar="DIR")
+    image_size: int | None = setting(None, "input resolution (default: the dataset's)",
+                                     tunable=False)
+    subset: int | None = setting(None, "search on N training images only", tunable=False,
+                                 metavar="N")
+    train_portion: float = setting(0.5, "share of the training images that train the weights; "
+                                        "the rest train the architecture")
+    space: str = setting("bnas", "search space: " + ", ".join(SPACES.names()))
+    binarizer: str = setting("plain", "binarization scheme: " + ", ".join(BINARIZERS.names())
+                             + " (BNAS's is plain)", tunable=False)
+    binarizer_hparams: dict[str, Any] = setting({}, "a hyper-parameter of the scheme, KEY=VALUE "
+                                                    "(repeatable; values read as YAML)",
+                                                flag=HPARAM_FLAG, tunable=False)
+    layers: int = setting(8, "cells of the supernet", tunable=False)
+    init_channels: int = setting(16, "initial channels C", tunable=False)
+    steps: int = setting(4, "intermediate nodes per cell", tunable=False)
+    epochs: int = setting(50, "search epochs", tunable=False)
+    batch_size: int = setting(64, "global batch size, split evenly across processes")
+    lr: float = setting(0.025, "weight learning rate, cosine-annealed")
+    lr_min: float = setting(0.001, "final weight learning rate")
+    momentum: float = setting(0.9, "weight SGD momentum")
+    weight_decay: float = setting(3e-4, "weight decay of the weights")
+    arch_lr: float = setting(3e-4, "Adam learning rate of the alphas")
+    arch_weight_decay: float = setting(1e-3, "weight decay of the alphas")
+    lam: float = setting(1.0, "weight of the diversity (entropy) term", flag="--lambda")
+    tau: float = setting(7.7, "annealing constant of the diversity term, epochs")
+    gamma: float = setting(3.0, "zeroise down-weighting of the ImageNet genotype")
+    order: int = setting(1, "1: first-order DARTS (BNAS); 2: second-order (unrolled) DARTS",
+                         choices=(1, 2))
+    cost: str | None = setting(None, "search for cost as well: " + ", ".join(COST_KINDS.names())
+                               + " (bnas.search.cost)", tunable=False, metavar="KIND")
+    cost_weight: float | None = setting(
+        None, "weight of the cost term, >= 0 (0 records the cost without optimising it); "
+              "several (0,0.01,0.1,1): a sweep that retrains what each finds and writes the "
+              "Pareto front", type=str, metavar="W[,W...]")
+    cost_target: str | None = setting(None, "drive the cost toward a budget instead: 100M, 1.2G "
+                                            "(counts), 5ms (latency)", metavar="BUDGET")
+    cost_penalty: str | None = setting(None, "penalty above the budget: "
+                                       + ", ".join(PENALTIES.names()) + " (default hinge)",
+                                       metavar="NAME")
+    cost_layers: int | None = setting(None, "cells of the retrained network whose cost counts "
+                                            "(20 for CIFAR-family data, 12 ImageNet)",
+                                      tunable=False)
+    cost_init_channels: int | None = setting(None, "initial channels of the retrained network "
+                                                   "(36 for CIFAR-family data, 64 ImageNet)",
+                                             tunable=False)
+    cost_image_size: int | None = setting(None, "input resolution of the retrained network "
+                                                "(the dataset's)", tunable=False)
+    seed: int = setting(2, "random seed", tunable=False)
+    workers: int = setting(2, "data-loading worker processes per process", tunable=False)
+    impl: str = setting("fast", "supernet implementation: " + ", ".join(CELLS.names())
+                        + " (same maths)", tunable=False)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", tunable=False)
+    progress: bool = setting(True, "show a progress bar", tunable=False)
+    out: str | None = setting(None, "run directory (default runs/search-NAME-<time>)",
+                              tunable=False, metavar="DIR")
+    genotype_dir: str | None = setting(None, "write the genotypes there instead of the user "
+                                             "genotype directory", tunable=False, metavar="DIR")
+    overwrite: bool = setting(False, "replace existing genotypes of that name", tunable=False)
 
     def validate(self) -> SearchConfig:
         """Normalise names and raise :class:`BnasError` (one line) for impossible settings."""
@@ -96,31 +127,27 @@ class SearchConfig:
         self.binarizer = BINARIZERS.canonical(self.binarizer)
         get_binarizer(self.binarizer, **self.binarizer_hparams)
         CELLS.get(self.impl)
-        for name in ("layers", "init_channels", "steps", "epochs", "batch_size"):
-            _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-        _check("layers", self.layers, lambda v: v >= 3, "at least 3 (two reduction cells)")
-        _check("workers", self.workers, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-        for name in ("image_size", "subset"):
-            if getattr(self, name) is not None:
-                _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 2,
-                       "an integer >= 2")
+        check_all(self, ("layers", "init_channels", "steps", "epochs", "batch_size"),
+                  lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        check("layers", self.layers, lambda v: v >= 3, "at least 3 (two reduction cells)")
+        check("workers", self.workers, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+        check_all(self, ("image_size", "subset"), lambda v: isinstance(v, int) and v >= 2,
+                  "an integer >= 2", optional=True)
         if self.image_size is not None:  # the two reduction cells halve it exactly
-            _check("image_size", self.image_size, lambda v: v % 4 == 0, "a multiple of 4")
-        _check("train_portion", self.train_portion, lambda v: _finite(v) and 0 < v < 1,
-               "a number strictly between 0 and 1")
-        for name in ("lr", "arch_lr", "tau", "gamma"):
-            _check(name, getattr(self, name), lambda v: _finite(v) and v > 0, "a number > 0")
-        for name in ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "lam"):
-            _check(name, getattr(self, name), lambda v: _finite(v) and v >= 0, "a number >= 0")
-        _check("order", self.order, lambda v: v in (1, 2), "1 (first order) or 2 (second order)")
+            check("image_size", self.image_size, lambda v: v % 4 == 0, "a multiple of 4")
+        check("train_portion", self.train_portion, lambda v: finite(v) and 0 < v < 1,
+              "a number strictly between 0 and 1")
+        check_all(self, ("lr", "arch_lr", "tau", "gamma"), lambda v: finite(v) and v > 0,
+                  "a number > 0")
+        check_all(self, ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "lam"),
+                  lambda v: finite(v) and v >= 0, "a number >= 0")
+        check("order", self.order, lambda v: v in (1, 2), "1 (first order) or 2 (second order)")
         self._validate_cost()
         return self
 
     def _validate_cost(self) -> None:
         """The cost settings (:mod:`bnas.search.cost`): a kind, a weight >= 0, an optional
         budget in the kind's units and its penalty, the retraining size."""
-        from .cost import COST_KINDS, PENALTIES, parse_target
-
         given = [name for name in COST_FIELDS if getattr(self, name) is not None]
         if self.cost is None:
             if given:
@@ -129,30 +156,29 @@ class SearchConfig:
             return
         self.cost = COST_KINDS.canonical(self.cost)
         COST_KINDS.get(self.cost).check()  # latency: the packed engine must run here
+        COST_KINDS.get(self.cost).check()  # latency: the packed engine must run here
         if self.cost_weight is None:
             raise BnasError("give --cost-weight W with --cost (0 records the cost without "
                             "optimising it)")
-        _check("cost_weight", self.cost_weight, lambda v: _finite(v) and v >= 0, "a number >= 0")
+        check("cost_weight", self.cost_weight, lambda v: finite(v) and v >= 0, "a number >= 0")
         if self.cost_target is not None:
             parse_target(self.cost_target).check_kind(COST_KINDS.get(self.cost))
         if self.cost_penalty is not None:
             if self.cost_target is None:
                 raise BnasError("--cost-penalty shapes the pull toward --cost-target; give one")
             self.cost_penalty = PENALTIES.canonical(self.cost_penalty)
-        for name in ("cost_layers", "cost_init_channels", "cost_image_size"):
-            if getattr(self, name) is not None:
-                _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1,
-                       "an integer >= 1")
+        check_all(self, ("cost_layers", "cost_init_channels", "cost_image_size"),
+                  lambda v: isinstance(v, int) and v >= 1, "an integer >= 1", optional=True)
         if self.cost_layers is not None:
-            _check("cost_layers", self.cost_layers, lambda v: v >= 3,
-                   "at least 3 (two reduction cells)")
+            check("cost_layers", self.cost_layers, lambda v: v >= 3,
+                  "at least 3 (two reduction cells)")
 
     def _validate_strategy(self) -> None:
         from .sample import CostBand
         from .strategies import STRATEGIES
 
         self.strategy = STRATEGIES.canonical(self.strategy)
-        _check("samples", self.samples, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        check("samples", self.samples, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
         CostBand.from_settings(self.cost_band)
         if self.strategy != "random" and (self.samples != 1 or self.cost_band):
             raise BnasError("--samples and --band-params/--band-ops apply to --strategy random")
@@ -170,7 +196,7 @@ class SearchConfig:
         return folder / f"{name}.json"
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
+FIELDS = fields(SearchConfig)
 #: The cost settings other than ``cost`` itself (each needs it).
 COST_FIELDS = ("cost_weight", "cost_target", "cost_penalty", "cost_layers", "cost_init_channels",
                "cost_image_size")
@@ -193,12 +219,3 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     if unknown_keys:
         raise BnasError(f"saved search settings have unknown keys: {', '.join(unknown_keys)}")
     return SearchConfig(**data).validate()
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check(name: str, value: Any, ok, expected: str) -> None:
-    if isinstance(value, bool) or not ok(value):
-        raise BnasError(f"--{name.replace('_', '-')} must be {expected}, got {value!r}")

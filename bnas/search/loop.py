@@ -53,7 +53,7 @@ from ..data.loaders import build_loader
 from ..data.split import split_indices
 from ..errors import BnasError
 from ..run import checkpoint as run_checkpoint
-from ..run.context import Context, distributed_context
+from ..run.context import Context, distributed_context, per_process_batch
 from ..run.loop import EpochCallback, EpochRun
 from ..run.rng import epoch_seed
 from ..run.rundir import attach_run_log, default_run_dir, make_run_dir
@@ -234,8 +234,9 @@ class Searcher(EpochRun):
         weight_pos, arch_pos = split_indices(len(pool), cfg.train_portion, cfg.seed)
         weight_idx, arch_idx = [pool[i] for i in weight_pos], [pool[i] for i in arch_pos]
         self.split_sizes = (len(weight_idx), len(arch_idx))
-        common = {"batch_size": cfg.batch_size, "rank": ctx.rank, "world_size": ctx.world_size,
-                  "workers": cfg.workers, "pin_memory": ctx.device.type == "cuda"}
+        common = {"batch_size": per_process_batch(cfg.batch_size, ctx), "rank": ctx.rank,
+                  "world_size": ctx.world_size, "workers": cfg.workers,
+                  "pin_memory": ctx.device.type == "cuda"}
         self.train_loader = build_loader(Subset(train_set, weight_idx), train=True, seed=cfg.seed,
                                          **common)
         self.arch_loader = build_loader(Subset(train_set, arch_idx), train=True, seed=cfg.seed + 1,

@@ -18,8 +18,7 @@ nothing to another. Unknown keys anywhere are an error that names them.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +30,7 @@ from ..data.info import DATASET_INFO, dataset_info
 from ..data.recipes import DATA_RECIPES
 from ..errors import BnasError, unknown
 from ..model.configs import CONFIGS
+from ..options import HPARAM_FLAG, check, check_all, fields, finite, setting
 from ..run.schedules import SCHEDULES, build_schedule
 from ..runio import atomic_write_text
 from .data import LOADERS
@@ -42,13 +42,6 @@ OPTIMIZERS = ("sgd", "adam")
 DEPENDENT = {"binarizer_hparams": "binarizer", "schedule_args": "schedule"}
 
 
-def _opt(default: Any, help: str) -> Any:
-    """A configuration field with its default and its ``--help`` text."""
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class TrainConfig:
     """Everything a training run needs; saved as ``config.yaml`` with every run."""
@@ -58,59 +51,74 @@ class TrainConfig:
     phase_notes: ClassVar[tuple[str, ...]] = ()
 
     # -- what to train ---------------------------------------------------------------------
-    arch: str | None = _opt(None, "genotype name or file (latest_cell_zeroise, resnet20_1w1a, ...)")
-    config: str | None = _opt(None, "named configuration: bnas-a, bnas-d ... bnas-h (architecture, "
-                                    "size and recipe)")
-    layers: int | None = _opt(None, "cells of a cell network (default: the configuration's)")
-    init_channels: int | None = _opt(None, "initial channels C of a cell network")
-    num_classes: int | None = _opt(None, "classes (default: the dataset's)")
-    binarizer: str = _opt("plain", "binarization scheme (bnas list binarizers)")
-    binarizer_hparams: dict = _opt({}, "the scheme's hyper-parameters, KEY=VALUE (repeatable)")
-    layer_overrides: dict = _opt({}, "LAYER=KIND: build that binary convolution as KIND "
-                                     "(real_weight: weights imported from BNAS; repeatable)")
+    arch: str | None = setting(None, "genotype name or file (latest_cell_zeroise, resnet20_1w1a, "
+                                     "...)", tunable=False)
+    config: str | None = setting(None, "named configuration: bnas-a, bnas-d ... bnas-h "
+                                       "(architecture, size and recipe)", tunable=False)
+    layers: int | None = setting(None, "cells of a cell network (default: the configuration's)",
+                                 tunable=False)
+    init_channels: int | None = setting(None, "initial channels C of a cell network",
+                                        tunable=False)
+    num_classes: int | None = setting(None, "classes (default: the dataset's)", tunable=False)
+    binarizer: str = setting("plain", "binarization scheme (bnas list binarizers)", tunable=False)
+    binarizer_hparams: dict = setting({}, "the scheme's hyper-parameters, KEY=VALUE (repeatable)",
+                                      flag=HPARAM_FLAG, tunable=False)
+    layer_overrides: dict = setting({}, "LAYER=KIND: build that binary convolution as KIND "
+                                        "(real_weight: weights imported from BNAS; repeatable)",
+                                    flag="--layer-override", tunable=False)
     # -- data ---------------------------------------------------------------------------------
-    dataset: str = _opt("cifar10", "dataset: " + ", ".join(DATASET_INFO.names()))
-    data: str | None = _opt(None, "dataset root (CIFAR download dir; train/ and val/ folders)")
-    image_size: int | None = _opt(None, "input resolution (default: the dataset's)")
-    loader: str = _opt("torch", "data loader: " + ", ".join(LOADERS.names())
-                       + " (dali: NVIDIA DALI, image folders on GPUs)")
-    workers: int = _opt(4, "data-loading worker processes per training process")
-    train_subset: int | float | None = _opt(None, "train on this many samples (or this fraction)")
-    val_subset: int | float | None = _opt(None, "validate on this many samples (or this fraction)")
-    data_recipe: str = _opt("bnas", "image pipeline: bnas (CIFAR-10 statistics, ImageNet colour "
-                                    "jitter) or seeds (RBNN/ReCU/SiMaN: CIFAR-10 with ImageNet's "
-                                    "statistics, no jitter)")
+    dataset: str = setting("cifar10", "dataset: " + ", ".join(DATASET_INFO.names()), tunable=False)
+    data: str | None = setting(None, "dataset root (CIFAR download dir; train/ and val/ folders)",
+                               tunable=False)
+    image_size: int | None = setting(None, "input resolution (default: the dataset's)",
+                                     tunable=False)
+    loader: str = setting("torch", "data loader: " + ", ".join(LOADERS.names())
+                          + " (dali: NVIDIA DALI, image folders on GPUs)", tunable=False)
+    workers: int = setting(4, "data-loading worker processes per training process", tunable=False)
+    train_subset: int | float | None = setting(None, "train on this many samples (or this "
+                                                     "fraction)", tunable=False)
+    val_subset: int | float | None = setting(None, "validate on this many samples (or this "
+                                                   "fraction)", tunable=False)
+    data_recipe: str = setting("bnas", "image pipeline: bnas (CIFAR-10 statistics, ImageNet "
+                                       "colour jitter) or seeds (RBNN/ReCU/SiMaN: CIFAR-10 with "
+                                       "ImageNet's statistics, no jitter)")
     # -- optimisation -------------------------------------------------------------------------
-    epochs: int = _opt(100, "training epochs")
-    batch_size: int = _opt(256, "global batch size, split evenly across processes")
-    eval_batch_size: int | None = _opt(None, "global validation batch size (default: "
-                                             "--batch-size; the seeds' -bt)")
-    optimizer: str = _opt("sgd", "sgd or adam (Bop schemes use it for the real-valued parameters)")
-    lr: float = _opt(0.1, "peak learning rate")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(0.0, "weight decay (the scheme decides which parameters decay)")
-    schedule: str = _opt("cosine", "learning-rate schedule: " + ", ".join(SCHEDULES.names()))
-    schedule_args: dict = _opt({}, "schedule settings, KEY=VALUE (e.g. period=50 for "
-                                   "cosine_restarts)")
-    warmup_epochs: int = _opt(0, "linear warm-up epochs: lr * (e + 1) / warmup")
-    label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
-    grad_clip: float | None = _opt(None, "clip the gradient norm to this value (0 or none: off)")
-    drop_path: float = _opt(0.0, "drop-path probability of cell networks, ramped up linearly")
+    epochs: int = setting(100, "training epochs", tunable=False)
+    batch_size: int = setting(256, "global batch size, split evenly across processes")
+    eval_batch_size: int | None = setting(None, "global validation batch size (default: "
+                                                "--batch-size; the seeds' -bt)", tunable=False)
+    optimizer: str = setting("sgd", "sgd or adam (Bop schemes use it for the real-valued "
+                                    "parameters)")
+    lr: float = setting(0.1, "peak learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "weight decay (the scheme decides which parameters decay)")
+    schedule: str = setting("cosine", "learning-rate schedule: " + ", ".join(SCHEDULES.names()))
+    schedule_args: dict = setting({}, "schedule settings, KEY=VALUE (e.g. period=50 for "
+                                      "cosine_restarts)", flag="--schedule-arg", tunable=False)
+    warmup_epochs: int = setting(0, "linear warm-up epochs: lr * (e + 1) / warmup")
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss")
+    grad_clip: float | None = setting(None, "clip the gradient norm to this value (0 or none: "
+                                            "off)")
+    drop_path: float = setting(0.0, "drop-path probability of cell networks, ramped up linearly")
     # -- execution ----------------------------------------------------------------------------
-    seed: int = _opt(0, "random seed")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    amp: str | None = _opt(None, "mixed precision: " + " or ".join(AMP_MODES) + " (none: off)")
-    channels_last: bool = _opt(False, "channels-last memory format")
-    sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across GPUs")
-    progress: bool = _opt(True, "show a progress bar")
-    print_freq: int | None = _opt(None, "log the running loss and top-1 every N training "
-                                        "batches (the seeds' --print_freq)")
-    out: str | None = _opt(None, "run directory (default: runs/train-<arch>-<time>)")
-    resume: bool | str = _opt(False, "continue from the run directory's checkpoint (or a "
-                                     "checkpoint file)")
-    init_weights: str | None = _opt(None, "start a new run (fresh optimizer and schedule) from "
-                                          "these weights: a best.pt, checkpoint.pt or bnas import "
-                                          "file of the same architecture")
+    seed: int = setting(0, "random seed", tunable=False)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", tunable=False)
+    amp: str | None = setting(None, "mixed precision: " + " or ".join(AMP_MODES) + " (none: off)",
+                              tunable=False)
+    channels_last: bool = setting(False, "channels-last memory format", tunable=False)
+    sync_bn: bool = setting(False, "synchronise BatchNorm statistics across GPUs", tunable=False)
+    progress: bool = setting(True, "show a progress bar", tunable=False)
+    print_freq: int | None = setting(None, "log the running loss and top-1 every N training "
+                                           "batches (the seeds' --print_freq)", tunable=False)
+    out: str | None = setting(None, "run directory (default: runs/train-<arch>-<time>)",
+                              tunable=False)
+    resume: bool | str = setting(False, "continue from the run directory's checkpoint (or a "
+                                        "checkpoint file)", tunable=False, nargs="?", const=True,
+                                 metavar="RUN_DIR|CHECKPOINT")
+    init_weights: str | None = setting(None, "start a new run (fresh optimizer and schedule) "
+                                             "from these weights: a best.pt, checkpoint.pt or "
+                                             "bnas import file of the same architecture",
+                                       tunable=False)
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -139,33 +147,25 @@ class TrainConfig:
             raise unknown("optimizer", self.optimizer, OPTIMIZERS)
         if self.grad_clip is not None and self.grad_clip <= 0:
             self.grad_clip = None
-        for name in ("epochs", "batch_size"):
-            _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-        for name in ("workers", "warmup_epochs"):
-            _check(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-        for name in ("layers", "init_channels", "num_classes", "image_size", "eval_batch_size",
-                     "print_freq"):
-            value = getattr(self, name)
-            if value is not None:
-                _check(name, value, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-        _check("lr", self.lr, lambda v: _finite(v) and v > 0, "a number > 0")
-        for name in ("momentum", "weight_decay", "label_smoothing"):
-            _check(name, getattr(self, name), lambda v: _finite(v) and v >= 0, "a number >= 0")
-        _check("label_smoothing", self.label_smoothing, lambda v: v < 1, "below 1")
-        _check("drop_path", self.drop_path, lambda v: _finite(v) and 0 <= v < 1, "in [0, 1)")
-        for name in ("train_subset", "val_subset"):
-            value = getattr(self, name)
-            if value is not None:
-                _check(name, value, _is_subset, "a count >= 1 or a fraction in (0, 1)")
+        check_all(self, ("epochs", "batch_size"), lambda v: isinstance(v, int) and v >= 1,
+                  "an integer >= 1")
+        check_all(self, ("workers", "warmup_epochs"), lambda v: isinstance(v, int) and v >= 0,
+                  "an integer >= 0")
+        check_all(self, ("layers", "init_channels", "num_classes", "image_size", "eval_batch_size",
+                         "print_freq"),
+                  lambda v: isinstance(v, int) and v >= 1, "an integer >= 1", optional=True)
+        check("lr", self.lr, lambda v: finite(v) and v > 0, "a number > 0")
+        check_all(self, ("momentum", "weight_decay", "label_smoothing"),
+                  lambda v: finite(v) and v >= 0, "a number >= 0")
+        check("label_smoothing", self.label_smoothing, lambda v: v < 1, "below 1")
+        check("drop_path", self.drop_path, lambda v: finite(v) and 0 <= v < 1, "in [0, 1)")
+        check_all(self, ("train_subset", "val_subset"), _is_subset,
+                  "a count >= 1 or a fraction in (0, 1)", optional=True)
         for name in (*DEPENDENT, "layer_overrides"):
             if not isinstance(getattr(self, name), dict):
                 raise BnasError(f"{name} must be a mapping of names to values")
         build_schedule(self.schedule, self.epochs, 1, self.warmup_epochs, self.schedule_args)
         return self
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_subset(value: Any) -> bool:
@@ -174,12 +174,7 @@ def _is_subset(value: Any) -> bool:
     return (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value < 1)
 
 
-def _check(name: str, value: Any, ok, expected: str) -> None:
-    if isinstance(value, bool) or not ok(value):
-        raise BnasError(f"{name} must be {expected}, got {value!r}")
-
-
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELDS = fields(TrainConfig)
 
 
 # -- presets ---------------------------------------------------------------------------------

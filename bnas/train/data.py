@@ -11,7 +11,7 @@ from ..data import build_dataset, dataset_info, num_classes_of
 from ..data.loaders import build_loader, subset
 from ..errors import BnasError
 from ..registry import Registry
-from ..run.context import Context
+from ..run.context import Context, per_process_batch
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -32,14 +32,6 @@ class Data:
 def eval_batch(cfg: TrainConfig) -> int:
     """The global validation batch: ``--eval-batch-size``, else ``--batch-size``."""
     return cfg.eval_batch_size or cfg.batch_size
-
-
-def per_process_batch(batch_size: int, ctx: Context) -> int:
-    """The global batch split evenly across the processes."""
-    if batch_size % ctx.world_size:
-        raise BnasError(f"batch size {batch_size} does not split evenly across "
-                        f"{ctx.world_size} processes")
-    return batch_size // ctx.world_size
 
 
 LoaderFactory = Callable[["TrainConfig", Context, bool], Data]

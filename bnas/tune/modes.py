@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from ..binarize import BINARIZERS, get as get_binarizer
 from ..errors import BnasError
+from ..options import default, fields, tunable
 from ..registry import Registry
 from ..run.loop import EpochCallback
 from ..search.config import SearchConfig, resolve as resolve_search
@@ -35,20 +36,15 @@ from .space import Target, format_values
 
 Record = Callable[[str, Any], None]
 
-#: Training fields never tuned: what a study is *about* (architecture, data, scheme), the proxy
-#: budget (epochs, subsets), where and how it runs (run directory, device, precision, loader,
-#: progress bar) and the seed. ``binarizer_hparams`` entries are tuned by their own names.
-NOT_TUNABLE = frozenset({
-    "arch", "config", "layers", "init_channels", "num_classes", "binarizer", "binarizer_hparams",
-    "dataset", "data", "image_size", "loader", "workers", "epochs", "train_subset", "val_subset",
-    "schedule_args", "seed", "device", "amp", "channels_last", "sync_bn", "progress", "out",
-    "resume"})
+#: Training fields never tuned (marked so in :class:`TrainConfig`): what a study is *about*
+#: (architecture, data, scheme), the proxy budget (epochs, subsets), where and how it runs (run
+#: directory, device, precision, loader, progress bar) and the seed. ``binarizer_hparams``
+#: entries are tuned by their own names.
+NOT_TUNABLE = frozenset(n for n, f in fields(TrainConfig).items() if not tunable(f))
 
-#: Search fields never tuned: the same kinds (data, scheme, supernet size, budget, run).
-SEARCH_NOT_TUNABLE = frozenset({
-    "save", "dataset", "data", "image_size", "subset", "binarizer", "binarizer_hparams", "layers",
-    "init_channels", "steps", "epochs", "seed", "workers", "impl", "device", "progress", "out",
-    "genotype_dir", "overwrite", "cost", "cost_layers", "cost_init_channels", "cost_image_size"})
+#: Search fields never tuned (marked so in :class:`SearchConfig`): the same kinds (data, scheme,
+#: supernet size, budget, run).
+SEARCH_NOT_TUNABLE = frozenset(n for n, f in fields(SearchConfig).items() if not tunable(f))
 
 #: Training fields that belong to the machine a worker runs on and that the search shares
 #: (``loader``, ``amp`` and ``channels_last`` concern the retraining only).
@@ -58,14 +54,6 @@ SHARED_RUNTIME = ("data", "device", "workers")
 NOT_IN_PRESET = frozenset({"out", "resume"})
 
 
-def _field_default(field: dataclasses.Field) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return field.default_factory()  # type: ignore[misc]
-    return None
-
-
 def _number_kind(field: dataclasses.Field) -> str | None:
     """``float`` or ``int`` when the field's annotation names exactly one of them."""
     words = set(str(field.type).replace("|", " ").split())
@@ -73,10 +61,10 @@ def _number_kind(field: dataclasses.Field) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def config_targets(config_class: type, excluded: frozenset[str] = NOT_TUNABLE) -> dict[str, Target]:
+def config_targets(config_class: type) -> dict[str, Target]:
     """The tunable fields of a configuration dataclass, as :class:`Target` entries."""
-    return {f.name: Target("config", _field_default(f), _number_kind(f))
-            for f in dataclasses.fields(config_class) if f.name not in excluded}
+    return {f.name: Target("config", default(f), _number_kind(f))
+            for f in dataclasses.fields(config_class) if tunable(f)}
 
 
 def split_params(params: dict[str, Any], targets: dict[str, Target]) -> tuple[dict, dict]:
@@ -205,7 +193,7 @@ class SearchMode(TrainMode):
             "proxy budget (bnas search, then bnas train's engine)")
 
     def targets(self, setup: TuneSetup) -> dict[str, Target]:
-        return self._with_hparams(setup, config_targets(SearchConfig, SEARCH_NOT_TUNABLE))
+        return self._with_hparams(setup, config_targets(SearchConfig))
 
     def fixed(self, setup: TuneSetup) -> set[str]:
         return set(setup.search) | set(setup.overrides.get("binarizer_hparams") or {})

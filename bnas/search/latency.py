@@ -28,9 +28,9 @@ from torch import nn
 
 from ..binarize import Binarizer
 from ..errors import BnasError
-from ..genotype import atomic_write_text
 from ..ops.cxx import cache_dir
 from ..profiling import Profile
+from ..runio import atomic_write_text
 from .cost import COST_KINDS, CostKind, RetrainSize, Shape
 
 #: Seconds of repeated runs behind each entry's median (after warm-up runs).

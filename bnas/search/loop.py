@@ -312,11 +312,11 @@ class Searcher(EpochRun):
                      _budget(self.cost.meets(metrics["cost"])))
         return metrics
 
-    def provenance(self, gamma: float) -> dict[str, Any]:
+    def provenance(self, gamma: float, date: str) -> dict[str, Any]:
         cfg = self.cfg
         return {"dataset": cfg.dataset, "epochs": cfg.epochs, "seed": cfg.seed, "space": cfg.space,
                 "binarizer": self.model.binarizer.config(), "bnas_version": __version__,
-                "date": dt.datetime.now().isoformat(timespec="seconds"),
+                "date": date,
                 "best_epoch": self.best["epoch"] + 1, "best_val_top1": self.best["val_top1"],
                 "gamma": gamma, "ops": list(self.model.op_names),
                 "alphas": {k: a.detach().cpu().tolist() for k, a in
@@ -330,9 +330,11 @@ class Searcher(EpochRun):
         """Write the best epoch's genotypes (user directory and run directory)."""
         cfg = self.cfg
         found = {}
+        # rank 0's clock: every process returns the same genotypes
+        date = self.ctx.broadcast_object(dt.datetime.now().isoformat(timespec="seconds"))
         for key, gamma in (("genotype", 1.0), ("genotype_imagenet", cfg.gamma)):
             genotype = G.from_json(self.best[key], f"search result {key}")
-            genotype.provenance = self.provenance(gamma)
+            genotype.provenance = self.provenance(gamma, date)
             if self.cost is not None:
                 genotype.provenance["cost"] = self.cost.report(genotype)
             genotype.description = (f"searched by bnas {__version__} on {cfg.dataset} "

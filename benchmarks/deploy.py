@@ -112,7 +112,7 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
     result["onnxruntime_ms"] = None if runner is None else median_ms(runner, steps)
     result["note"] = note
     names = layer_names(packed)
-    times = layer_times(packed, x, names, runs=steps)
+    times = layer_times(packed, x, names, runs=steps, clock=clock)
     kinds = {n: type(m).__name__ for n, m in packed.named_modules()}
     binary = sum(t for n, t in times.items() if kinds[n].startswith("Packed"))
     result["real_ms"] = 1e3 * (sum(times.values()) - binary)

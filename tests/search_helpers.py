@@ -22,6 +22,14 @@ def edge_convs(cell: FastCell, node: int, source: int, op: str) -> dict[str, tor
     return {}
 
 
+def edge_module(cell: FastCell, node: int, source: int, op: str) -> torch.nn.Module | None:
+    """The fast cell's own module of edge ``source -> node`` for an operation the fast path
+    computes edge by edge, else None."""
+    fanout = cell.fanouts[source]
+    position = [target for _, target in topology.outgoing(cell.steps, source)].index(node)
+    return fanout.edge_ops[op][position] if op in fanout.edge_ops else None
+
+
 def copy_cell(fast: FastCell, ref: ReferenceCell, op_names) -> None:
     """Give ``ref`` the weights (and binarizer state) of ``fast``."""
     for name in ("preprocess0", "preprocess1", "residual"):
@@ -33,6 +41,9 @@ def copy_cell(fast: FastCell, ref: ReferenceCell, op_names) -> None:
             for key, conv in edge_convs(fast, node, source, op).items():
                 target = mixed.ops[k].conv if key == "conv" else getattr(mixed.ops[k], f"conv_{key}")
                 target.load_state_dict(conv.state_dict())
+            module = edge_module(fast, node, source, op)
+            if module is not None:
+                mixed.ops[k].load_state_dict(module.state_dict())
 
 
 def copy_network(fast, ref) -> None:

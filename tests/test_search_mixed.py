@@ -1,31 +1,37 @@
 """The fast supernet path computes what the straightforward one computes (outputs, every
-gradient, BatchNorm statistics), and a supernet with one-hot weights is the genotype's cell."""
+gradient, BatchNorm statistics), for every scheme in every space and for operations it computes
+edge by edge, and a supernet with one-hot weights is the genotype's cell."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bnas import genotype as G
+from bnas import binarize
 from bnas.binarize import get as get_binarizer
 from bnas.model.cell import EvalCell
-from bnas.ops import SPACES, Zero
+from bnas.errors import BnasError
+from bnas.ops import OPS, SPACES, FastKind, OpInfo, RealConvOp, Zero
 from bnas.search import topology
 from bnas.search.cell import FastCell
-from bnas.search.mixed import (_binary_weight, _compact, _grouped_input_grad, _pack_masks,
-                               _unpack_mask, fast_layout)
-from search_helpers import cross_entropy_step, edge_convs, supernet_pair
+from bnas.search.autograd import (_compact, _grouped_input_grad, _pack_masks, _unpack_mask,
+                                  fast_layout)
+from bnas.search.fanout import _binary_weight
+from search_helpers import cross_entropy_step, edge_convs, edge_module, supernet_pair
 
-CASES = [("plain", "bnas"), ("plain", "bnas-skip"), ("recu", "bnas"), ("rbnn", "bnas-skip"),
-         ("siman", "bnas")]
+#: Every registered scheme in every search space.
+CASES = [(scheme, space) for scheme in binarize.names() for space in SPACES.names()]
 
 
 def close(a, b, what):
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{what}: {m}")
 
 
-@pytest.mark.parametrize("binarizer, space", CASES)
-def test_fast_path_matches_reference_path(binarizer, space):
-    fast, ref = supernet_pair(binarizer, space)
+def assert_paths_agree(fast, ref):
+    """Logits, every gradient, BatchNorm statistics and eval-mode logits of a fast-path supernet
+    and a reference-path one holding the same weights."""
     x = torch.randn(6, 3, 12, 12, dtype=torch.float64)
     y = torch.randint(0, 5, (6,))
     close(cross_entropy_step(fast, x, y), cross_entropy_step(ref, x, y), "logits")
@@ -46,10 +52,53 @@ def test_fast_path_matches_reference_path(binarizer, space):
                     close(fanout.bn.running_var, r_op.bn.running_var, "binary BN statistics")
                 if op in fanout.pools:
                     close(fanout.pools[op][1].running_var, r_op[1].running_var, "pool BN statistics")
+                module = edge_module(f_cell, node, source, op)
+                if module is not None:  # computed edge by edge
+                    for (name, p), (_, q) in zip(module.named_parameters(), r_op.named_parameters()):
+                        close(p.grad, q.grad, f"{op} {name} gradient")
+                    for (name, b), (_, c) in zip(module.named_buffers(), r_op.named_buffers()):
+                        close(b, c, f"{op} {name}")
     fast.eval()
     ref.eval()
     with torch.no_grad():
         close(fast(x), ref(x), "eval-mode logits")
+
+
+@pytest.mark.parametrize("binarizer, space", CASES)
+def test_fast_path_matches_reference_path(binarizer, space):
+    assert_paths_agree(*supernet_pair(binarizer, space))
+
+
+def _edge_by_edge(monkeypatch, name):
+    """Make operation ``name`` declare no fast-path treatment (for this test)."""
+    monkeypatch.setitem(OPS._items, name, dataclasses.replace(OPS.get(name), fast=(None, None)))
+
+
+@pytest.mark.parametrize("ops", [("bin_conv_3x3", "max_pool_3x3"), ("skip",)])
+def test_operations_without_a_fast_treatment_run_edge_by_edge(monkeypatch, ops):
+    for name in ops:
+        _edge_by_edge(monkeypatch, name)
+    fast, ref = supernet_pair("recu", "bnas-skip")
+    cell = fast.cells[0]
+    assert all(name in cell.fanouts[0].edge_ops and name not in cell.fanouts[0].convs
+               for name in ops)
+    assert_paths_agree(fast, ref)
+
+
+def test_an_unknown_module_type_is_searched_edge_by_edge(monkeypatch):
+    """A new operation (a real 3x3 convolution, no fast treatment declared) in a new space."""
+    monkeypatch.setitem(OPS._items, "real_conv_3x3", OpInfo(
+        lambda c, s, b, a: RealConvOp(c, c, 3, s, 1, affine=a), "real 3x3 conv"))
+    monkeypatch.setitem(SPACES._items, "with-real", ("zeroise", "real_conv_3x3", "bin_conv_3x3"))
+    assert_paths_agree(*supernet_pair("plain", "with-real"))
+
+
+def test_a_wrong_fast_declaration_is_refused(monkeypatch):
+    info = OPS.get("max_pool_3x3")
+    monkeypatch.setitem(OPS._items, "max_pool_3x3",
+                        dataclasses.replace(info, fast=(FastKind.CONV, FastKind.CONV)))
+    with pytest.raises(BnasError, match="declares the fast path's 'conv' treatment"):
+        supernet_pair("plain", "bnas")
 
 
 def test_gradient_modes_compute_the_same_gradients():

@@ -61,7 +61,7 @@ class BinaryConv2d(nn.Conv2d):
     reproduces bit for bit (:mod:`bnas.binarize.conv`; folding the scale into the weight,
     ``conv(x_b, alpha * sign(W))``, is the same maths but rounds at every accumulation).
     Splitting the steps lets a search supernet binarize one input once for several convolutions
-    (:meth:`forward_binary_input`) and stack the weights of several (:mod:`bnas.search.mixed`).
+    (:meth:`forward_binary_input`) and stack the weights of several (:mod:`bnas.search.fanout`).
     """
 
     weight_precision: ClassVar[int] = 1

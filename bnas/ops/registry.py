@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from torch import nn
 
@@ -17,13 +18,27 @@ from .layers import BinConvOp, BinFactorizedReduce, Identity, Zero
 OpFactory = Callable[[int, int, Binarizer, bool], nn.Module]
 
 
+class FastKind(Enum):
+    """How the fast search path (:mod:`bnas.search.fanout`) computes an operation on all the
+    edges that leave a node at once."""
+
+    ZERO = "zero"  #: outputs zeros: not computed (a Zero module)
+    POOL = "pool"  #: a pooling: once per node, weighted per edge
+    IDENTITY = "identity"  #: the node itself, weighted per edge (an Identity module)
+    CONV = "conv"  #: a BinConvOp: stacked with the node's other binary convolutions
+    REDUCE = "reduce"  #: a BinFactorizedReduce: its convolutions stacked over the edges
+
+
 @dataclass(frozen=True)
 class OpInfo:
-    """An operation: its factory and a one-line description."""
+    """An operation: its factory, a one-line description, and how the fast search path
+    computes it at stride 1 and at stride 2 (``fast``; None: edge by edge, each edge its own
+    module, as the reference path does)."""
 
     factory: OpFactory
     description: str
     binary: bool = False
+    fast: tuple[FastKind | None, FastKind | None] = (None, None)
 
 
 OPS: Registry[OpInfo] = Registry("operation")
@@ -42,19 +57,25 @@ def _skip(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
     return Identity() if stride == 1 else BinFactorizedReduce(c, c, binarizer, affine=affine)
 
 
-OPS.add("zeroise", OpInfo(lambda c, s, b, a: Zero(s), "zeros (a real layer in BNAS: it prunes the edge)"),
-        aliases=("none",))
+# The same fast-path treatment at both strides.
+_ZERO = (FastKind.ZERO, FastKind.ZERO)
+_POOL = (FastKind.POOL, FastKind.POOL)
+_CONV = (FastKind.CONV, FastKind.CONV)
+OPS.add("zeroise", OpInfo(lambda c, s, b, a: Zero(s), "zeros (a real layer in BNAS: it prunes the "
+                                                      "edge)", fast=_ZERO), aliases=("none",))
 OPS.add("max_pool_3x3", OpInfo(lambda c, s, b, a: nn.MaxPool2d(3, stride=s, padding=1),
-                               "3x3 max pooling"))
+                               "3x3 max pooling", fast=_POOL))
 OPS.add("avg_pool_3x3", OpInfo(
     lambda c, s, b, a: nn.AvgPool2d(3, stride=s, padding=1, count_include_pad=False),
-    "3x3 average pooling (padding not counted)"))
-OPS.add("bin_dil_conv_3x3", OpInfo(_bin_conv(3, 2), "binary 3x3 conv, dilation 2", binary=True))
-OPS.add("bin_dil_conv_5x5", OpInfo(_bin_conv(5, 2), "binary 5x5 conv, dilation 2", binary=True))
-OPS.add("bin_conv_3x3", OpInfo(_bin_conv(3, 1), "binary 3x3 conv", binary=True))
-OPS.add("bin_conv_5x5", OpInfo(_bin_conv(5, 1), "binary 5x5 conv", binary=True))
-OPS.add("skip", OpInfo(_skip, "identity; binary factorized reduce when strided", binary=True),
-        aliases=("skip_connect",))
+    "3x3 average pooling (padding not counted)", fast=_POOL))
+OPS.add("bin_dil_conv_3x3", OpInfo(_bin_conv(3, 2), "binary 3x3 conv, dilation 2", binary=True,
+                                   fast=_CONV))
+OPS.add("bin_dil_conv_5x5", OpInfo(_bin_conv(5, 2), "binary 5x5 conv, dilation 2", binary=True,
+                                   fast=_CONV))
+OPS.add("bin_conv_3x3", OpInfo(_bin_conv(3, 1), "binary 3x3 conv", binary=True, fast=_CONV))
+OPS.add("bin_conv_5x5", OpInfo(_bin_conv(5, 1), "binary 5x5 conv", binary=True, fast=_CONV))
+OPS.add("skip", OpInfo(_skip, "identity; binary factorized reduce when strided", binary=True,
+                       fast=(FastKind.IDENTITY, FastKind.REDUCE)), aliases=("skip_connect",))
 
 SPACES: Registry[tuple[str, ...]] = Registry("search space")
 SPACES.add("bnas", ("zeroise", "max_pool_3x3", "avg_pool_3x3", "bin_dil_conv_3x3",

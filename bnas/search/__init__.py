@@ -1,8 +1,8 @@
 """Differentiable architecture search of binary cells (BNAS, Kim, Singh, Choi, ECCV 2020).
 
 ``bnas search --save NAME`` (or :func:`search`) trains a supernet whose edges mix every
-operation of a search space (:mod:`bnas.search.mixed`, :mod:`bnas.search.cell`,
-:mod:`bnas.search.network`), alternating architecture steps (first- or second-order DARTS
+operation of a search space (:mod:`bnas.search.mixed`, :mod:`bnas.search.fanout`,
+:mod:`bnas.search.cell`, :mod:`bnas.search.network`), alternating architecture steps (first- or second-order DARTS
 with BNAS's annealed diversity objective, :mod:`bnas.search.architect`) and weight steps under
 any binarization scheme (:mod:`bnas.search.loop`). After every epoch it derives two genotypes
 (:mod:`bnas.search.derive`): ``NAME`` and ``NAME_imagenet`` (zeroise down-weighted by

@@ -10,7 +10,7 @@ network uses binary preprocessing.
 
 Two implementations compute the same function: ``"reference"`` (:class:`ReferenceCell`, one
 :class:`~bnas.search.mixed.MixedOp` per edge, node by node) and ``"fast"``
-(:class:`FastCell`, one :class:`~bnas.search.mixed.FanOut` per node).
+(:class:`FastCell`, one :class:`~bnas.search.fanout.FanOut` per node).
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from ..model.cell import cell_residual
 from ..ops import RealConvOp
 from ..registry import Registry
 from . import topology
-from .mixed import FanOut, LeanRealConvOp, MixedOp
+from .autograd import LeanRealConvOp
+from .fanout import FanOut
+from .mixed import MixedOp
 
 
 class SearchCell(nn.Module):
@@ -87,7 +89,7 @@ class ReferenceCell(SearchCell):
 @CELLS.register("fast")
 class FastCell(SearchCell):
     """All edges leaving a node computed together by one :class:`FanOut` (see
-    :mod:`bnas.search.mixed`); node ``i`` is complete once nodes ``0 .. i-1`` have fanned out."""
+    :mod:`bnas.search.fanout`); node ``i`` is complete once nodes ``0 .. i-1`` have fanned out."""
 
     preprocess_class = LeanRealConvOp
 

@@ -21,7 +21,8 @@ from ..model.network import reduction_layers
 from ..ops import SPACES, RealConvOp
 from . import topology
 from .cell import CELLS
-from .mixed import FanOut, fast_layout
+from .autograd import fast_layout
+from .fanout import FanOut
 
 ARCH_NAMES = ("alphas_normal", "alphas_reduce")
 GRAD_MODES = ("both", "weights", "arch")

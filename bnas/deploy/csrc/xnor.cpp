@@ -71,6 +71,23 @@ inline float affine(float x, float a, float b, bool fma) {
   return fma ? std::fma(x, a, b) : x * a + b;
 }
 
+// The words of pixels x0 .. x0 + len - 1 of a row to their places: column c of the padded row
+// at (c % s) * wc + c / s (stepped, not divided, per pixel).
+inline void store_row(const Pack& p, int64_t at, int64_t x0, int64_t len, const uint64_t* acc,
+                      const uint64_t* nonzero) {
+  const int64_t col = x0 + p.pl;
+  int64_t phase = col % p.s, index = col / p.s;
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t pos = at + phase * p.wc + index;
+    p.out[pos] = acc[i];
+    if (p.nz) p.nz[pos] = nonzero[i];
+    if (++phase == p.s) {
+      phase = 0;
+      ++index;
+    }
+  }
+}
+
 // Rare: the flat index of each sign(0) of a row segment, for the exact correction.
 template <bool BN, bool FMA>
 void record_zeros(const Pack& p, int64_t b, int64_t j, int64_t y, int64_t x0, int64_t len,
@@ -95,7 +112,6 @@ __attribute__((always_inline)) inline void pack_row(const Pack& p, int64_t b, in
   const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
   const float t = p.thresh ? p.thresh[b] : 0.0f;
   const int64_t at = ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
-  uint64_t* row = p.out + at;
   alignas(64) uint64_t acc[64];
   alignas(64) uint64_t nonzero[64];
   for (int64_t x0 = 0; x0 < p.w; x0 += 64) {
@@ -115,11 +131,7 @@ __attribute__((always_inline)) inline void pack_row(const Pack& p, int64_t b, in
       }
     }
     if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t col = x0 + i + p.pl;
-      row[(col % p.s) * p.wc + col / p.s] = acc[i];
-      if (p.nz) p.nz[at + (col % p.s) * p.wc + col / p.s] = nonzero[i];
-    }
+    store_row(p, at, x0, len, acc, nonzero);
   }
 }
 
@@ -195,11 +207,7 @@ __attribute__((target("avx2,fma"))) void row256(const Pack& p, int64_t b, int64_
       _mm256_store_si256(reinterpret_cast<__m256i*>(nonzero + 4 * v), m[v]);
     }
     if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t col = x0 + i + p.pl, pos = at + (col % p.s) * p.wc + col / p.s;
-      p.out[pos] = acc[i];
-      if (p.nz) p.nz[pos] = nonzero[i];
-    }
+    store_row(p, at, x0, len, acc, nonzero);
   }
 }
 
@@ -250,11 +258,7 @@ void row512(const Pack& p, int64_t b, int64_t j, int64_t y) {
       _mm512_store_si512(nonzero + 8 * v, m[v]);
     }
     if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t col = x0 + i + p.pl, pos = at + (col % p.s) * p.wc + col / p.s;
-      p.out[pos] = acc[i];
-      if (p.nz) p.nz[pos] = nonzero[i];
-    }
+    store_row(p, at, x0, len, acc, nonzero);
   }
 }
 

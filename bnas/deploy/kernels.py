@@ -8,8 +8,10 @@ BatchNorm bit for bit (with the multiply-add fused or not, whichever torch's bui
 neither matches, packed operations normalise with torch and pack the result (same values).
 
 :class:`BinaryConvPlan` is one binary convolution: its weights packed 64 input channels to a
-word, and :meth:`BinaryConvPlan.run` maps a float input (NCHW, float32) to the float model's
-``conv(sign(x), sign(W)) * alpha`` exactly (the deploy spec: ``/docs`` of bnas, deploy.md).
+word; calling it packs a float input (NCHW, float32) and convolves it, giving the float model's
+``conv(sign(x), sign(W)) * alpha`` exactly: the sums of +-1 products are integers (XNOR and
+popcount, with the zero padding and any sign(0) corrected exactly, see ``csrc/xnor.cpp``) and
+the scale is applied with one rounding.
 """
 from __future__ import annotations
 

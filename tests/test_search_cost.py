@@ -434,3 +434,32 @@ def test_bench_table_command_and_a_latency_search(tmp_path, monkeypatch, capsys)
     assert 0 < cost["fixed"] < cost["genotype_cost"] <= cost["max_cost"]
     assert cost["meets_target"] is (cost["genotype_cost"] <= 0.05)
     assert "bin_conv_3x3 c4 8x8 s1 plain" in json.loads(Path(made["path"]).read_text())["entries"]
+
+
+def test_cost_gradient_adds_to_both_orders_of_the_architecture_step():
+    """The cost term depends on the alphas alone: first- and second-order steps differ from the
+    same steps without it by exactly its gradient."""
+    from bnas.search.architect import Architect
+    from bnas.search.network import SearchNetwork
+
+    torch.manual_seed(0)
+    net = SearchNetwork(4, c=4, layers=3).double()
+    with torch.no_grad():
+        for alpha in net.arch_parameters():
+            alpha.normal_()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    term = CostObjective(CostModel.build("ops", net.op_names, 4, "bnas",
+                                         RetrainSize.of("digits", 3, 4, 8), net.binarizer), 0.7)
+    alphas = [a.detach().clone().requires_grad_() for a in net.arch_parameters()]
+    expected = torch.autograd.grad(term(alphas), alphas)
+    weights = torch.optim.SGD(net.weight_parameters(), lr=0.05, momentum=0.9)
+    for order in (1, 2):
+        plain, costly = Architect(net, order=order), Architect(net, order=order, cost=term)
+        if order == 1:
+            base, with_cost = plain._first_order(x, y, 0)[1], costly._first_order(x, y, 0)[1]
+        else:
+            base = plain._second_order(x, y, x, y, 0, weights)[1]
+            with_cost = costly._second_order(x, y, x, y, 0, weights)[1]
+        for b, c, e in zip(base, with_cost, expected):
+            torch.testing.assert_close(c - b, e, rtol=1e-7, atol=1e-10)

@@ -527,16 +527,22 @@ __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_
 
 using BlockFn = void (*)(const Conv&, int64_t, int64_t, const Tile*, int);
 
-// Every (sample, block of PV tiles) on the OpenMP threads, each through every block of OB output
-// channels (the tiles' bases computed once).
+// Work items of (sample, block of PV tiles, group of output-channel blocks) on the OpenMP
+// threads: each item computes its tiles' bases once and runs them through its group's blocks of
+// OB output channels; groups are split finer only when there are too few tile blocks to keep
+// every thread busy (small images at batch 1).
 template <int V, int OB, int PV>
 void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
   const int64_t per_row = (c.wo + V - 1) / V, tiles = c.ho * per_row;
   const int64_t tblocks = (tiles + PV - 1) / PV, oblocks = (c.o + OB - 1) / OB;
-  const int64_t total = n * tblocks;
+  const int64_t want = 8 * static_cast<int64_t>(threads);
+  const int64_t groups = std::min<int64_t>(oblocks, std::max<int64_t>(1, (want + n * tblocks - 1) /
+                                                                            (n * tblocks)));
+  const int64_t per_group = (oblocks + groups - 1) / groups;
+  const int64_t total = n * tblocks * groups;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < total; ++i) {
-    const int64_t b = i / tblocks, tb = i % tblocks;
+    const int64_t g = i % groups, tb = (i / groups) % tblocks, b = i / (groups * tblocks);
     Tile tile[PV];
     int tn = 0;
     for (int p = 0; p < PV && tb * PV + p < tiles; ++p, ++tn) {
@@ -544,7 +550,8 @@ void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
       tile[p] = {(c.oy + oh * c.s) * c.wrow + ow0, oh, ow0,
                  static_cast<int>(std::min<int64_t>(V, c.wo - ow0))};
     }
-    for (int64_t ob = 0; ob < oblocks; ++ob) block(c, b, ob * OB, tile, tn);
+    const int64_t last = std::min(oblocks, (g + 1) * per_group);
+    for (int64_t ob = g * per_group; ob < last; ++ob) block(c, b, ob * OB, tile, tn);
   }
 }
 

@@ -15,6 +15,11 @@ row); every operation's convolution is binarized; an epoch's genotype comes from
 its validation measured; genotypes are JSON files, not lines appended to ``genotypes.py``;
 data loaders are built once; any device works.
 
+``--cost ops|bops|flops|latency`` also minimises the expected cost of the retrained network
+(:mod:`bnas.search.cost`, :mod:`bnas.search.latency`), toward a budget with ``--cost-target``;
+several ``--cost-weight`` values sweep it and write the accuracy-cost Pareto front
+(:mod:`bnas.search.pareto`).
+
 Search is compute-hungry: every edge runs every candidate. The fast path computes the same
 maths as the straightforward one with far less memory and time (see
 ``benchmarks/search_step.py``); on small machines, search narrow and shallow

@@ -426,8 +426,3 @@ def vgg_small(*, num_classes: int, binarizer: Binarizer, cfg: Sequence[Any],
     model = VGGSmall1w1a(nn.Sequential(*modules), pooled, c_in, num_classes)
     init_fn(model)
     return model
-
-
-# The Bop papers' networks register their families here too (imported last: they use this
-# module's registries).
-from . import bopnets  # noqa: E402,F401

@@ -25,6 +25,7 @@ maths as the straightforward one with far less memory and time (see
 ``benchmarks/search_step.py``); on small machines, search narrow and shallow
 (``--init-channels``, ``--layers``, ``--image-size``, ``--subset``).
 """
+from . import latency  # noqa: F401  (the latency cost kind registers itself)
 from .architect import Architect, diversity_weight, mean_edge_entropy
 from .config import SearchConfig, resolve
 from .derive import derive, derive_cell

@@ -394,7 +394,3 @@ class CostObjective:
             found.update({"target": self.target.text, "target_value": self.target.value,
                           "penalty": self.penalty, "meets_target": self.meets(cost)})
         return found
-
-
-# The latency kind (measured with the packed engine) registers itself in COST_KINDS.
-from . import latency  # noqa: E402,F401

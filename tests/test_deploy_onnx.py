@@ -128,7 +128,7 @@ def test_sign_conventions_survive_the_export(centred, zero_is_zero, tmp_path):
     x[:, :, 0, :2] = 0.0
     if centred:  # exact zeros after centring: a row of zeros has mean 0
         x[1] = 0.0
-    torch.onnx.export(Binarize(), (x,), str(tmp_path / "b.onnx"), dynamo=False)
+    export_onnx(Binarize(), tmp_path / "b.onnx", tuple(x.shape))
     got = run_onnx(onnx_session(tmp_path / "b.onnx", 1), x)
     assert torch.equal(got, binarize(x, activation))
     assert (got == 0).any() == zero_is_zero

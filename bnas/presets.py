@@ -39,9 +39,13 @@ def read(preset: str | Path) -> dict[str, Any]:
     """The mapping a preset file holds, as written (``extends`` included)."""
     file = path(preset)
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise BnasError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise BnasError(f"{file}: not a text file (a preset is YAML or JSON)") from None
+    except OSError as exc:
+        raise BnasError(f"cannot read {file}: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise BnasError(f"{file}: a preset is a mapping of settings")
     return data

@@ -66,6 +66,8 @@ def test_bench_prints_latency_memory_and_layers(weights, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["bench"], "give an architecture or --weights"),
     (["bench", "resnet20_1w1a", "--batches", "1,x"], "--batches"),
+    (["bench", "resnet20_1w1a", "--min-time", "inf"], "--min-time"),
+    (["bench", "resnet20_1w1a", "--min-time", "-1"], "--min-time"),
     (["bench", "--weights", "missing.pt"], "not found"),
     (["export", "--weights", "missing.pt", "--out", "x.bnx"], "not found"),
 ])

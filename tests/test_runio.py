@@ -1,12 +1,16 @@
-"""Atomic writes: complete files only, with the permissions of a file made by ``open()``."""
+"""Files of runs: atomic writes (complete files only, with the permissions of a file made by
+``open()``, one-line errors) and torch files read with one-line errors."""
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 
 import pytest
+import torch
 
-from bnas.runio import atomic_write, atomic_write_text
+from bnas.errors import BnasError
+from bnas.runio import atomic_write, atomic_write_text, load_tensors
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -33,3 +37,31 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(target, fail)
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
 
+
+
+def test_a_path_that_cannot_be_written_is_one_error_naming_it(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path, tmp_path / "file" / "below.pt"):  # a directory; under a file
+        with pytest.raises(BnasError, match=f"cannot write {target}: "):
+            atomic_write_text(target, "x")
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty or truncated"),
+    (b"hello\n", "not a file torch.save wrote"),
+    (pickle.dumps({"a": {1, 2}}, protocol=4), "not only tensors and plain containers"),
+])
+def test_unreadable_torch_files_say_why_in_one_line_without_warnings(tmp_path, recwarn, content,
+                                                                     reason):
+    (tmp_path / "f.pt").write_bytes(content)
+    with pytest.raises(BnasError) as err:
+        load_tensors(tmp_path / "f.pt", "not a checkpoint")
+    assert str(err.value).startswith(f"{tmp_path / 'f.pt'} is not a checkpoint ({reason}")
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    assert not recwarn.list
+
+
+def test_tensors_load_on_the_cpu(tmp_path):
+    torch.save({"w": torch.arange(3)}, tmp_path / "t.pt")
+    assert torch.equal(load_tensors(tmp_path / "t.pt", "x")["w"], torch.arange(3))

@@ -95,6 +95,9 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("foo: 1\n")
     with pytest.raises(BnasError, match="unknown setting foo in preset"):
         resolve_config(tmp_path / "bad.yaml", {})
+    (tmp_path / "image.yaml").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(BnasError, match="image.yaml: not a text file"):
+        resolve_config(tmp_path / "image.yaml", {})
     with pytest.raises(BnasError, match="does not split evenly across 3 processes"):
         per_process_batch(256, Context(world_size=3))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from ..train.options import add_config_options, overrides_from_args
 
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise BnasError(f"--batches: expected sizes like 1,32, got {args.batches!r}") from None
     if not batches or min(batches) < 1:
         raise BnasError(f"--batches: expected positive sizes, got {args.batches!r}")
+    if not 0 <= args.min_time < math.inf:  # also refuses nan
+        raise BnasError(f"--min-time: expected seconds >= 0, got {args.min_time}")
     model, packed = _models(args)
     result = bench(model, packed, dataset_info(model.dataset).image_size, batches,
                    min_time=args.min_time)

@@ -14,16 +14,12 @@ from typing import Any
 import torch
 
 from ..errors import BnasError
+from ..runio import load_tensors
 
 #: Keys under which a checkpoint dictionary holds the model's state dict, in order of preference.
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
 #: The prefix DataParallel and DistributedDataParallel give every name.
 WRAPPER_PREFIX = "module."
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _scalar(value: Any) -> str | int | float | None:
@@ -44,11 +40,7 @@ def load_file(path: str | Path) -> Any:
     path = Path(path).expanduser()
     if not path.is_file():
         raise BnasError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated file, pickled code, not a torch file at all
-        raise BnasError(f"{path} is not a checkpoint of plain tensors "
-                        f"({_first_line(exc)})") from None
+    return load_tensors(path, "not a checkpoint of plain tensors")
 
 
 def find_state_dict(data: Any, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from ..binarize import schedules as hyper_schedules
 from ..errors import BnasError
-from ..runio import atomic_write
+from ..runio import atomic_write, load_tensors
 
 #: The layout of the files this bnas writes and reads.
 FORMAT = 1
@@ -47,12 +47,7 @@ def load(path: str | Path, kinds: Collection[str], what: str = "bnas checkpoint"
         path = path / CHECKPOINT
     if not path.is_file():
         raise BnasError(f"{what} not found: {path}")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated file, another program's pickle, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BnasError(f"{path} is not a readable {what} ({first})") from None
+    data = load_tensors(path, f"not a readable {what}", SAFE_GLOBALS)
     if not isinstance(data, dict) or data.get("kind") not in kinds:
         raise BnasError(f"{path} is not a {what}")
     if data.get("format") != FORMAT:

@@ -4,6 +4,7 @@
     python benchmarks/search_step.py                      # fast path, batch 32 and 64
     python benchmarks/search_step.py --reference-path     # also the straightforward path
     python benchmarks/search_step.py --only "batch 32" --steps 8
+    python benchmarks/search_step.py --only "K=4"       # partial channels (PC-DARTS), batch 32
 
 Each workload runs in a fresh process (so that its peak resident memory is its own): the
 search's own :func:`bnas.search.loop.search_step` (architecture step, then weight step, with
@@ -37,10 +38,13 @@ class Workload:
     batch: int
     reference_s: float | None
     reference_gb: float | None
+    partial: int = 1
 
 
 WORKLOADS = [
     Workload("search step, fast path, batch 32", "fast", 32, 14.2, 3.9),
+    Workload("search step, fast path K=4, batch 32", "fast", 32, 14.2, 3.9,
+             partial=4),
     Workload("search step, fast path, batch 64", "fast", 64, 25.9, 7.2),
     Workload("search step, straightforward path, batch 32", "reference", 32, 14.2, 3.9),
 ]
@@ -60,7 +64,7 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
     cfg = SearchConfig(save="benchmark", impl=workload.impl, batch_size=workload.batch)
     torch.manual_seed(cfg.seed)
     net = SearchNetwork(10, cfg.init_channels, cfg.layers, cfg.steps, cfg.space, cfg.binarizer,
-                        cfg.impl)
+                        cfg.impl, partial=workload.partial)
     optimizer = weight_optimizer(net, cfg, steps_per_epoch=1)
     architect = Architect(net, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay, lam=cfg.lam,
                           tau=cfg.tau)

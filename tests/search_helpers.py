@@ -57,14 +57,15 @@ def copy_network(fast, ref) -> None:
             a.copy_(b)
 
 
-def supernet_pair(binarizer: str | Binarizer, space: str, layers: int = 4,
-                  c: int = 4) -> tuple[SearchNetwork, SearchNetwork]:
-    """A float64 fast-path supernet with random architecture weights and the reference-path
-    supernet with the same weights, for 5 classes."""
+def supernet_pair(binarizer: str | Binarizer, space: str, layers: int = 4, c: int = 4,
+                  partial: int = 1) -> tuple[SearchNetwork, SearchNetwork]:
+    """A float64 fast-path supernet with random architecture weights (betas too, with partial
+    channels) and the reference-path supernet with the same weights, for 5 classes."""
     torch.manual_seed(1)
-    fast = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer, impl="fast").double()
+    fast = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer, impl="fast",
+                         partial=partial).double()
     ref = SearchNetwork(5, c=c, layers=layers, space=space, binarizer=binarizer,
-                        impl="reference").double()
+                        impl="reference", partial=partial).double()
     with torch.no_grad():
         for alpha in fast.arch_parameters():
             alpha.normal_()

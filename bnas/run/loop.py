@@ -104,6 +104,11 @@ lines during an epoch) is optional.
         """What the run returns once its epochs are done."""
         raise NotImplementedError
 
+    def stopped(self) -> bool:
+        """Whether the run ends before its last epoch (an early-stopping rule); checked before
+        every epoch, so a resumed run that had stopped stays stopped."""
+        return False
+
     # -- the loop -----------------------------------------------------------------------------
     def run(self, on_epoch_end: EpochCallback | None = None) -> Any:
         """Train, validate and end every remaining epoch, then :meth:`result`; the run is closed
@@ -113,6 +118,8 @@ lines during an epoch) is optional.
                             enabled=self.progress and self.ctx.is_main)
         try:
             for epoch in range(self.start_epoch, self.epochs):
+                if self.stopped():
+                    break
                 started = time.perf_counter()
                 for loader in self.epoch_loaders():
                     loader.set_epoch(epoch)

@@ -73,7 +73,9 @@ class Architect:
 
     def objective(self, logits: torch.Tensor, target: torch.Tensor, alphas: Sequence[torch.Tensor],
                   epoch: int) -> torch.Tensor:
-        """``L_arch`` for given logits (the diversity and cost terms use ``alphas``)."""
+        """``L_arch`` for given logits (the diversity and cost terms use the two alpha matrices,
+        not the edge-normalisation betas that follow them with partial channels)."""
+        alphas = alphas[:2]
         loss = (F.cross_entropy(logits, target)
                 - diversity_weight(epoch, self.lam, self.tau) * mean_edge_entropy(alphas))
         return loss if self.cost is None else loss + self.cost(alphas)

@@ -10,7 +10,9 @@ network uses binary preprocessing.
 
 Two implementations compute the same function: ``"reference"`` (:class:`ReferenceCell`, one
 :class:`~bnas.search.mixed.MixedOp` per edge, node by node) and ``"fast"``
-(:class:`FastCell`, one :class:`~bnas.search.fanout.FanOut` per node).
+(:class:`FastCell`, one :class:`~bnas.search.fanout.FanOut` per node). With partial channels
+(PC-DARTS, :mod:`bnas.search.partial`) both build their mixed operations for ``C/K`` channels
+and add the bypassed channels, the shuffle and the edge-normalisation weights around them.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..binarize.base import Binarizer
 from ..model.cell import cell_residual
 from ..ops import RealConvOp
 from ..registry import Registry
+from . import partial as pc
 from . import topology
 from .autograd import LeanRealConvOp
 from .fanout import FanOut
@@ -34,9 +37,11 @@ class SearchCell(nn.Module):
 
     def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool,
                  reduction_prev: bool, residual: bool, space: str, binarizer: Binarizer,
-                 steps: int = 4) -> None:
+                 steps: int = 4, partial: int = 1) -> None:
         super().__init__()
+        pc.check(c, partial)
         self.reduction, self.steps, self.multiplier = reduction, steps, steps
+        self.partial = partial
         preprocess = self.preprocess_class
         if reduction_prev:
             self.preprocess0 = preprocess(c_prev_prev, c, 3, 2, 1, affine=False)
@@ -49,13 +54,31 @@ class SearchCell(nn.Module):
         """Edges leaving a cell input of a reduction cell halve the resolution."""
         return 2 if self.reduction and source < 2 else 1
 
-    def nodes(self, states: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
-        """The intermediate nodes, given the two preprocessed inputs."""
+    @property
+    def edge_channels(self) -> int:
+        """The channels an edge's mixed operation sees (all, or ``C/K`` with partial channels)."""
+        return self.preprocess1.conv.out_channels // self.partial
+
+    def through(self, x: torch.Tensor, source: int):
+        """The part of node ``x`` that enters the mixed operations leaving ``source``, and a
+        function completing one edge's output (bypassed channels and shuffle; PC-DARTS)."""
+        if self.partial == 1:
+            return x, lambda out: out
+        inner, rest = pc.split(x, self.partial)
+        rest = pc.bypass(rest, self.stride(source))
+        return inner, lambda out: pc.combine(out, rest, self.partial)
+
+    def nodes(self, states: list[torch.Tensor], weights: torch.Tensor,
+              edge_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The intermediate nodes, given the two preprocessed inputs; ``edge_weights``
+        ``(n_edges,)`` scale the edges' outputs (edge normalisation) when given."""
         raise NotImplementedError
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``weights``: the softmax of this cell type's alphas, ``(n_edges, n_ops)``."""
-        nodes = self.nodes([self.preprocess0(s0), self.preprocess1(s1)], weights)
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: the softmax of this cell type's alphas, ``(n_edges, n_ops)``;
+        ``edge_weights``: its normalised betas (partial channels) or None."""
+        nodes = self.nodes([self.preprocess0(s0), self.preprocess1(s1)], weights, edge_weights)
         out = torch.cat(nodes, dim=1)
         if self.residual is not None:
             out = out + self.residual(s1)
@@ -71,16 +94,20 @@ class ReferenceCell(SearchCell):
 
     def __init__(self, *args, space: str, binarizer: Binarizer, steps: int = 4, **kwargs) -> None:
         super().__init__(*args, space=space, binarizer=binarizer, steps=steps, **kwargs)
-        c = self.preprocess1.conv.out_channels
-        self.edges = nn.ModuleList(MixedOp(c, self.stride(j), space, binarizer)
+        self.edges = nn.ModuleList(MixedOp(self.edge_channels, self.stride(j), space, binarizer)
                                    for _, j in topology.edges(steps))
 
-    def nodes(self, states: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+    def nodes(self, states: list[torch.Tensor], weights: torch.Tensor,
+              edge_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
         row = 0
         for node in range(2, self.steps + 2):
             total = 0
             for j in range(node):
-                total = total + self.edges[row](states[j], weights[row])
+                inner, complete = self.through(states[j], j)
+                out = complete(self.edges[row](inner, weights[row]))
+                if edge_weights is not None:
+                    out = edge_weights[row] * out
+                total = total + out
                 row += 1
             states.append(total)
         return states[2:]
@@ -95,21 +122,26 @@ class FastCell(SearchCell):
 
     def __init__(self, *args, space: str, binarizer: Binarizer, steps: int = 4, **kwargs) -> None:
         super().__init__(*args, space=space, binarizer=binarizer, steps=steps, **kwargs)
-        c = self.preprocess1.conv.out_channels
         self.fanouts = nn.ModuleList()
         for source in range(steps + 1):
             rows = [row for row, _ in topology.outgoing(steps, source)]
-            self.fanouts.append(FanOut(c, self.stride(source), space, binarizer, len(rows)))
+            self.fanouts.append(FanOut(self.edge_channels, self.stride(source), space, binarizer,
+                                       len(rows)))
             self.register_buffer(f"rows{source}", torch.tensor(rows, dtype=torch.long),
                                  persistent=False)
 
-    def nodes(self, states: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+    def nodes(self, states: list[torch.Tensor], weights: torch.Tensor,
+              edge_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
         pending: dict[int, torch.Tensor] = {}
         for source, fanout in enumerate(self.fanouts):
             if source >= 2:
                 states.append(pending.pop(source))
-            out = fanout(states[source], weights.index_select(0, getattr(self, f"rows{source}")))
-            for (_, target), part in zip(topology.outgoing(self.steps, source), out.unbind(1)):
+            inner, complete = self.through(states[source], source)
+            out = fanout(inner, weights.index_select(0, getattr(self, f"rows{source}")))
+            for (row, target), part in zip(topology.outgoing(self.steps, source), out.unbind(1)):
+                part = complete(part)
+                if edge_weights is not None:
+                    part = edge_weights[row] * part
                 pending[target] = part if target not in pending else pending[target] + part
         states.append(pending.pop(self.steps + 1))
         return states[2:]

@@ -84,6 +84,19 @@ class SearchConfig:
     gamma: float = setting(3.0, "zeroise down-weighting of the ImageNet genotype")
     order: int = setting(1, "1: first-order DARTS (BNAS); 2: second-order (unrolled) DARTS",
                          choices=(1, 2))
+    partial_channels: int = setting(1, "send 1/K of the channels through the mixed operations, "
+                                       "with channel shuffle and edge normalisation (PC-DARTS); "
+                                       "K divides --init-channels (1: off)", tunable=False,
+                                    metavar="K")
+    arch_warmup: int = setting(0, "train the weights only for the first E epochs, the "
+                                  "architecture frozen (PC-DARTS, P-DARTS)", tunable=False,
+                               metavar="E")
+    max_param_free: int | None = setting(None, "at most M parameter-free edges (zeroise, pooling, "
+                                               "skip) per derived cell (P-DARTS)", tunable=False,
+                                         metavar="M")
+    stop_param_free: int | None = setting(None, "stop once the derived normal cell has N "
+                                                "parameter-free edges (DARTS+)", tunable=False,
+                                          metavar="N")
     cost: str | None = setting(None, "search for cost as well: " + ", ".join(COST_KINDS.names())
                                + " (bnas.search.cost)", tunable=False, metavar="KIND")
     cost_weight: float | None = setting(
@@ -142,6 +155,15 @@ class SearchConfig:
         check_all(self, ("lr_min", "momentum", "weight_decay", "arch_weight_decay", "lam"),
                   lambda v: finite(v) and v >= 0, "a number >= 0")
         check("order", self.order, lambda v: v in (1, 2), "1 (first order) or 2 (second order)")
+        check("partial_channels", self.partial_channels,
+              lambda v: isinstance(v, int) and v >= 1 and self.init_channels % v == 0,
+              f"an integer >= 1 that divides --init-channels ({self.init_channels})")
+        check("arch_warmup", self.arch_warmup, lambda v: isinstance(v, int) and 0 <= v < self.epochs,
+              f"an integer from 0 to {self.epochs - 1} (below --epochs)")
+        edges = 2 * self.steps
+        check_all(self, ("max_param_free", "stop_param_free"),
+                  lambda v: isinstance(v, int) and 0 <= v <= edges,
+                  f"an integer from 0 to {edges} (the edges of a derived cell)", optional=True)
         self._validate_cost()
         return self
 

@@ -26,15 +26,8 @@ from . import topology
 ZEROISE = "zeroise"
 
 
-def derive_cell(weights: torch.Tensor, op_names: Sequence[str], steps: int,
-                gamma: float = 1.0) -> Cell:
-    """The cell for softmax weights ``(n_edges, n_ops)``; ``gamma`` down-weights zeroise."""
-    if gamma <= 0:
-        raise BnasError(f"gamma must be positive, got {gamma:g}")
-    table = weights.detach().double().cpu().clone()
-    names = [OPS.canonical(n) for n in op_names]
-    if ZEROISE in names:
-        table[:, names.index(ZEROISE)] /= gamma
+def _pick(table: torch.Tensor, names: Sequence[str], steps: int) -> Cell:
+    """Two strongest incoming edges per node, the strongest operation on each."""
     rows = table.tolist()
     edge_rows = {edge: row for row, edge in enumerate(topology.edges(steps))}
     nodes = []
@@ -45,9 +38,31 @@ def derive_cell(weights: torch.Tensor, op_names: Sequence[str], steps: int,
     return Cell(tuple(nodes), tuple(range(2, steps + 2)))
 
 
+def derive_cell(weights: torch.Tensor, op_names: Sequence[str], steps: int,
+                gamma: float = 1.0, max_param_free: int | None = None) -> Cell:
+    """The cell for softmax weights ``(n_edges, n_ops)``; ``gamma`` down-weights zeroise;
+    ``max_param_free`` caps the parameter-free edges (P-DARTS, :mod:`bnas.search.collapse`)."""
+    from .collapse import cap_parameter_free
+
+    if gamma <= 0:
+        raise BnasError(f"gamma must be positive, got {gamma:g}")
+    table = weights.detach().double().cpu().clone()
+    names = [OPS.canonical(n) for n in op_names]
+    if ZEROISE in names:
+        table[:, names.index(ZEROISE)] /= gamma
+    cell = _pick(table, names, steps)
+    if max_param_free is not None:
+        edge_rows = {edge: row for row, edge in enumerate(topology.edges(steps))}
+        capped = cap_parameter_free(table, names, cell, edge_rows, max_param_free)
+        if capped is not None:
+            cell = _pick(capped, names, steps)
+    return cell
+
+
 def derive(weights: dict[str, torch.Tensor], op_names: Sequence[str], steps: int, space: str,
-           gamma: float = 1.0, name: str | None = None) -> Genotype:
+           gamma: float = 1.0, name: str | None = None,
+           max_param_free: int | None = None) -> Genotype:
     """A cell genotype from ``{"normal": ..., "reduce": ...}`` softmax weights."""
     return Genotype(name=name, kind="cell", space=space,
-                    normal=derive_cell(weights["normal"], op_names, steps, gamma),
-                    reduce=derive_cell(weights["reduce"], op_names, steps, gamma))
+                    normal=derive_cell(weights["normal"], op_names, steps, gamma, max_param_free),
+                    reduce=derive_cell(weights["reduce"], op_names, steps, gamma, max_param_free))

@@ -61,6 +61,7 @@ from ..run.schedules import LrScheduler, build_schedule
 from .architect import Architect
 from .config import SearchConfig, from_dict
 from .cost import CostObjective
+from .collapse import count_parameter_free, parameter_free_share
 from .derive import derive
 from .network import ARCH_NAMES, SearchNetwork
 from .record import SearchRecord
@@ -104,13 +105,15 @@ def release_freed_memory(device: torch.device) -> None:
 
 def search_step(net: SearchNetwork, model: torch.nn.Module, architect: Architect,
                 optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
-                arch_batch: tuple[torch.Tensor, torch.Tensor], epoch: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One search step: the architecture step, then the weight step (``model`` is ``net`` or
-    its DDP wrapper). Returns the weight step's loss and logits (detached)."""
+                arch_batch: tuple[torch.Tensor, torch.Tensor], epoch: int,
+                update_arch: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One search step: the architecture step (unless ``update_arch`` is False: a warm-up
+    epoch), then the weight step (``model`` is ``net`` or its DDP wrapper). Returns the weight
+    step's loss and logits (detached)."""
     x, y = batch
-    architect.step(*arch_batch, epoch, x_train=x, y_train=y, weight_optimizer=optimizer)
-    release_freed_memory(x.device)
+    if update_arch:
+        architect.step(*arch_batch, epoch, x_train=x, y_train=y, weight_optimizer=optimizer)
+        release_freed_memory(x.device)
     optimizer.zero_grad(set_to_none=True)
     with net.grads_for("weights"):
         logits = model(x)
@@ -176,7 +179,8 @@ class Searcher(EpochRun):
         torch.manual_seed(cfg.seed)
         binarizer = get_binarizer(cfg.binarizer, **cfg.binarizer_hparams)
         self.model = SearchNetwork(self.num_classes, cfg.init_channels, cfg.layers, cfg.steps,
-                                   cfg.space, binarizer, cfg.impl).to(ctx.device)
+                                   cfg.space, binarizer, cfg.impl,
+                                   partial=cfg.partial_channels).to(ctx.device)
         self.optimizer = weight_optimizer(self.model, cfg, len(self.train_loader))
         self.scheduler = lr_scheduler(self.optimizer, cfg, len(self.train_loader))
         self.cost = (CostObjective.for_search(cfg, self.model.op_names, self.num_classes, binarizer)
@@ -186,6 +190,7 @@ class Searcher(EpochRun):
                                    cost=self.cost)
         self.start_epoch = 0
         self.best: dict[str, Any] | None = None
+        self.stopped_after: int | None = None
         if saved is not None:
             self._restore(saved)
         self.net: torch.nn.Module = self.model
@@ -250,6 +255,7 @@ class Searcher(EpochRun):
         self.architect.optimizer.load_state_dict(saved["arch_optimizer"])
         self.start_epoch = int(saved["epoch"])
         self.best = saved["best"]
+        self.stopped_after = saved.get("stopped_after")
         log.info("resumed from %s after epoch %d", saved["path"], self.start_epoch)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -267,15 +273,20 @@ class Searcher(EpochRun):
              batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         arch_batch = self.ctx.to_device(*next(self._arch_batches))
         return search_step(self.model, self.net, self.architect, self.optimizer, (x, y),
-                           arch_batch, epoch)
+                           arch_batch, epoch, update_arch=epoch >= self.cfg.arch_warmup)
 
     def genotypes(self) -> dict[str, G.Genotype]:
         """The CIFAR genotype and the ImageNet one (zeroise down-weighted by ``gamma``)."""
         cfg, net = self.cfg, self.model
-        weights = net.edge_weights()
-        return {"genotype": derive(weights, net.op_names, cfg.steps, net.space, 1.0, cfg.save),
+        weights = net.derivation_weights()
+        return {"genotype": derive(weights, net.op_names, cfg.steps, net.space, 1.0, cfg.save,
+                                   cfg.max_param_free),
                 "genotype_imagenet": derive(weights, net.op_names, cfg.steps, net.space, cfg.gamma,
-                                            cfg.save + IMAGENET_SUFFIX)}
+                                            cfg.save + IMAGENET_SUFFIX, cfg.max_param_free)}
+
+    def stopped(self) -> bool:
+        """DARTS+'s early stop (``--stop-param-free``, :mod:`bnas.search.collapse`)."""
+        return self.stopped_after is not None
 
     def _check_agreement(self) -> None:
         alphas = [a.detach().cpu() for a in self.model.arch_parameters()]
@@ -290,6 +301,10 @@ class Searcher(EpochRun):
         genotypes = self.genotypes()
         metrics = {"val_top1": val["top1"], "val_loss": val["loss"], "train_top1": train["top1"],
                    "train_loss": train["loss"], "lr": train["lr"], "seconds": round(seconds, 3)}
+        metrics["parameter_free"] = parameter_free_share(genotypes["genotype"])
+        free = count_parameter_free(genotypes["genotype"].normal)
+        if self.cfg.stop_param_free is not None and free >= self.cfg.stop_param_free:
+            self.stopped_after = epoch
         if self.cost is not None:
             metrics["cost"] = self.cost.model.of_genotype(genotypes["genotype"])
         if self.best is None or val["top1"] > self.best["val_top1"]:
@@ -302,11 +317,17 @@ class Searcher(EpochRun):
                 "epoch": epoch + 1, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
                 "weight_optimizer": self.optimizer.state_dict(),
                 "arch_optimizer": self.architect.optimizer.state_dict(),
-                "best": self.best}, self.out / run_checkpoint.CHECKPOINT)
+                "best": self.best, "stopped_after": self.stopped_after},
+                self.out / run_checkpoint.CHECKPOINT)
         self.ctx.barrier()
         log.info("epoch %d/%d  train loss %.4f top1 %.2f | val loss %.4f top1 %.2f | lr %.5f "
                  "| %.1fs | %s", epoch + 1, self.cfg.epochs, train["loss"], train["top1"],
                  val["loss"], val["top1"], train["lr"], seconds, _describe(genotypes["genotype"]))
+        log.info("parameter-free edges: normal %.0f%%, reduce %.0f%%%s",
+                 100 * metrics["parameter_free"]["normal"], 100 * metrics["parameter_free"]["reduce"],
+                 "" if self.stopped_after is None else
+                 f"; stopping: {free} in the normal cell (--stop-param-free "
+                 f"{self.cfg.stop_param_free}, DARTS+)")
         if self.cost is not None:
             log.info("genotype costs %s%s", self.cost.model.kind.format(metrics["cost"]),
                      _budget(self.cost.meets(metrics["cost"])))
@@ -323,7 +344,13 @@ class Searcher(EpochRun):
                            zip(("normal", "reduce"), self.model.arch_parameters())},
                 "search": {k: getattr(cfg, k) for k in (
                     "layers", "init_channels", "steps", "batch_size", "train_portion", "order",
-                    "lam", "tau", "lr", "lr_min", "arch_lr", "image_size", "subset", "impl")},
+                    "lam", "tau", "lr", "lr_min", "arch_lr", "image_size", "subset", "impl",
+                    "partial_channels", "arch_warmup", "max_param_free", "stop_param_free")},
+                **({"betas": {k: b.detach().cpu().tolist() for k, b in
+                              zip(("normal", "reduce"), self.model.arch_parameters()[2:])}}
+                   if cfg.partial_channels > 1 else {}),
+                "stopped_after_epoch": (None if self.stopped_after is None
+                                        else self.stopped_after + 1),
                 "run": str(self.out)}
 
     def result(self) -> SearchResult:

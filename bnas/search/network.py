@@ -19,12 +19,13 @@ from torch import nn
 from ..binarize import Binarizer, get as get_binarizer
 from ..model.network import reduction_layers
 from ..ops import SPACES, RealConvOp
+from . import partial as pc
 from . import topology
 from .cell import CELLS
 from .autograd import fast_layout
 from .fanout import FanOut
 
-ARCH_NAMES = ("alphas_normal", "alphas_reduce")
+ARCH_NAMES = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce")
 GRAD_MODES = ("both", "weights", "arch")
 
 
@@ -36,10 +37,11 @@ class SearchNetwork(nn.Module):
 
     def __init__(self, num_classes: int, c: int = 16, layers: int = 8, steps: int = 4,
                  space: str = "bnas", binarizer: str | Binarizer = "plain", impl: str = "fast",
-                 stem_multiplier: int = 3) -> None:
+                 stem_multiplier: int = 3, partial: int = 1) -> None:
         super().__init__()
         self._settings = dict(num_classes=num_classes, c=c, layers=layers, steps=steps,
-                              impl=impl, stem_multiplier=stem_multiplier)
+                              impl=impl, stem_multiplier=stem_multiplier, partial=partial)
+        self.partial = partial
         self.space = SPACES.canonical(space)
         self.op_names = SPACES.get(self.space)
         self.steps, self.layers, self.c = steps, layers, c
@@ -58,7 +60,7 @@ class SearchNetwork(nn.Module):
                 c_curr *= 2
             cell = cell_class(c_prev_prev, c_prev, c_curr, reduction, reduction_prev,
                               residual=i > 0, space=self.space, binarizer=self.binarizer,
-                              steps=steps)
+                              steps=steps, partial=partial)
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, cell.multiplier * c_curr
@@ -67,6 +69,9 @@ class SearchNetwork(nn.Module):
         shape = (topology.n_edges(steps), len(self.op_names))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        if partial > 1:  # PC-DARTS's edge normalisation (bnas.search.partial)
+            self.betas_normal = nn.Parameter(1e-3 * torch.randn(shape[0]))
+            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(shape[0]))
 
     def new(self) -> SearchNetwork:
         """A freshly built supernet of the same shape and scheme, on the same device, with a
@@ -79,7 +84,9 @@ class SearchNetwork(nn.Module):
 
     # -- parameters ------------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alphas_normal, self.alphas_reduce]
+        """The alphas (normal, reduce), then with partial channels the betas (normal, reduce)."""
+        betas = [self.betas_normal, self.betas_reduce] if self.partial > 1 else []
+        return [self.alphas_normal, self.alphas_reduce, *betas]
 
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter but the architecture's."""
@@ -94,6 +101,15 @@ class SearchNetwork(nn.Module):
         """``softmax(alpha)`` per cell type (detached), rows = edges, columns = operations."""
         return {"normal": F.softmax(self.alphas_normal.detach(), dim=-1),
                 "reduce": F.softmax(self.alphas_reduce.detach(), dim=-1)}
+
+    def derivation_weights(self) -> dict[str, torch.Tensor]:
+        """What a genotype is derived from: :meth:`edge_weights`, scaled row by row by the
+        normalised betas with partial channels (PC-DARTS)."""
+        weights = self.edge_weights()
+        if self.partial == 1:
+            return weights
+        betas = {"normal": self.betas_normal.detach(), "reduce": self.betas_reduce.detach()}
+        return {k: pc.derivation_weights(w, betas[k], self.steps) for k, w in weights.items()}
 
     @contextmanager
     def grads_for(self, mode: str):
@@ -118,10 +134,15 @@ class SearchNetwork(nn.Module):
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alphas = {"normal": self.alphas_normal, "reduce": self.alphas_reduce}
+        betas = ({"normal": self.betas_normal, "reduce": self.betas_reduce}
+                 if self.partial > 1 else {})
         if self.grad_mode == "weights":
             alphas = {k: a.detach() for k, a in alphas.items()}
+            betas = {k: b.detach() for k, b in betas.items()}
         weights = {k: F.softmax(a, dim=-1) for k, a in alphas.items()}
+        edges = {k: pc.edge_weights(b, self.steps) for k, b in betas.items()}
         s0 = s1 = self.stem(fast_layout(x))
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, weights["reduce" if cell.reduction else "normal"])
+            kind = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, weights[kind], edges.get(kind))
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))

@@ -57,19 +57,25 @@ class SearchRecord:
         self.draw()
 
     def draw(self) -> None:
-        """One heatmap per cell type from ``alphas.jsonl``."""
+        """One heatmap per cell type from ``alphas.jsonl``, with the share of parameter-free
+        edges of the derived cell per epoch (``genotypes.jsonl``) under it."""
         history = _read(self.out / "alphas.jsonl")
         if not history:
             return
+        records = {r["epoch"]: r for r in _read(self.out / "genotypes.jsonl")}
         for cell_type in ("normal", "reduce"):
             frames = torch.tensor([r[cell_type] for r in history])  # (epochs, edges, ops)
+            shares = [records.get(r["epoch"], {}).get("parameter_free", {}).get(cell_type)
+                      for r in history]
             plot_history(frames, [r["epoch"] for r in history], self.op_names, self.steps,
-                         self.out / f"alphas_{cell_type}.png", f"{cell_type} cell: softmax(alpha)")
+                         self.out / f"alphas_{cell_type}.png", f"{cell_type} cell: softmax(alpha)",
+                         shares)
 
 
 def plot_history(frames: torch.Tensor, epochs: list[int], op_names: list[str], steps: int,
-                 path: Path, title: str) -> None:
-    """Heatmap of ``frames`` ``(epochs, edges, ops)``: a row per (edge, op), a column per epoch."""
+                 path: Path, title: str, shares: list[float | None] | None = None) -> None:
+    """Heatmap of ``frames`` ``(epochs, edges, ops)``: a row per (edge, op), a column per epoch;
+    under it, ``shares`` (the derived cell's share of parameter-free edges) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,13 +84,20 @@ def plot_history(frames: torch.Tensor, epochs: list[int], op_names: list[str], s
     n_epochs, n_edges, n_ops = frames.shape
     table = frames.permute(1, 2, 0).reshape(n_edges * n_ops, n_epochs).numpy()
     labels = [f"{j}->{node} {op}" for node, j in topology.edges(steps) for op in op_names]
-    fig, ax = plt.subplots(figsize=(2.5 + 0.25 * min(n_epochs, 60), 2 + 0.12 * len(labels)))
+    fig, (ax, below) = plt.subplots(
+        2, 1, figsize=(2.5 + 0.25 * min(n_epochs, 60), 3 + 0.12 * len(labels)), sharex=True,
+        gridspec_kw={"height_ratios": [0.12 * len(labels), 1.0]})
+    known = [(i, s) for i, s in enumerate(shares or []) if s is not None]
+    below.plot([i for i, _ in known], [100 * s for _, s in known], marker="o", markersize=3)
+    below.set_ylim(-5, 105)
+    below.set_ylabel("param-free\nedges %", fontsize=6)
+    below.tick_params(labelsize=6)
     image = ax.imshow(table, aspect="auto", interpolation="nearest", cmap="viridis",
                       vmin=float(table.min()), vmax=max(float(table.max()), float(table.min()) + 1e-6))
     ax.set_yticks(range(len(labels)), labels, fontsize=5)
     ticks = list(range(0, n_epochs, max(1, n_epochs // 10)))
-    ax.set_xticks(ticks, [str(epochs[i] + 1) for i in ticks], fontsize=7)
-    ax.set_xlabel("epoch")
+    below.set_xticks(ticks, [str(epochs[i] + 1) for i in ticks], fontsize=7)
+    below.set_xlabel("epoch")
     for row in range(n_ops, len(labels), n_ops):
         ax.axhline(row - 0.5, color="white", linewidth=0.4)
     ax.set_title(title, fontsize=9)

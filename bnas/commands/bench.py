@@ -133,7 +133,8 @@ def report(r: dict) -> str:
         f"{base[c] / r['latency_ms']['packed'][c]:17.2f}x" for c in cols))
     lines.append("throughput (img/s, batch {}, all threads): ".format(max(r["batches"])) + ", ".join(
         f"{k} {v:.1f}" for k, v in r["throughput"].items()))
-    lines.append(f"peak working memory at batch {max(r['batches'])} (MB above the model): " + ", ".join(
+    lines.append(f"peak working memory at batch {max(r['batches'])} (MB above the loaded model, "
+                 f"fresh process): " + ", ".join(
         f"{k} {v:.1f}" for k, v in r["peak_memory_mb"].items() if v is not None))
     lines.append("model (MB): " + ", ".join(f"{k} {v:.2f}" for k, v in r["model_mb"].items()))
     split = r["packed_split_ms"]

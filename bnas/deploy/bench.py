@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -68,19 +70,42 @@ def _status_mb(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def peak_memory_mb(run: Callable[[], Any]) -> float | None:
-    """How far this process's resident memory (MB) rises above where it stood while ``run()``
-    runs (its activations and workspaces; the kernel's high-water mark is reset first, on
-    Linux), or None where it cannot be measured."""
+def peak_memory_mb(model: nn.Module, shape: tuple[int, ...]) -> float | None:
+    """How far resident memory (MB) rises above the loaded model while it runs one batch of
+    ``shape``: measured in a fresh process (Linux), so that no memory earlier runs left with the
+    allocator hides it; None where it cannot be measured."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        torch.save(model, path)
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        code = ("import sys; from bnas.deploy.bench import _peak_in_child; "
+                "print(_peak_in_child(sys.argv[1], [int(s) for s in sys.argv[2:]]))")
+        proc = subprocess.run([sys.executable, "-c", code, str(path), *map(str, shape)],
+                              capture_output=True, text=True, env=env)
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_mb("VmRSS")
-        with torch.inference_mode():
-            run()
-        return max(_status_mb("VmHWM") - before, 0.0)
-    except (OSError, StopIteration):
+        return float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    except (ValueError, IndexError):
         return None
+
+
+def _peak_in_child(path: str, shape: list[int]) -> float:
+    """:func:`peak_memory_mb`'s measurement, in its child process."""
+    model = torch.load(path, weights_only=False)
+    torch.set_num_threads(torch.get_num_threads())
+    packed = [m for m in model.modules() if isinstance(m, PackedConv2d)]
+    if packed:
+        from .kernels import kernels
+
+        kernels()
+        for m in packed:
+            m.plan()  # the kernels' weight layout is part of the model, not of the run
+    x = torch.randn(shape)
+    before = _status_mb("VmRSS")
+    with torch.inference_mode():
+        model(x)
+    return max(_status_mb("VmHWM") - before, 0.0)
 
 
 def model_mb(model: nn.Module) -> float:
@@ -190,7 +215,7 @@ def bench(float_model: nn.Module, packed: nn.Module, image_size: int,
     result["throughput"] = {name: big / (lat[f"{big}x{all_threads}"] / 1e3)
                             for name, lat in result["latency_ms"].items()
                             if f"{big}x{all_threads}" in lat}
-    result["peak_memory_mb"] = {name: peak_memory_mb(lambda: model(x))
+    result["peak_memory_mb"] = {name: peak_memory_mb(model, tuple(x.shape))
                                 for name, model in engines.items()}
     result["model_mb"] = {name: model_mb(model) for name, model in engines.items()}
     names = layer_names(packed)

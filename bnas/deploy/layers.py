@@ -44,6 +44,11 @@ def _inference_only(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
+def _reset_after_load(module: nn.Module, keys: object) -> None:
+    """After a state dict is loaded: forget what was derived from the old buffers."""
+    module.reset()
+
+
 class PackedConv2d(nn.Module):
     """A binary convolution on packed activations (the float model's ``BinaryConv2d``)."""
 
@@ -59,7 +64,7 @@ class PackedConv2d(nn.Module):
         self.register_buffer("alpha", torch.ones(out_channels) if scaled else None)
         self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
         self._plan: BinaryConvPlan | None = None
-        self.register_load_state_dict_post_hook(lambda module, keys: module.reset())
+        self.register_load_state_dict_post_hook(_reset_after_load)
 
     def reset(self) -> None:
         """Forget the kernels' weights (after the buffers changed)."""
@@ -119,7 +124,11 @@ class _BatchNormSign(nn.Module):
         super().__init__()
         self.bn = bn
         self._terms: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_terms", None))
+        self.register_load_state_dict_post_hook(_reset_after_load)
+
+    def reset(self) -> None:
+        """Forget the BatchNorm's terms (after its buffers changed)."""
+        self._terms = None
 
     def convolve(self, x: torch.Tensor, *convs: PackedConv2d) -> list[torch.Tensor]:
         k = kernels()

@@ -116,6 +116,8 @@ def _render(graph: graphviz.Digraph, path: Path, fmt: str) -> Path:
                         "(e.g. apt-get install graphviz)") from None
     except graphviz.CalledProcessError as exc:
         raise BnasError(f"graphviz failed to render {path.name}.{fmt}: {exc}") from None
+    except OSError as exc:
+        raise BnasError(f"cannot write {path}.{fmt}: {exc.strerror or exc}") from None
 
 
 def _fixed_models(genotype: Genotype) -> list[tuple[str, nn.Module]]:
@@ -142,7 +144,10 @@ def render_genotype(genotype: Genotype | str | os.PathLike, out_dir: str | os.Pa
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BnasError(f"output directory {out} is a file")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BnasError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
     if genotype.kind == "cell":
         graphs = [(f"{name}_{cell_type}",
                    cell_digraph(cell, cell_type == "reduce", f"{name}: {CELL_TITLES[cell_type]}"))

@@ -5,6 +5,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import graphviz
 import pytest
 
 from bnas import genotype
@@ -87,8 +88,14 @@ def test_bad_requests(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(BnasError, match="is a file"):
         render_genotype("latest_cell", tmp_path / "file", "svg")
+    with pytest.raises(BnasError, match="cannot create output directory .*file/below"):
+        render_genotype("latest_cell", tmp_path / "file" / "below", "svg")
     with pytest.raises(BnasError, match="did you mean latest_cell"):
         render_genotype("latest_cel", tmp_path, "svg")
+    with monkeypatch.context() as m:  # a read-only directory (root writes anyway)
+        m.setattr(graphviz.Digraph, "render", _raise(PermissionError(13, "Permission denied")))
+        with pytest.raises(BnasError, match="cannot write .*latest_cell_normal.svg: Permission denied"):
+            render_genotype("latest_cell", tmp_path, "svg")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(BnasError, match="dot"):
         render_genotype("latest_cell", tmp_path, "svg")
@@ -110,3 +117,9 @@ def test_cli_draw_errors(tmp_path, capsys):
         main(["draw", "bnas-a", "--format", "gif"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def _raise(exc: Exception):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail

@@ -44,6 +44,34 @@ def test_eval_packed_gives_the_float_models_predictions(weights, capsys):
     assert packed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
 
 
+def test_eval_packed_reads_an_exported_file(weights, tmp_path, capsys):
+    out = tmp_path / "m.bnx"
+    assert main(["export", "--weights", str(weights), "--out", str(out)]) == 0
+    assert load(out).deploy_identity["data"] == {"data_recipe": "bnas", "image_size": None}
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(weights), "--val-subset", "96", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--weights", str(out), "--val-subset", "96", "--packed", "--json"]) == 0
+    packed = json.loads(capsys.readouterr().out)
+    assert packed["top1"] == plain["top1"] and packed["samples"] == plain["samples"] == 96
+    assert packed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    for argv, message in [([], "evaluate it with --packed"),
+                          (["--packed", "--layers", "5"], "drop --layers")]:
+        assert main(["eval", "--weights", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    cut = tmp_path / "cut.bnx"
+    cut.write_bytes(out.read_bytes()[:-100])
+    other_format = tmp_path / "f.bnx"
+    other_format.write_bytes(b"BNASPACK not a model")
+    not_export = tmp_path / "x.bnx"
+    not_export.write_bytes(b"not a model")
+    for bad, message in [(cut, "truncated"), (other_format, "format"), (not_export, "x.bnx")]:
+        assert main(["eval", "--weights", str(bad), "--packed"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
 def test_bench_prints_latency_memory_and_layers(weights, tmp_path, capsys):
     assert main(["bench", "resnet20_1w1a", "--batches", "1,2", "--min-time", "0", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

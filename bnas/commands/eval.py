@@ -18,6 +18,7 @@ examples:
   bnas eval --weights runs/train-bnas-a-20250101-120000/best.pt --data ./data
   bnas eval --arch latest_cell --config bnas-d --weights best.pt --data /data/imagenet
   bnas eval --weights runs/train-bnas-a-20250101-120000/best.pt --packed --data ./data
+  bnas eval --weights bnas-a.bnx --packed --data ./data
   torchrun --nproc_per_node 8 -m bnas eval --weights best.pt --data /data/imagenet
 """
 
@@ -25,11 +26,13 @@ examples:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="evaluate saved weights on a validation set",
-        description="Print top-1, top-5 and cross-entropy of a best.pt or checkpoint.pt. "
+        description="Print top-1, top-5 and cross-entropy of a best.pt, checkpoint.pt or "
+                    "(--packed) .bnx file. "
                     "Architecture, size, binarizer and dataset default to those the weights "
                     "were trained with; weights of another architecture are refused.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, metavar="FILE", help="best.pt or checkpoint.pt")
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="best.pt, checkpoint.pt or (with --packed) a .bnx file from bnas export")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--packed", action="store_true",
                    help="run the binary operations on the bit-packed CPU engine (bnas.deploy)")
@@ -39,10 +42,18 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..train import resolve_config
-    from ..train.engine import evaluate, weights_settings
+    from ..deploy.source import is_packed_file
+    from ..errors import BnasError
+    from ..train.engine import evaluate, packed_settings, weights_settings
 
     preset, overrides = overrides_from_args(args, EVAL_FIELDS)
-    overrides = {**overrides, **weights_settings(args.weights, overrides), "progress": False}
+    if is_packed_file(args.weights):
+        if not args.packed:
+            raise BnasError(f"{args.weights} is a packed model: evaluate it with --packed")
+        settings = packed_settings(args.weights, overrides)
+    else:
+        settings = weights_settings(args.weights, overrides)
+    overrides = {**overrides, **settings, "progress": False}
     result = evaluate(resolve_config(preset, overrides), args.weights, packed=args.packed)
     if int(os.environ.get("RANK", "0")) == 0:
         if args.json:

@@ -3,7 +3,8 @@
 Layout: the magic ``BNASPACK``, the format version (little-endian uint32), the header's length
 (uint64), the header (UTF-8 JSON), then the tensors' bytes, each starting on a 64-byte boundary.
 The header holds the model's identity (its genotype in full, dataset, classes, size and binarizer
-configuration: enough to rebuild the network's structure without any other file) and, per
+configuration: enough to rebuild the network's structure without any other file; and, when the
+model came from trained weights, the image pipeline it was trained with) and, per
 tensor of the packed model's state, its name, dtype, shape, offset, length and CRC-32. Binary
 weights are stored one bit per weight with their per-output-channel scales; real-valued layers
 as they are. Files are written atomically.
@@ -34,7 +35,9 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "uint8": torch.ui
 
 
 def identity(model: nn.Module) -> dict[str, Any]:
-    """What rebuilds ``model``'s structure: genotype, dataset, classes, size, binarizer."""
+    """What rebuilds ``model``'s structure: genotype, dataset, classes, size, binarizer; and the
+    image pipeline (``data``: recipe and image size) of a model from trained weights
+    (:func:`bnas.deploy.source.trained_model`), which ``bnas eval --packed`` evaluates with."""
     for attr in ("genotype", "dataset", "binarizer"):
         if not hasattr(model, attr):
             raise BnasError("only models built by bnas.build_model can be packed (this one has no "
@@ -46,7 +49,8 @@ def identity(model: nn.Module) -> dict[str, Any]:
             "layers": model.layers if cells else None,
             "init_channels": model.init_channels if cells else None,
             "binarizer": model.binarizer.config(),
-            "layer_overrides": dict(getattr(model, "layer_overrides", {}))}
+            "layer_overrides": dict(getattr(model, "layer_overrides", {})),
+            "data": dict(getattr(model, "data_settings", {}))}
 
 
 def pack(model: nn.Module) -> nn.Module:
@@ -144,6 +148,16 @@ def _tensor(path: Path, entry: dict[str, Any], blob: memoryview) -> torch.Tensor
     if array.size != int(np.prod(shape)):
         raise BnasError(f"{path} is corrupt (tensor {entry['name']} has the wrong length)")
     return torch.from_numpy(array.copy()).view(shape)
+
+
+def model_identity(path: str | Path) -> dict[str, Any]:
+    """The model identity in the header of the packed model at ``path`` (see :func:`identity`),
+    without reading its tensors; a file that is not a packed model raises :class:`BnasError`."""
+    path = Path(path).expanduser()
+    ident = _read(path)[0]["model"]
+    if not isinstance(ident, dict):
+        raise BnasError(f"{path} has a corrupt model identity")
+    return ident
 
 
 def load(path: str | Path) -> nn.Module:

@@ -27,7 +27,8 @@ def trained_model(weights: str | Path, preset: str | None,
                   overrides: dict[str, Any]) -> nn.Module:
     """The float model of a weights or checkpoint file, in eval mode: architecture, size,
     binarizer and dataset default to those it was trained with (``overrides`` may name them;
-    weights of another architecture are refused)."""
+    weights of another architecture are refused). Its ``data_settings`` (the image recipe and
+    size it was trained with) go into a packed file's identity."""
     from ..train import checkpoint, resolve_config
     from ..run.context import Context
     from ..train.engine import build_network, model_identity, weights_settings
@@ -36,4 +37,5 @@ def trained_model(weights: str | Path, preset: str | None,
     saved = checkpoint.load(weights)
     model = build_network(cfg, saved["identity"]["num_classes"], Context())
     checkpoint.load_model_state(weights, saved, model, model_identity(model, cfg))
+    model.data_settings = {"data_recipe": cfg.data_recipe, "image_size": cfg.image_size}
     return model.eval()

@@ -328,27 +328,70 @@ def weights_settings(path: str | Path, given: dict[str, Any]) -> dict[str, Any]:
     return {k: trained[k] for k in MODEL_FIELDS if given.get(k) is None and k in trained}
 
 
+#: The settings a packed file fixes (its header holds the model itself).
+PACKED_FIXED = ("arch", "config", "layers", "init_channels", "num_classes", "binarizer",
+                "binarizer_hparams", "layer_overrides")
+
+
+def packed_settings(path: str | Path, given: dict[str, Any]) -> dict[str, Any]:
+    """The dataset and image pipeline a packed ``.bnx`` file's model was trained with (its
+    header's identity), for the fields not in ``given``; settings that would change the model
+    itself are refused (the file fixes it)."""
+    from ..deploy.fileio import model_identity
+
+    ident = model_identity(path)
+    fixed = [k for k in PACKED_FIXED if given.get(k) not in (None, {})]
+    if fixed:
+        raise BnasError(f"{path} is a packed model, which fixes its architecture, size and "
+                        f"binarizer: drop --{fixed[0].replace('_', '-')}")
+    recorded = {"dataset": ident.get("dataset"), **(ident.get("data") or {})}
+    return {k: v for k, v in recorded.items()
+            if k in MODEL_FIELDS and given.get(k) is None and v is not None}
+
+
 def evaluate(cfg: TrainConfig, weights_path: str | Path, packed: bool = False) -> dict[str, float]:
-    """Top-1, top-5 (in %) and cross-entropy of the weights in ``weights_path`` (a ``best.pt``
-    or ``checkpoint.pt``) on the validation set of ``cfg``; with ``packed``, through the
-    bit-packed CPU engine (:func:`bnas.deploy.pack`)."""
+    """Top-1, top-5 (in %) and cross-entropy of the weights in ``weights_path`` (a ``best.pt``,
+    ``checkpoint.pt`` or, with ``packed``, a ``.bnx`` file from :func:`bnas.deploy.save`) on
+    the validation set of ``cfg``; with ``packed``, through the bit-packed CPU engine
+    (:func:`bnas.deploy.pack`)."""
+    from ..deploy.source import is_packed_file
+
     device = "cpu" if packed and cfg.device == "auto" else cfg.device
     with distributed_context(device) as ctx:
         seed_everything(cfg.seed)
         data = LOADERS.get(cfg.loader)(cfg, ctx, False)
-        model = build_network(cfg, data.num_classes, ctx)
-        saved = checkpoint.load(weights_path)
-        checkpoint.load_model_state(weights_path, saved, model, model_identity(model, cfg))
-        if packed:
-            model = packed_for(model, cfg, ctx)
+        if is_packed_file(weights_path):
+            model = _packed_file(weights_path, cfg, ctx, data.num_classes)
+        else:
+            model = build_network(cfg, data.num_classes, ctx)
+            saved = checkpoint.load(weights_path)
+            checkpoint.load_model_state(weights_path, saved, model, model_identity(model, cfg))
+            if packed:
+                model = packed_for(model, cfg, ctx)
         return validate(model, data.val, ctx, cfg.channels_last, autocast(cfg, ctx))
+
+
+def _packed_file(path: str | Path, cfg: TrainConfig, ctx: Context, classes: int) -> nn.Module:
+    """The model of a packed file, checked against the run (CPU, float32, ``classes``)."""
+    from ..deploy import fileio
+
+    _check_packed_run(cfg, ctx)
+    model = fileio.load(path)
+    if model.deploy_identity.get("num_classes") != classes:
+        raise BnasError(f"{path} has {model.deploy_identity.get('num_classes')} outputs; "
+                        f"dataset '{cfg.dataset}' has {classes} classes")
+    return model
+
+
+def _check_packed_run(cfg: TrainConfig, ctx: Context) -> None:
+    if ctx.device.type != "cpu" or cfg.amp or cfg.channels_last:
+        raise BnasError("--packed runs float32 on the CPU: drop --device, --amp and "
+                        "--channels-last")
 
 
 def packed_for(model: nn.Module, cfg: TrainConfig, ctx: Context) -> nn.Module:
     """``model`` on the packed engine (float32 on the CPU only)."""
-    if ctx.device.type != "cpu" or cfg.amp or cfg.channels_last:
-        raise BnasError("--packed runs float32 on the CPU: drop --device, --amp and "
-                        "--channels-last")
+    _check_packed_run(cfg, ctx)
     from ..deploy import pack
 
     return pack(model)

@@ -155,6 +155,8 @@ def test_command_line_run_and_bad_input(tmp_path, capsys):
     assert (tmp_path / "cli" / "best.pt").is_file()
     bad = [
         (["--arch", "latest_cel"], "unknown architecture 'latest_cel'"),
+        (["--arch", str(tmp_path / "gone.json"), "--dataset", "cifar10", "--data",
+          str(tmp_path / "no-data")], "genotype file not found"),  # before the data are missed
         (["--config", "bnas-q"], "unknown configuration, preset or file 'bnas-q'"),
         (["--binarizer", "recuu"], "unknown binarizer 'recuu'"),
         (["--loader", "dalli"], "unknown loader 'dalli'"),

@@ -58,10 +58,13 @@ def saved_run_config(preset: str | None, overrides: dict[str, Any]) -> str | Non
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..genotype import load as load_genotype
     from ..train import resolve_config, train
 
     preset, overrides = overrides_from_args(args, FIELDS)
     cfg = resolve_config(saved_run_config(preset, overrides), overrides)
+    if cfg.arch is not None:
+        load_genotype(cfg.arch)  # a wrong --arch is reported before the data are looked for
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best top-1 {result['best_top1']:.2f}%  last top-1 {result['last_top1']:.2f}% "

@@ -114,10 +114,8 @@ def test_sampled_values_stay_in_range_with_their_type():
     assert [space["lr"].suggest(optuna.trial.FixedTrial({"lr": v})) for v in (0.001, 0.1)] == [0.001, 0.1]
 
 
-@pytest.mark.parametrize("binarizer", sorted(defaults.TRAIN_SPACES))
+@pytest.mark.parametrize("binarizer", BINARIZERS.names())
 def test_default_spaces_are_valid_for_their_binarizer(binarizer):
-    if binarizer not in BINARIZERS:
-        pytest.skip(f"binarizer {binarizer} is not registered")
     hparams = BINARIZERS.get(binarizer).hparams
     targets = {**config_targets(TrainConfig),
                **{k: Target("binarizer_hparams", v) for k, v in hparams.items()}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from .. import presets
 from ..errors import BnasError
 from .conv import conv_geometry, scaled_conv
+from .hparams import SGD_SPACE
 from .ste import sign_clipped_ste
 
 
@@ -50,6 +52,33 @@ class RunSpec:
     family: str = "cifar"
 
 
+#: The attribute that marks a residual downsample branch (a reduction cell's residual, a ResNet
+#: shortcut); some papers leave those branches out of weight decay (ReCU on ImageNet).
+DOWNSAMPLE_BRANCH = "downsample_branch"
+
+
+def downsample_branch(module: nn.Module) -> nn.Module:
+    """``module``, marked as a residual downsample branch (:data:`DOWNSAMPLE_BRANCH`)."""
+    setattr(module, DOWNSAMPLE_BRANCH, True)
+    return module
+
+
+def in_downsample_branches(model: nn.Module) -> set[int]:
+    """The ids of every module of ``model`` inside a marked downsample branch."""
+    return {id(m) for branch in model.modules() if getattr(branch, DOWNSAMPLE_BRANCH, False)
+            for m in branch.modules()}
+
+
+class FusedInput(str, Enum):
+    """The activation binarizers the fused CPU kernels compute (:mod:`bnas.ops.native`), as a
+    binary convolution declares its own (:attr:`BinaryConv2d.fused_input`)."""
+
+    #: ``sign(x)``, gradient 1 where ``|x| < 1`` (:class:`SignInputConv2d`).
+    SIGN_CLIPPED = "sign_clipped"
+    #: ``sign(a / sqrt(var + eps))`` per sample, Bi-Real's backward (ReCU's training mode).
+    SCALED_BIREAL = "scaled_bireal"
+
+
 class BinaryConv2d(nn.Conv2d):
     """A convolution with 1-bit weights and 1-bit input activations.
 
@@ -66,11 +95,11 @@ class BinaryConv2d(nn.Conv2d):
 
     weight_precision: ClassVar[int] = 1
     input_precision: int = 1
-    #: The activation binarizer of this class's training-mode ``binarize_input``, by the name of
-    #: the fused CPU kernels that compute it (``bnas.ops.lean.FUSED_PASSES``), or None. It holds
+    #: The activation binarizer of this class's training-mode ``binarize_input`` that fused CPU
+    #: kernels compute (``bnas.ops.lean.FUSED_PASSES``), or None. It holds
     #: only for the class that declares it with its ``binarize_input``: a subclass that
     #: overrides ``binarize_input`` is not fused unless it declares its own.
-    fused_input: ClassVar[str | None] = None
+    fused_input: ClassVar[FusedInput | None] = None
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> None:
@@ -111,7 +140,7 @@ class SignInputConv2d(BinaryConv2d):
     NeurIPS 2016). Training cells fuse this binarizer with the BatchNorm before it
     (:mod:`bnas.ops.native`)."""
 
-    fused_input = "sign_clipped"
+    fused_input = FusedInput.SIGN_CLIPPED
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         return sign_clipped_ste(x)
@@ -146,18 +175,22 @@ class Binarizer:
     """A binarization scheme: builds binary convolutions and says how they are trained.
 
     Subclasses set ``name``, ``paper``, ``conv_class``, ``hparams`` (defaults of their
-    keyword arguments, validated in :meth:`validate`), ``recipes`` (the name of the
-    training preset of their paper per dataset family, see :mod:`bnas.presets`) and
-    ``networks`` (for a shared model-zoo name, the genotype of the network the paper's own code
-    builds under that name, where it differs).
+    keyword arguments, validated in :meth:`validate`), ``tune_space`` (the ranges ``bnas tune``
+    samples by default: the optimizer's settings and the scheme's hyper-parameters), ``recipes``
+    (the name of the training preset of their paper per dataset family, see
+    :mod:`bnas.presets`), ``networks`` (for a shared model-zoo name, the genotype of the network
+    the paper's own code builds under that name, where it differs) and ``epoch_schedule``
+    (whether :meth:`set_epoch` sets a schedule that a new layer starts at).
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     conv_class: ClassVar[type[BinaryConv2d]] = BinaryConv2d
     hparams: ClassVar[dict[str, Any]] = {}
+    tune_space: ClassVar[dict[str, dict[str, Any]]] = SGD_SPACE
     recipes: ClassVar[dict[str, str]] = {}
     networks: ClassVar[dict[str, str]] = {}
+    epoch_schedule: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.hparams))
@@ -196,9 +229,17 @@ class Binarizer:
     # -- building -------------------------------------------------------------------------
     def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
              padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> BinaryConv2d:
-        """A binary convolution of this scheme."""
-        return self.conv_class(in_channels, out_channels, kernel_size, stride=stride,
-                               padding=padding, dilation=dilation, groups=groups, bias=bias)
+        """A binary convolution of this scheme, set up by :meth:`init_layer`."""
+        layer = self.conv_class(in_channels, out_channels, kernel_size, stride=stride,
+                                padding=padding, dilation=dilation, groups=groups, bias=bias)
+        self.init_layer(layer)
+        return layer
+
+    def init_layer(self, layer: BinaryConv2d) -> None:
+        """Set up a new layer: a scheme whose layers follow an epoch schedule
+        (:attr:`epoch_schedule`) starts it at the epoch-0 values."""
+        if self.epoch_schedule:
+            self.set_epoch(layer, 0, 1)
 
     def linear(self, in_features: int, out_features: int) -> BinaryLinear:
         """A binary fully-connected layer of this scheme (its 1x1 convolution, so that every

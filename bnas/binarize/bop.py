@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import BnasError
 from .base import Binarizer, OptimizerSettings, RunSpec, SignInputConv2d
-from .hparams import invalid
+from .hparams import invalid, log_range
 from .optim import Bop, Bop2ndOrder, CaseOptimizer, binary_sign, is_binary_weight
 from .registry import register
 from .schedules import from_spec
@@ -54,6 +54,9 @@ class BopScheme(Binarizer):
     optimizer_class: ClassVar[type[Bop] | type[Bop2ndOrder]] = Bop
     schedulable: ClassVar[tuple[str, ...]] = ("threshold", "gamma")
     hparams = {"threshold": 1e-8, "gamma": 1e-4}
+    # gamma 1e-4, threshold 1e-8 in the paper; Adam lr 0.01 for the real-valued parameters
+    tune_space = {"lr": log_range(1e-4, 1e-1), "gamma": log_range(1e-6, 1e-2),
+                  "threshold": log_range(1e-9, 1e-5)}
     # Sec. 5.2 (CIFAR-10) and Sec. 5.3 (ImageNet): bnas/recipes/bop-*.yaml.
     recipes = {"cifar": "bop-cifar", "imagenet": "bop-imagenet"}
 
@@ -107,5 +110,9 @@ class Bop2Scheme(BopScheme):
     optimizer_class = Bop2ndOrder
     schedulable = ("threshold", "gamma", "sigma")
     hparams = {"threshold": 1e-6, "gamma": 1e-6, "sigma": 1e-2, "bias_correction": False}
+    # CIFAR-10 anneals gamma 1e-2 -> 1e-5, threshold 1e-5 -> 1e-8, sigma 1e-7 -> 1e-2; tuned
+    # here as constants
+    tune_space = {"lr": log_range(1e-4, 1e-1), "gamma": log_range(1e-7, 1e-2),
+                  "threshold": log_range(1e-9, 1e-4), "sigma": log_range(1e-5, 1e-1)}
     # The paper's CIFAR-10 settings and the authors' ImageNet ones: bnas/recipes/bop2-*.yaml.
     recipes = {"cifar": "bop2-cifar", "imagenet": "bop2-imagenet"}

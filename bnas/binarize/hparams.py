@@ -11,6 +11,22 @@ from typing import Any
 from ..errors import BnasError
 
 
+def log_range(low: float, high: float) -> dict[str, Any]:
+    """A tuning range sampled on a log scale (``bnas tune``'s space entry)."""
+    return {"type": "float", "low": low, "high": high, "log": True}
+
+
+def linear_range(low: float, high: float) -> dict[str, Any]:
+    """A tuning range sampled uniformly."""
+    return {"type": "float", "low": low, "high": high}
+
+
+#: SGD recipes of the binary-network papers use lr 0.05-0.1 and weight decay 3e-6-5e-4; the
+#: default tuning ranges bracket them by about a decade either side.
+SGD_SPACE: dict[str, dict[str, Any]] = {"lr": log_range(5e-3, 0.5),
+                                        "weight_decay": log_range(1e-6, 1e-3)}
+
+
 def invalid(scheme: str, message: str) -> BnasError:
     """The error for an impossible hyper-parameter setting of ``scheme``."""
     return BnasError(f"binarizer '{scheme}': {message}")

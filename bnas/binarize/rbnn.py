@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .base import Binarizer, BinaryConv2d
-from .hparams import flag, invalid, number, positive_int
+from .hparams import SGD_SPACE, flag, invalid, log_range, number, positive_int
 from .normalize import standardize, standardized_sign
 from .registry import register
 
@@ -157,6 +157,9 @@ class RBNN(Binarizer):
              "NeurIPS 2020")
     conv_class = RBNNConv2d
     hparams = {"Tmin": 1e-2, "Tmax": 1e1, "rotation_update": 1, "a32": False}
+    # t = 10^(log Tmin + (log Tmax - log Tmin) e/E), Tmin 1e-2, Tmax 1e1 in the paper.
+    tune_space = {**SGD_SPACE, "Tmin": log_range(1e-3, 1e-1), "Tmax": log_range(1.0, 100.0)}
+    epoch_schedule = True
     recipes = {"cifar": "rbnn-cifar", "imagenet": "rbnn-imagenet"}
 
     def validate(self) -> None:
@@ -169,11 +172,9 @@ class RBNN(Binarizer):
         positive_int(self.name, "rotation_update", self.rotation_update)
         flag(self.name, "a32", self.a32)
 
-    def conv(self, *args, **kwargs) -> RBNNConv2d:
-        layer = super().conv(*args, **kwargs)
+    def init_layer(self, layer: RBNNConv2d) -> None:
         layer.input_precision = 32 if self.a32 else 1
-        self.set_epoch(layer, 0, 1)  # a new layer starts at the epoch-0 schedule
-        return layer
+        super().init_layer(layer)
 
     def set_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
         t = temperature(epoch, epochs, self.Tmin, self.Tmax)

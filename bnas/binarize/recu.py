@@ -30,14 +30,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import Binarizer, BinaryConv2d
-from .hparams import invalid, number
+from .base import Binarizer, BinaryConv2d, FusedInput, in_downsample_branches
+from .hparams import SGD_SPACE, invalid, linear_range, number
 from .normalize import standardize, standardized_sign
 from .registry import register
 from .ste import bireal_slope_, sign_bireal_ste, straight_through
 
-#: Sub-module names of residual downsample branches (BNAS's cell residual, ResNet shortcuts).
-DOWNSAMPLE_NAMES = frozenset({"residual", "downsample", "shortcut"})
 
 
 def tau_schedule(epoch: int, epochs: int, tau_min: float, tau_max: float) -> float:
@@ -52,7 +50,7 @@ class ReCUConv2d(BinaryConv2d):
     Buffer ``tau`` (the clamp quantile); parameter ``alpha`` ``(O, 1, 1)``.
     """
 
-    fused_input = "scaled_bireal"
+    fused_input = FusedInput.SCALED_BIREAL
     #: ``eps`` of the activations' per-sample scaling ``a / sqrt(var + eps)``.
     activation_eps: ClassVar[float] = 1e-5
 
@@ -87,6 +85,10 @@ class ReCU(Binarizer):
              "Binary Neural Networks. ICCV 2021")
     conv_class = ReCUConv2d
     hparams = {"tau_min": 0.85, "tau_max": 0.99}
+    # tau rises from 0.85 to 0.99 in the paper; it must stay in (0.5, 1).
+    tune_space = {**SGD_SPACE, "tau_min": linear_range(0.6, 0.9),
+                  "tau_max": linear_range(0.92, 0.999)}
+    epoch_schedule = True
     recipes = {"cifar": "recu-cifar", "imagenet": "recu-imagenet"}
     networks = {"resnet20_1w1a": "recu_resnet20_1w1a", "resnet18_1w1a": "recu_resnet18_1w1a"}
 
@@ -99,11 +101,6 @@ class ReCU(Binarizer):
         if lo > hi:
             raise invalid(self.name, f"tau_min ({lo:g}) must not exceed tau_max ({hi:g})")
 
-    def conv(self, *args, **kwargs) -> ReCUConv2d:
-        layer = super().conv(*args, **kwargs)
-        self.set_epoch(layer, 0, 1)  # a new layer starts at the epoch-0 schedule
-        return layer
-
     def set_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
         tau = tau_schedule(epoch, epochs, self.tau_min, self.tau_max)
         for layer in self.binary_convs(model):
@@ -112,16 +109,16 @@ class ReCU(Binarizer):
     def param_groups(self, model: nn.Module, weight_decay: float,
                      family: str = "cifar") -> list[dict[str, Any]]:
         """CIFAR: every parameter decays. ImageNet: only the weights and biases of convolutions
-        and linear layers, and ``alpha``, outside residual downsample branches (sub-modules named
-        ``residual``, ``downsample`` or ``shortcut``)."""
+        and linear layers, and ``alpha``, outside residual downsample branches (the modules the
+        builders mark, :func:`~bnas.binarize.base.downsample_branch`)."""
         if family != "imagenet":
             return super().param_groups(model, weight_decay, family)
         decay: list[nn.Parameter] = []
         rest: list[nn.Parameter] = []
         seen: set[int] = set()
-        for prefix, module in model.named_modules():
-            in_downsample = not DOWNSAMPLE_NAMES.isdisjoint(prefix.split("."))
-            decays = isinstance(module, (nn.Conv2d, nn.Linear)) and not in_downsample
+        exempt = in_downsample_branches(model)
+        for module in model.modules():
+            decays = isinstance(module, (nn.Conv2d, nn.Linear)) and id(module) not in exempt
             for p in module.parameters(recurse=False):
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .base import Binarizer, BinaryConv2d
-from .hparams import invalid, number
+from .hparams import SGD_SPACE, invalid, linear_range, number
 from .normalize import standardize, standardized_sign
 from .registry import register
 from .ste import bireal_slope_, straight_through
@@ -128,6 +128,9 @@ class SiMaN(Binarizer):
              "Binarization. TPAMI 2022")
     conv_class = SiMaNConv2d
     hparams = {"percent": 15.0}
+    # the clip percentile is 15 at epoch 0 in the paper, decayed to 0
+    tune_space = {**SGD_SPACE, "percent": linear_range(5.0, 25.0)}
+    epoch_schedule = True
     recipes = {"cifar": "siman-cifar", "imagenet": "siman-imagenet"}
     networks = {"resnet20_1w1a": "siman_resnet20_1w1a", "vgg_small_1w1a": "siman_vgg_small_1w1a",
                 "resnet18_1w1a": "siman_resnet18_1w1a", "resnet34_1w1a": "siman_resnet34_1w1a"}
@@ -136,11 +139,6 @@ class SiMaN(Binarizer):
         percent = number(self.name, "percent", self.percent)
         if not 0.0 <= percent < 50.0:
             raise invalid(self.name, f"percent must lie in [0, 50), got {percent:g}")
-
-    def conv(self, *args, **kwargs) -> SiMaNConv2d:
-        layer = super().conv(*args, **kwargs)
-        self.set_epoch(layer, 0, 1)  # a new layer starts at the epoch-0 schedule
-        return layer
 
     def set_epoch(self, model: nn.Module, epoch: int, epochs: int) -> None:
         percent = self.percent * (1.0 - epoch / epochs)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..binarize.base import Binarizer, BinaryConv2d
+from ..binarize.base import Binarizer, BinaryConv2d, downsample_branch
 from ..errors import BnasError
 from ..registry import Registry
 from .fixed import FAMILIES
@@ -167,9 +167,9 @@ class BiRealUnit(nn.Module):
         stride = 1 if c_in == c_out else 2
         self.conv = binarizer.conv(c_in, c_out, 3, stride=stride, padding=1)
         self.bn = _birealnet_bn(c_out)
-        self.shortcut = nn.Identity() if c_in == c_out else nn.Sequential(
+        self.shortcut = downsample_branch(nn.Identity() if c_in == c_out else nn.Sequential(
             nn.AvgPool2d(2, stride=2), nn.Conv2d(c_in, c_out, 1, bias=False),
-            _birealnet_bn(c_out))
+            _birealnet_bn(c_out)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x)) + self.shortcut(x)

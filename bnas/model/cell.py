@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..binarize.base import Binarizer
+from ..binarize.base import Binarizer, downsample_branch
 from ..errors import BnasError
 from ..genotype import Cell as CellSpec
 from ..ops import BinConvOp, Identity, Zero, make_op
@@ -52,9 +52,11 @@ def live_states(nodes: Sequence[Sequence[int]], op_is_zero: Sequence[bool],
 
 
 def cell_residual(c_prev: int, c_out: int, reduction: bool) -> nn.Module:
-    """BNAS's cell-level skip: identity for normal cells, BN -> 2x2/2 conv for reductions."""
+    """BNAS's cell-level skip: identity for normal cells, BN -> 2x2/2 conv for reductions (a
+    downsample branch)."""
     if reduction:
-        return nn.Sequential(nn.BatchNorm2d(c_prev), nn.Conv2d(c_prev, c_out, 2, stride=2, bias=True))
+        return downsample_branch(nn.Sequential(nn.BatchNorm2d(c_prev),
+                                               nn.Conv2d(c_prev, c_out, 2, stride=2, bias=True)))
     if c_prev != c_out:
         raise BnasError(f"a normal cell's residual needs {c_out} input channels, got {c_prev}")
     return nn.Identity()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..binarize.base import Binarizer
+from ..binarize.base import Binarizer, downsample_branch
 from ..errors import BnasError, unknown
 from ..registry import Registry
 
@@ -219,8 +219,9 @@ class _TwoConvBlock(nn.Module):
         self.conv2 = binarizer.conv(c_out, c_out, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.act2 = ACTIVATIONS.get(act)(c_out)
-        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out
-                         else SHORTCUTS.get(shortcut)(c_in, c_out, stride, binarizer))
+        self.shortcut = downsample_branch(
+            nn.Identity() if stride == 1 and c_in == c_out
+            else SHORTCUTS.get(shortcut)(c_in, c_out, stride, binarizer))
 
 
 @BLOCKS.register("basic")

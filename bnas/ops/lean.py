@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..binarize.base import BinaryConv2d
+from ..binarize.base import BinaryConv2d, FusedInput
 from ..binarize.conv import conv_backward, conv_geometry, split_folded_gradient
 from ..binarize.ste import masked, pack_mask, unpack_mask
 from . import native
@@ -169,11 +169,11 @@ class FusedScaledBirealPasses(FusedPasses):
 
 
 #: The fused passes by the activation binarizer they compute (``BinaryConv2d.fused_input``).
-FUSED_PASSES: dict[str, type[FusedPasses]] = {"sign_clipped": FusedPasses,
-                                              "scaled_bireal": FusedScaledBirealPasses}
+FUSED_PASSES: dict[FusedInput, type[FusedPasses]] = {
+    FusedInput.SIGN_CLIPPED: FusedPasses, FusedInput.SCALED_BIREAL: FusedScaledBirealPasses}
 
 
-def fused_input(conv: BinaryConv2d) -> str | None:
+def fused_input(conv: BinaryConv2d) -> FusedInput | None:
     """``conv``'s declared ``fused_input``, where its ``binarize_input`` is the one declared
     with it (not overridden by a subclass), else None."""
     for cls in type(conv).__mro__:

@@ -87,3 +87,12 @@ def run_layer(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor):
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11)
+
+
+def assert_layer(layer: torch.nn.Module, got: tuple, expected: tuple, **grads: torch.Tensor) -> None:
+    """``got = (y, x.grad)`` equals ``expected``, and each parameter of ``layer`` named in
+    ``grads`` has that gradient."""
+    for a, b in zip(got, expected):
+        assert_close(a, b)
+    for name, grad in grads.items():
+        assert_close(getattr(layer, name).grad, grad)

@@ -10,8 +10,9 @@ import torch
 import bnas.binarize as B
 from bnas.binarize.rbnn import RBNNConv2d, random_orthogonal, rotation_shape
 from bnas.errors import BnasError
-from binarize_formulas import (GEOMETRIES, IN, KERNEL, OUT, assert_close, conv, conv_input_grad,
+from binarize_formulas import (GEOMETRIES, IN, KERNEL, OUT, assert_layer, conv, conv_input_grad,
                                conv_weight_grad, normalize, normalize_backward, run_layer, seeded)
+from scheme_layers import schedule
 
 SQRT2 = math.sqrt(2.0)
 
@@ -71,13 +72,10 @@ def test_forward_and_gradients_match_formulas(geometry, epoch, a32):
     layer = make_layer(geometry, epoch, theta=theta, a32=a32)
     x, g_shape = seeded(2, IN, 9, 9, seed=4), layer(torch.zeros(2, IN, 9, 9, dtype=torch.float64))
     g = seeded(*g_shape.shape, seed=5)
-    y, d_x = run_layer(layer, x, g)
+    got = run_layer(layer, x, g)
     y_ref, d_x_ref, d_w_ref, d_alpha_ref, d_theta_ref = expected(layer, x, g, geometry, a32)
-    assert_close(y, y_ref)
-    assert_close(d_x, d_x_ref)
-    assert_close(layer.weight.grad, d_w_ref)
-    assert_close(layer.alpha.grad, d_alpha_ref)
-    assert_close(layer.theta.grad, d_theta_ref)
+    assert_layer(layer, got, (y_ref, d_x_ref), weight=d_w_ref, alpha=d_alpha_ref,
+                 theta=d_theta_ref)
     assert layer.weight.grad.abs().sum() > 0 and layer.theta.grad.abs().sum() > 0
     assert layer.input_precision == (32 if a32 else 1)
 
@@ -95,13 +93,10 @@ def test_initial_state_and_zero_weight_gradient_at_right_angle():
 
 
 def test_schedule():
-    scheme = B.get("rbnn")
-    model = torch.nn.Sequential(scheme.conv(4, 4, 3), scheme.conv(4, 8, 1))
-    for epoch, t in [(0, 0.01), (500, 0.31623), (999, 9.93116)]:
-        scheme.set_epoch(model, epoch, 1000)
-        for layer in model:
-            assert float(layer.t) == pytest.approx(t, abs=5e-6)
-            assert float(layer.k) == pytest.approx(max(1.0 / t, 1.0), rel=1e-4)
+    ts, at = (0.01, 0.31623, 9.93116), (0, 500, 999)
+    assert schedule("rbnn", "t", 1000, at) == [pytest.approx([t, t], abs=5e-6) for t in ts]
+    assert schedule("rbnn", "k", 1000, at) == [pytest.approx([max(1.0 / t, 1.0)] * 2, rel=1e-4)
+                                               for t in ts]
 
 
 def rotation_by_hand(x: np.ndarray, r1: np.ndarray, r2: np.ndarray):

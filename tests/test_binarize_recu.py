@@ -12,21 +12,16 @@ import bnas
 import bnas.binarize as B
 from bnas.binarize.recu import ReCUConv2d
 from bnas.errors import BnasError
-from binarize_formulas import (GEOMETRIES, IN, KERNEL, OUT, assert_close, bireal_slope, conv,
+from binarize_formulas import (GEOMETRIES, IN, assert_layer, bireal_slope, conv,
                                conv_input_grad, conv_weight_grad, normalize, normalize_backward,
                                run_layer, seeded)
+from scheme_layers import alpha_layer
 
 SCALE = 2.0 * math.sqrt(2.0)
 
 
 def make_layer(geometry: dict, epoch: int, epochs: int = 600) -> ReCUConv2d:
-    scheme = B.get("recu")
-    layer = scheme.conv(IN, OUT, KERNEL, **geometry).double()
-    with torch.no_grad():
-        layer.weight.copy_(seeded(OUT, IN, KERNEL, KERNEL, seed=1))
-        layer.alpha.copy_(seeded(OUT, 1, 1, seed=2).abs() + 0.1)
-    scheme.set_epoch(layer, epoch, epochs)
-    return layer
+    return alpha_layer("recu", geometry, epoch, epochs)
 
 
 def expected(layer: ReCUConv2d, x: torch.Tensor, g: torch.Tensor, geometry: dict, training: bool):
@@ -57,12 +52,9 @@ def test_forward_and_gradients_match_formulas(geometry, training):
     layer.train(training)
     x = seeded(2, IN, 9, 9, seed=4) * 0.7
     g = seeded(*layer(x).shape, seed=5)
-    y, d_x = run_layer(layer, x, g)
+    got = run_layer(layer, x, g)
     y_ref, d_x_ref, d_w_ref, d_alpha_ref, q = expected(layer, x, g, geometry, training)
-    assert_close(y, y_ref)
-    assert_close(d_x, d_x_ref)
-    assert_close(layer.weight.grad, d_w_ref)
-    assert_close(layer.alpha.grad, d_alpha_ref)
+    assert_layer(layer, got, (y_ref, d_x_ref), weight=d_w_ref, alpha=d_alpha_ref)
     w1 = SCALE * normalize(layer.weight.detach(), eps=1e-5)
     assert 0 < int((w1.abs() > q).sum()) < w1.numel()  # both sides of the clamp are exercised
 

@@ -13,16 +13,11 @@ from bnas.errors import BnasError
 from binarize_formulas import (GEOMETRIES, IN, KERNEL, OUT, assert_close, bireal_slope, conv,
                                conv_input_grad, conv_weight_grad, normalize, normalize_backward,
                                run_layer, seeded)
+from scheme_layers import alpha_layer, schedule
 
 
 def make_layer(geometry: dict, epoch: int, epochs: int = 400) -> SiMaNConv2d:
-    scheme = B.get("siman")
-    layer = scheme.conv(IN, OUT, KERNEL, **geometry).double()
-    with torch.no_grad():
-        layer.weight.copy_(seeded(OUT, IN, KERNEL, KERNEL, seed=1))
-        layer.alpha.copy_(seeded(OUT, 1, 1, seed=2).abs() + 0.1)
-    scheme.set_epoch(layer, epoch, epochs)
-    return layer
+    return alpha_layer("siman", geometry, epoch, epochs)
 
 
 def project_by_hand(w: np.ndarray, percent: float) -> np.ndarray:
@@ -125,12 +120,8 @@ def test_percentile_matches_numpy(q):
 
 
 def test_schedule():
-    scheme = B.get("siman")
-    model = torch.nn.Sequential(scheme.conv(4, 4, 3), scheme.conv(4, 8, 1))
-    for epoch, percent in [(0, 15.0), (200, 7.5), (399, 0.0375)]:
-        scheme.set_epoch(model, epoch, 400)
-        for layer in model:
-            assert float(layer.percent) == pytest.approx(percent, rel=1e-6)
+    assert schedule("siman", "percent", 400, (0, 200, 399)) == [
+        pytest.approx([p, p], rel=1e-6) for p in (15.0, 7.5, 0.0375)]
 
 
 def test_param_groups_no_decay_on_binary_convs():

@@ -8,6 +8,7 @@ import json
 import math
 
 from ..train.options import add_config_options, overrides_from_args
+from . import command_parser
 
 EPILOG = """\
 examples:
@@ -29,15 +30,15 @@ unless --regenerate.
 def add_parser(subparsers) -> None:
     from ..deploy.source import MODEL_FIELDS
 
-    p = subparsers.add_parser(
-        "bench", help="time the bit-packed CPU engine against float32 PyTorch",
+    p = command_parser(
+        subparsers, "bench", run, help="time the bit-packed CPU engine against float32 PyTorch",
         description="Latency (ms) at each batch size with one thread and with all of torch's "
                     "threads, throughput, peak memory and per-layer times of the packed engine "
                     "and of the same model in float32 PyTorch (eval mode), plus onnxruntime "
                     "when bnas.deploy.onnx and onnxruntime are installed. Give an architecture "
                     "(fresh weights: timing does not depend on them), trained weights or a "
                     ".bnx file.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     p.add_argument("model", nargs="?", metavar="ARCH", help="genotype name or file")
     p.add_argument("--weights", metavar="FILE", help="best.pt, checkpoint.pt or a .bnx file")
     p.add_argument("--batches", default="1,32", metavar="B,B", help="batch sizes (default 1,32)")
@@ -49,7 +50,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--regenerate", action="store_true",
                    help="--table: measure every entry afresh")
     add_config_options(p, tuple(f for f in MODEL_FIELDS if f != "arch"), title="model")
-    p.set_defaults(run=run)
 
 
 def _models(args: argparse.Namespace):

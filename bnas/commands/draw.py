@@ -6,6 +6,7 @@ import argparse
 
 from ..model import CONFIGS
 from ..viz import FORMATS, render_genotype
+from . import command_parser
 from .show import resolve_name
 
 
@@ -17,10 +18,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "draw", help="draw the cells of a genotype (pdf, png or svg)",
+    parser = command_parser(
+        subparsers, "draw", run, help="draw the cells of a genotype (pdf, png or svg)",
         description=__doc__.replace("``", "'").replace(" (see :mod:`bnas.viz`)", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Zeroise edges are dashed red: in BNAS they are real layers of the cell.\n\n"
                "examples:\n  bnas draw bnas-a --format png\n"
                "  bnas draw latest_cell --format svg --out figures\n  bnas draw resnet20_1w1a")
@@ -30,4 +30,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="file format (default: pdf)")
     parser.add_argument("--out", default=".", metavar="DIR",
                         help="directory to write into (default: the current one)")
-    parser.set_defaults(run=run)

@@ -6,6 +6,7 @@ import json
 import os
 
 from ..train.options import add_config_options, overrides_from_args
+from . import command_parser
 
 #: The settings ``bnas eval`` takes (the model's default to those the weights were trained with).
 EVAL_FIELDS = ("arch", "config", "layers", "init_channels", "num_classes", "binarizer",
@@ -24,20 +25,19 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "eval", help="evaluate saved weights on a validation set",
+    p = command_parser(
+        subparsers, "eval", run, help="evaluate saved weights on a validation set",
         description="Print top-1, top-5 and cross-entropy of a best.pt, checkpoint.pt or "
                     "(--packed) .bnx file. "
                     "Architecture, size, binarizer and dataset default to those the weights "
                     "were trained with; weights of another architecture are refused.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     p.add_argument("--weights", required=True, metavar="FILE",
                    help="best.pt, checkpoint.pt or (with --packed) a .bnx file from bnas export")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--packed", action="store_true",
                    help="run the binary operations on the bit-packed CPU engine (bnas.deploy)")
     add_config_options(p, EVAL_FIELDS, title="settings")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

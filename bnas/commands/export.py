@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.options import add_config_options, overrides_from_args
+from . import command_parser
 
 EPILOG = """\
 examples:
@@ -19,8 +20,8 @@ def add_parser(subparsers) -> None:
     from ..deploy.onnx import DEFAULT_OPSET
     from ..deploy.source import MODEL_FIELDS
 
-    p = subparsers.add_parser(
-        "export", help="pack trained weights into a .bnx file for the bit-packed CPU engine, or "
+    p = command_parser(
+        subparsers, "export", run, help="pack trained weights into a .bnx file for the bit-packed CPU engine, or "
                        "write the float model to ONNX",
         description="Write a versioned .bnx file: every binary weight packed to one bit with its "
                     "per-output-channel scale, BatchNorms and real-valued layers as they are. "
@@ -29,7 +30,7 @@ def add_parser(subparsers) -> None:
                     "standard operators and check it in onnxruntime against PyTorch. "
                     "Architecture, size and binarizer default to those the weights were "
                     "trained with.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     p.add_argument("--weights", required=True, metavar="FILE", help="best.pt or checkpoint.pt")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     p.add_argument("--format", choices=sorted(FORMATS),
@@ -39,7 +40,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--opset", type=int, metavar="N",
                    help=f"ONNX operator set (default {DEFAULT_OPSET}; --format onnx only)")
     add_config_options(p, MODEL_FIELDS, title="settings")
-    p.set_defaults(run=run)
 
 
 def export_bnx(model, args: argparse.Namespace) -> str:

@@ -3,6 +3,7 @@ weights file."""
 from __future__ import annotations
 
 import argparse
+from . import command_parser
 
 EPILOG = """\
 examples:
@@ -18,8 +19,8 @@ examples:
 def add_parser(subparsers) -> None:
     from ..interop.sources import SOURCES
 
-    p = subparsers.add_parser(
-        "import", help="convert another project's released checkpoint into bnas weights",
+    p = command_parser(
+        subparsers, "import", run, help="convert another project's released checkpoint into bnas weights",
         description="Read a checkpoint saved by one of the seed projects (a state dict, a "
                     "dictionary holding one under 'state_dict', with or without DataParallel's "
                     "'module.' prefix; tensors only), map every tensor onto the bnas network "
@@ -27,7 +28,7 @@ def add_parser(subparsers) -> None:
                     "bnas train --init-weights and bnas export take. Tensors the project's "
                     "network never uses are dropped and tensors it never saves keep bnas's "
                     "values; both are listed.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     p.add_argument("file", metavar="FILE", help="the project's checkpoint (.pth, .pth.tar, .pt)")
     p.add_argument("--from", dest="source", required=True, choices=SOURCES.names(),
                    help="the project that saved FILE")
@@ -38,7 +39,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--layers", type=int, help="cells of a cell network")
     p.add_argument("--init-channels", type=int, help="initial channels of a cell network")
     p.add_argument("--out", required=True, metavar="WEIGHTS", help="the bnas weights file to write")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

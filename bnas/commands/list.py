@@ -16,6 +16,7 @@ from ..errors import BnasError, unknown
 from ..model import CONFIGS
 from ..ops import OPS, SPACES
 from ..registry import Registry
+from . import command_parser
 
 Row = dict[str, Any]
 WILDCARDS = "*?["
@@ -151,10 +152,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "list", help="list architectures, configurations, spaces, ops, binarizers, datasets",
+    parser = command_parser(
+        subparsers, "list", run, help="list architectures, configurations, spaces, ops, binarizers, datasets",
         description=__doc__.split("\n\n")[0].replace("``", "'"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="categories: " + ", ".join(CATEGORIES.names()) + "\n\nexamples:\n"
                "  bnas list\n  bnas list binarizers\n  bnas list architectures 'resnet*'\n"
                "  bnas list 'bnas-*' --exclude 'bnas-h'\n  bnas list ops --json")
@@ -163,4 +163,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="leave out names matching PATTERN (repeatable)")
     parser.add_argument("--json", action="store_true", help="print JSON, one list per category")
-    parser.set_defaults(run=run)

@@ -11,6 +11,7 @@ from ..search.config import DATASET_PRESETS, FIELDS, SearchConfig
 from ..search.cost import parse_weights
 from ..search.pareto import DEFAULT_COMPARE, DEFAULT_TRAIN
 from ..search.strategies import STRATEGIES
+from . import command_parser
 
 EPILOG = """\
 examples:
@@ -52,11 +53,11 @@ def _strategy_help(name: str) -> str | None:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "search", help="search a binary cell (BNAS) and save its genotypes",
+    p = command_parser(
+        subparsers, "search", run, help="search a binary cell (BNAS) and save its genotypes",
         description="Differentiable search of binary cells as in BNAS (Kim, Singh, Choi, ECCV "
                     "2020), with any binarization scheme, first- or second-order, on CPUs or GPUs.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     add_options(p, SearchConfig, OPTION_FIELDS, "settings", show_defaults=True,
                 help_of=_strategy_help)
     band = p.add_argument_group("--strategy random: cost bands")
@@ -74,7 +75,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--front-train", action="append", type=key_value, metavar="KEY=VALUE",
                    help="a training setting of a sweep's retrainings (repeatable; default "
                         + ", ".join(f"{k}={v}" for k, v in DEFAULT_TRAIN.items()) + ")")
-    p.set_defaults(run=run)
 
 
 def _sweep(args: argparse.Namespace, overrides: dict[str, Any], weights: list[float]) -> int:

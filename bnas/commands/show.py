@@ -17,6 +17,7 @@ from ..model import CONFIGS, build_model
 from ..options import HPARAM_FLAG, key_value, key_values
 from ..profiling import Profile, si, profile
 from ..search.cost import COST_KINDS
+from . import command_parser
 
 EPILOG = """\
 FLOPs count real-valued multiply-accumulates and BOPs binary ones (both operands 1-bit), as in
@@ -131,10 +132,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "show", help="parameters, FLOPs, BOPs, size and layers of a network",
+    parser = command_parser(
+        subparsers, "show", run, help="parameters, FLOPs, BOPs, size and layers of a network",
         description=__doc__.replace("``", "'").replace(" (see :mod:`bnas.profiling`)", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG)
     parser.add_argument("name", metavar="NAME", nargs="+",
                         help="a genotype name or file, or a configuration (bnas-a, bnas-d..h); "
@@ -153,4 +153,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--latency", action="store_true",
                         help="also time the network through the bit-packed engine (batch 1)")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.set_defaults(run=run)

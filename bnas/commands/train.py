@@ -8,6 +8,7 @@ from typing import Any
 
 from ..train.config import FIELDS
 from ..train.options import add_config_options, overrides_from_args
+from . import command_parser
 
 EPILOG = """\
 examples:
@@ -32,13 +33,12 @@ metrics.jsonl, checkpoint.pt (every epoch) and best.pt.
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="retrain a genotype with a binarization scheme",
+    p = command_parser(
+        subparsers, "train", run, help="retrain a genotype with a binarization scheme",
         description="Retrain any genotype (searched, named or fixed) with any binarization scheme, "
                     "on one CPU or GPU, or many GPUs and machines under torchrun.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     add_config_options(p, FIELDS)
-    p.set_defaults(run=run)
 
 
 def saved_run_config(preset: str | None, overrides: dict[str, Any]) -> str | None:

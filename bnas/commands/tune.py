@@ -11,6 +11,7 @@ from ..options import key_value, key_values
 from ..train.options import add_config_options, overrides_from_args
 from ..tune import MODES, PRUNERS, SAMPLERS, SpaceRequest, TuneRequest, TuneSetup, run
 from ..tune.runner import print_space
+from . import command_parser
 
 DEFAULT_EPOCHS = 10
 DEFAULT_TRIALS = 10
@@ -69,13 +70,13 @@ def _count(minimum: int):
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "tune", help="tune hyper-parameters with optuna on a proxy budget",
+    p = command_parser(
+        subparsers, "tune", run_tune, help="tune hyper-parameters with optuna on a proxy budget",
         description="Tune training hyper-parameters and the binarizer's with optuna: each trial "
                     "is a short run of the training engine that reports validation top-1 every "
                     "epoch; hopeless trials are pruned. Studies live in a database, so runs "
                     "resume and many workers can share one study.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     p.add_argument("--mode", choices=MODES.names(), help="what a trial runs (default train): "
                    + "; ".join(f"{n}: {m.help}" for n, m in MODES.items()))
     space = p.add_argument_group("search space (stored with the study)")
@@ -107,7 +108,6 @@ def add_parser(subparsers) -> None:
                        help="stop once the study holds N finished trials (over all its workers)")
     add_config_options(p, FIXED_FIELDS, title="settings fixed for every trial (stored with the study)")
     add_config_options(p, RUNTIME_FIELDS, title="this machine (not stored with the study)")
-    p.set_defaults(run=run_tune)
 
 
 def _given(args: argparse.Namespace, fields: tuple[str, ...]) -> tuple[str | None, dict[str, Any]]:

@@ -67,11 +67,13 @@ def load_tensors(path: Path, not_readable: str, safe_globals: Iterable[Any] = ()
 def _load_failure(exc: Exception) -> str:
     """Why ``torch.load`` failed, in a few words (not torch's advice to unpickle code)."""
     text = str(exc).strip()
-    if "WeightsUnpickler error:" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
-        return f"not only tensors and plain containers: {detail}"
+    detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0] if (
+        "WeightsUnpickler error:" in text) else ""
     if isinstance(exc, EOFError):
         return "empty or truncated"
-    if isinstance(exc, (KeyError, UnicodeDecodeError)) or not text:
+    if (isinstance(exc, (KeyError, UnicodeDecodeError)) or not text
+            or detail.startswith("Unsupported operand")):  # bytes that are no pickle at all
         return "not a file torch.save wrote"
+    if detail:  # a pickle of classes or functions
+        return f"not only tensors and plain containers: {detail}"
     return text.splitlines()[0].split(". ")[0]

@@ -2,7 +2,9 @@
 ``open()``, one-line errors) and torch files read with one-line errors."""
 from __future__ import annotations
 
+import io
 import os
+import pathlib
 import pickle
 import stat
 
@@ -47,10 +49,19 @@ def test_a_path_that_cannot_be_written_is_one_error_naming_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("content, reason", [
     (b"", "empty or truncated"),
     (b"hello\n", "not a file torch.save wrote"),
-    (pickle.dumps({"a": {1, 2}}, protocol=4), "not only tensors and plain containers"),
+    (b"\x89PNG\r\n\x1a\n", "not a file torch.save wrote"),
+    (pickle.dumps({"a": 1}, protocol=4), "not a file torch.save wrote"),
+    (_saved({"path": pathlib.PurePosixPath("x")}), "not only tensors and plain containers: "
+                                                   "Unsupported global"),
 ])
 def test_unreadable_torch_files_say_why_in_one_line_without_warnings(tmp_path, recwarn, content,
                                                                      reason):

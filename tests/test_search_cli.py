@@ -11,6 +11,7 @@ from bnas.cli import main
 from bnas.data.split import split_indices
 from bnas.errors import BnasError
 from bnas.ops import SPACES
+from bnas.profiling import profile
 
 TINY = ["--dataset", "digits", "--layers", "3", "--init-channels", "4", "--epochs", "2",
         "--subset", "160", "--batch-size", "32", "--device", "cpu", "--no-progress"]
@@ -38,6 +39,14 @@ def test_digits_search_writes_genotypes_that_build_and_train(tmp_path, capsys):
     assert prov["binarizer"] == {"name": "plain"} and prov["bnas_version"] == bnas.__version__
     assert prov["best_epoch"] == best["epoch"] + 1 and prov["gamma"] == 1.0
     assert imagenet.provenance["gamma"] == 3.0
+    cost = prov["cost"]  # no --cost: the setting (none) and the cost at BNAS-A's size
+    assert cost["kind"] is None
+    assert cost["size"] == {"dataset": "digits", "layers": 20, "init_channels": 36,
+                            "image_size": 32}
+    counted = profile(bnas.build_model(genotype, dataset="digits"), (3, 32, 32))
+    assert cost["counts"] == {"params": counted.params, "flops": counted.flops,
+                              "bops": counted.bops, "ops": counted.ops}
+    assert cost["counts"]["bops"] > 0 and "costs" not in capsys.readouterr().out
     final = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     assert torch.equal(torch.tensor(prov["alphas"]["normal"]), final["alphas_normal"])
 

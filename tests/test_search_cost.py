@@ -257,7 +257,8 @@ def test_search_records_the_cost_setting_and_the_genotypes_cost(tmp_path, capsys
     from bnas.profiling import profile
 
     built = build_model(found, dataset="digits", layers=5, init_channels=8)
-    assert cost["genotype_cost"] == profile(built, (3, 16, 16)).bops
+    assert cost["genotype_cost"] == profile(built, (3, 16, 16)).bops == cost["counts"]["bops"]
+    assert cost["counts"]["params"] == profile(built, (3, 16, 16)).params
     assert cost["meets_target"] is (cost["genotype_cost"] <= 2e6)
     verdict = "within" if cost["meets_target"] else "over"
     assert f"it costs {COST_KINDS.get('bops').format(cost['genotype_cost'])} ({verdict} the " \

@@ -37,7 +37,9 @@ also pushes a cheap architecture up to the budget. FBNet's loss ``CE * alpha * l
 is the multiplicative relative of ``log``.
 
 The derived genotype's cost is counted on the genotype itself (:meth:`CostModel.of_genotype`):
-its kept edges only, each with its chosen operation.
+its kept edges only, each with its chosen operation. Every searched genotype, with or without
+``--cost``, also records its parameters, FLOPs, BOPs and OPs at the retraining size
+(:func:`genotype_counts`, one profiled forward pass per genotype when it is saved).
 """
 from __future__ import annotations
 
@@ -214,6 +216,18 @@ class RetrainSize:
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "layers": self.layers,
                 "init_channels": self.init_channels, "image_size": self.image_size}
+
+
+def genotype_counts(genotype: Genotype | str, size: RetrainSize,
+                    binarizer: Binarizer | str, **hparams: Any) -> dict[str, float]:
+    """Parameters, FLOPs, BOPs and OPs of the network built from ``genotype`` at ``size``
+    (:mod:`bnas.profiling`, what ``bnas show`` prints)."""
+    model = build_model(genotype, dataset=size.dataset, num_classes=size.num_classes,
+                        layers=size.layers, init_channels=size.init_channels,
+                        binarizer=binarizer, **hparams)
+    counted = profile(model, size.input_size)
+    return {"params": counted.params, "flops": counted.flops, "bops": counted.bops,
+            "ops": counted.ops}
 
 
 def _probe_genotype(op_names: Sequence[str], steps: int, space: str) -> Genotype:

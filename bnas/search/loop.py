@@ -60,7 +60,7 @@ from ..run.rundir import attach_run_log, default_run_dir, make_run_dir
 from ..run.schedules import LrScheduler, build_schedule
 from .architect import Architect
 from .config import SearchConfig, from_dict
-from .cost import CostObjective
+from .cost import CostObjective, RetrainSize, genotype_counts
 from .collapse import count_parameter_free, parameter_free_share
 from .derive import derive
 from .network import ARCH_NAMES, SearchNetwork
@@ -353,6 +353,19 @@ class Searcher(EpochRun):
                                         else self.stopped_after + 1),
                 "run": str(self.out)}
 
+    def cost_report(self, genotype: G.Genotype) -> dict[str, Any]:
+        """The cost setting (``kind`` None without ``--cost``) and ``genotype``'s cost at the
+        retraining size: its parameters, FLOPs, BOPs and OPs (``counts``), and with ``--cost``
+        the objective's figures (:meth:`bnas.search.cost.CostObjective.report`)."""
+        cfg = self.cfg
+        if self.cost is not None:
+            size, setting = self.cost.model.size, self.cost.report(genotype)
+        else:
+            size = RetrainSize.of(cfg.dataset, cfg.cost_layers, cfg.cost_init_channels,
+                                  cfg.cost_image_size, self.num_classes)
+            setting = {"kind": None, "size": size.to_dict()}
+        return {**setting, "counts": genotype_counts(genotype, size, self.model.binarizer)}
+
     def result(self) -> SearchResult:
         """Write the best epoch's genotypes (user directory and run directory)."""
         cfg = self.cfg
@@ -362,8 +375,7 @@ class Searcher(EpochRun):
         for key, gamma in (("genotype", 1.0), ("genotype_imagenet", cfg.gamma)):
             genotype = G.from_json(self.best[key], f"search result {key}")
             genotype.provenance = self.provenance(gamma, date)
-            if self.cost is not None:
-                genotype.provenance["cost"] = self.cost.report(genotype)
+            genotype.provenance["cost"] = self.cost_report(genotype)
             genotype.description = (f"searched by bnas {__version__} on {cfg.dataset} "
                                     f"({cfg.space} space, binarizer {cfg.binarizer})")
             found[key] = genotype

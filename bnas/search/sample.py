@@ -34,7 +34,7 @@ from .. import __version__
 from .. import genotype as G
 from ..errors import BnasError
 from ..ops import SPACES
-from .cost import _TARGET, COUNT_SUFFIXES
+from .cost import _TARGET, COUNT_SUFFIXES, RetrainSize, genotype_counts
 
 #: How many draws a cost band may take per genotype kept before giving up.
 DRAWS_PER_SAMPLE = 200
@@ -107,16 +107,9 @@ class CostBand:
 def network_cost(genotype: G.Genotype, cfg: Any) -> dict[str, float]:
     """Parameters and OPs of the network ``cfg`` (a search configuration) describes, built
     from ``genotype``'s cells."""
-    from ..data.info import dataset_info
-    from ..model import build_model
-    from ..profiling import profile
-
-    model = build_model(genotype, dataset=cfg.dataset, layers=cfg.layers,
-                        init_channels=cfg.init_channels, binarizer=cfg.binarizer,
-                        **cfg.binarizer_hparams)
-    size = cfg.image_size or dataset_info(cfg.dataset).image_size
-    found = profile(model, (3, size, size))
-    return {"params": found.params, "ops": found.ops}
+    size = RetrainSize.of(cfg.dataset, cfg.layers, cfg.init_channels, cfg.image_size)
+    counts = genotype_counts(genotype, size, cfg.binarizer, **cfg.binarizer_hparams)
+    return {k: counts[k] for k in BAND_KEYS}
 
 
 def draw(cfg: Any) -> list[G.Genotype]:

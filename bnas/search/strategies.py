@@ -32,7 +32,7 @@ STRATEGIES: Registry[Strategy] = Registry("search strategy")
 def _cost(result: SearchResult) -> str:
     """What the CIFAR genotype costs, and whether it meets the budget (a search for cost)."""
     cost = result.genotype.provenance.get("cost")
-    if cost is None:
+    if cost is None or cost.get("kind") is None:
         return ""
     from .cost import COST_KINDS
 

@@ -27,17 +27,20 @@ unless --regenerate.
 """
 
 
+DESCRIPTION = """\
+Latency (ms) at each batch size with one thread and with all of torch's threads, throughput,
+peak memory and per-layer times of the packed engine and of the same model in float32 PyTorch
+(eval mode), plus onnxruntime when bnas.deploy.onnx and onnxruntime are installed. Give an
+architecture (fresh weights: timing does not depend on them), trained weights or a .bnx file.
+"""
+
+
 def add_parser(subparsers) -> None:
     from ..deploy.source import MODEL_FIELDS
 
     p = command_parser(
         subparsers, "bench", run, help="time the bit-packed CPU engine against float32 PyTorch",
-        description="Latency (ms) at each batch size with one thread and with all of torch's "
-                    "threads, throughput, peak memory and per-layer times of the packed engine "
-                    "and of the same model in float32 PyTorch (eval mode), plus onnxruntime "
-                    "when bnas.deploy.onnx and onnxruntime are installed. Give an architecture "
-                    "(fresh weights: timing does not depend on them), trained weights or a "
-                    ".bnx file.",
+        description=DESCRIPTION,
         epilog=EPILOG)
     p.add_argument("model", nargs="?", metavar="ARCH", help="genotype name or file")
     p.add_argument("--weights", metavar="FILE", help="best.pt, checkpoint.pt or a .bnx file")

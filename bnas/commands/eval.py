@@ -24,13 +24,17 @@ examples:
 """
 
 
+DESCRIPTION = """\
+Print top-1, top-5 and cross-entropy of a best.pt, checkpoint.pt or (--packed) .bnx file.
+Architecture, size, binarizer and dataset default to those the weights were trained with;
+weights of another architecture are refused.
+"""
+
+
 def add_parser(subparsers) -> None:
     p = command_parser(
         subparsers, "eval", run, help="evaluate saved weights on a validation set",
-        description="Print top-1, top-5 and cross-entropy of a best.pt, checkpoint.pt or "
-                    "(--packed) .bnx file. "
-                    "Architecture, size, binarizer and dataset default to those the weights "
-                    "were trained with; weights of another architecture are refused.",
+        description=DESCRIPTION,
         epilog=EPILOG)
     p.add_argument("--weights", required=True, metavar="FILE",
                    help="best.pt, checkpoint.pt or (with --packed) a .bnx file from bnas export")

@@ -16,18 +16,21 @@ examples:
 """
 
 
+DESCRIPTION = """\
+Read a checkpoint saved by one of the seed projects (a state dict, a dictionary holding one
+under 'state_dict', with or without DataParallel's 'module.' prefix; tensors only), map every
+tensor onto the bnas network --arch with shape checks, and write a weights file that bnas eval,
+bnas train --init-weights and bnas export take. Tensors the project's network never uses are
+dropped and tensors it never saves keep bnas's values; both are listed.
+"""
+
+
 def add_parser(subparsers) -> None:
     from ..interop.sources import SOURCES
 
     p = command_parser(
         subparsers, "import", run, help="convert another project's released checkpoint into bnas weights",
-        description="Read a checkpoint saved by one of the seed projects (a state dict, a "
-                    "dictionary holding one under 'state_dict', with or without DataParallel's "
-                    "'module.' prefix; tensors only), map every tensor onto the bnas network "
-                    "--arch with shape checks, and write a weights file that bnas eval, "
-                    "bnas train --init-weights and bnas export take. Tensors the project's "
-                    "network never uses are dropped and tensors it never saves keep bnas's "
-                    "values; both are listed.",
+        description=DESCRIPTION,
         epilog=EPILOG)
     p.add_argument("file", metavar="FILE", help="the project's checkpoint (.pth, .pth.tar, .pt)")
     p.add_argument("--from", dest="source", required=True, choices=SOURCES.names(),

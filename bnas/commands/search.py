@@ -52,11 +52,16 @@ def _strategy_help(name: str) -> str | None:
     return "search strategy: " + "; ".join(f"{n}: {s.description}" for n, s in STRATEGIES.items())
 
 
+DESCRIPTION = """\
+Differentiable search of binary cells as in BNAS (Kim, Singh, Choi, ECCV 2020), with any
+binarization scheme, first- or second-order, on CPUs or GPUs.
+"""
+
+
 def add_parser(subparsers) -> None:
     p = command_parser(
         subparsers, "search", run, help="search a binary cell (BNAS) and save its genotypes",
-        description="Differentiable search of binary cells as in BNAS (Kim, Singh, Choi, ECCV "
-                    "2020), with any binarization scheme, first- or second-order, on CPUs or GPUs.",
+        description=DESCRIPTION,
         epilog=EPILOG)
     add_options(p, SearchConfig, OPTION_FIELDS, "settings", show_defaults=True,
                 help_of=_strategy_help)

@@ -32,11 +32,16 @@ metrics.jsonl, checkpoint.pt (every epoch) and best.pt.
 """
 
 
+DESCRIPTION = """\
+Retrain any genotype (searched, named or fixed) with any binarization scheme, on one CPU or
+GPU, or many GPUs and machines under torchrun.
+"""
+
+
 def add_parser(subparsers) -> None:
     p = command_parser(
         subparsers, "train", run, help="retrain a genotype with a binarization scheme",
-        description="Retrain any genotype (searched, named or fixed) with any binarization scheme, "
-                    "on one CPU or GPU, or many GPUs and machines under torchrun.",
+        description=DESCRIPTION,
         epilog=EPILOG)
     add_config_options(p, FIELDS)
 

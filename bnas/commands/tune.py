@@ -69,13 +69,17 @@ def _count(minimum: int):
     return parse
 
 
+DESCRIPTION = """\
+Tune training hyper-parameters and the binarizer's with optuna: each trial is a short run of
+the training engine that reports validation top-1 every epoch; hopeless trials are pruned.
+Studies live in a database, so runs resume and many workers can share one study.
+"""
+
+
 def add_parser(subparsers) -> None:
     p = command_parser(
         subparsers, "tune", run_tune, help="tune hyper-parameters with optuna on a proxy budget",
-        description="Tune training hyper-parameters and the binarizer's with optuna: each trial "
-                    "is a short run of the training engine that reports validation top-1 every "
-                    "epoch; hopeless trials are pruned. Studies live in a database, so runs "
-                    "resume and many workers can share one study.",
+        description=DESCRIPTION,
         epilog=EPILOG)
     p.add_argument("--mode", choices=MODES.names(), help="what a trial runs (default train): "
                    + "; ".join(f"{n}: {m.help}" for n, m in MODES.items()))

@@ -10,7 +10,9 @@ import torch
 from bnas.cli import main
 from bnas.deploy import load, pack
 from bnas.deploy.source import trained_model
+from bnas.errors import BnasError
 from bnas.train import resolve_config, train
+from bnas.train.engine import evaluate
 
 TINY = {"arch": "latest_cell_zeroise", "layers": 3, "init_channels": 8,
         "dataset": "synthetic", "epochs": 1, "batch_size": 32, "train_subset": 64,
@@ -60,6 +62,10 @@ def test_eval_packed_reads_an_exported_file(weights, tmp_path, capsys):
         assert main(["eval", "--weights", str(out), *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
+    other_classes = resolve_config(None, {"dataset": "synthetic", "num_classes": 5,
+                                          "val_subset": 8, "workers": 0, "progress": False})
+    with pytest.raises(BnasError, match="has 10 outputs; dataset 'synthetic' has 5 classes"):
+        evaluate(other_classes, out, packed=True)
     cut = tmp_path / "cut.bnx"
     cut.write_bytes(out.read_bytes()[:-100])
     other_format = tmp_path / "f.bnx"

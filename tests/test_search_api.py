@@ -39,5 +39,5 @@ def test_on_epoch_end_sees_every_epoch_after_its_checkpoint(tmp_path):
                    "batch_size": 32, "device": "cpu", "progress": False, "save": "cb",
                    "out": str(tmp_path / "run"), "genotype_dir": str(tmp_path / "g")})
     search(cfg, on_epoch_end=callback)
-    keys = ["lr", "seconds", "train_loss", "train_top1", "val_loss", "val_top1"]
+    keys = ["lr", "parameter_free", "seconds", "train_loss", "train_top1", "val_loss", "val_top1"]
     assert seen == [(0, 1, keys), (1, 2, keys)]

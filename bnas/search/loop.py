@@ -411,7 +411,8 @@ def search(cfg: SearchConfig | None = None, *, resume: str | Path | None = None,
     its checkpoint; its configuration is used, except ``device``).
 
     ``on_epoch_end(epoch, metrics)`` is called on every process after each epoch's checkpoint,
-    with ``val_top1``, ``val_loss``, ``train_top1``, ``train_loss``, ``lr`` and ``seconds``."""
+    with ``val_top1``, ``val_loss``, ``train_top1``, ``train_loss``, ``lr``, ``seconds`` and
+    ``parameter_free`` (the derived cells' share of parameter-free edges, per cell type)."""
     saved = (run_checkpoint.load(resume, (CHECKPOINT_KIND,), "search checkpoint")
              if resume is not None else None)
     if saved is not None:

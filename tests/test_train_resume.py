@@ -15,7 +15,7 @@ from bnas.train import checkpoint
 
 # A cell network with drop path (random masks) and BNAS's one-cycle schedule with momentum.
 ARGS = ["train", "--arch", "latest_cell_zeroise", "--layers", "3", "--init-channels", "8",
-        "--dataset", "digits", "--epochs", "3", "--batch-size", "16", "--train-subset", "160",
+        "--dataset", "digits", "--epochs", "3", "--batch-size", "16", "--train-subset", "480",
         "--val-subset", "32", "--workers", "0", "--no-progress", "--drop-path", "0.2", "--seed", "7"]
 
 
@@ -46,7 +46,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(0.5)  # well into the second epoch (each takes seconds)
+    time.sleep(0.1)  # into the second epoch (30 steps, each of tens of milliseconds)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -5,7 +5,7 @@ reduction cell, each intermediate node's incoming edges as ``[operation, input]`
 0 and 1 are the cell inputs ``c_{k-2}``, ``c_{k-1}``; intermediate nodes are numbered from 2)
 and the nodes concatenated into the output. A *fixed* genotype describes a hand-designed
 network (ResNet/VGG 1w1a) per dataset family (``cifar``, ``imagenet``); see
-:mod:`bnas.model.fixed`.
+:mod:`bnas.families`.
 
 Loading validates the graph with networkx and rejects unknown operations, bad input indices,
 cycles, dead nodes and unreachable outputs with a message naming the node and edge.
@@ -21,6 +21,7 @@ from typing import Any
 import networkx as nx
 
 from .errors import BnasError, unknown
+from .families import validate_network
 from .ops import OPS, SPACES
 from .runio import atomic_write_text
 
@@ -157,8 +158,6 @@ def from_json(data: Any, source: str = "genotype") -> Genotype:
         network = data.get("network")
         if not isinstance(network, dict) or not network:
             raise BnasError(f"{source}: a fixed genotype needs a 'network' object per dataset family")
-        from .model.fixed import validate_network  # the families live with the builder
-
         for family, spec in network.items():
             validate_network(spec, f"{source} network '{family}'")
         return Genotype(network=network, **common)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data.info import dataset_info
+from .data.registry import dataset_info
 from .errors import BnasError
 
 REAL_BITS = 32

@@ -1,9 +1,12 @@
-"""A small name -> object registry shared by operations, binarizers, datasets and models."""
+"""A small name -> object registry shared by operations, binarizers, datasets and models, and
+the lazy references that let a registry name code needing torch while it loads without it."""
 from __future__ import annotations
 
+import importlib
 import re
+import sys
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import unknown
 
@@ -61,3 +64,45 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return [(n, self._items[n]) for n in self.names()]
+
+
+class Lazy:
+    """A function named by its import path, ``"package.module:name"``, imported on its first
+    call; ``bound`` keywords are added to every call. Registry entries that genotype files and
+    commands read (operations, network families, datasets) name their builders this way, so
+    that the registries load, and genotypes validate, without torch."""
+
+    def __init__(self, path: str, **bound: Any) -> None:
+        self.path = path
+        self.bound = bound
+        self._target: Callable[..., Any] | None = None
+
+    def resolve(self) -> Callable[..., Any]:
+        """The function itself (imported now if not yet)."""
+        if self._target is None:
+            module, _, name = self.path.partition(":")
+            self._target = getattr(importlib.import_module(module), name)
+        return self._target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **self.bound, **kwargs)
+
+    def __repr__(self) -> str:
+        bound = "".join(f", {k}={v!r}" for k, v in self.bound.items())
+        return f"Lazy({self.path!r}{bound})"
+
+
+def lazy_attributes(package: str, sources: dict[str, str]) -> Callable[[str], Any]:
+    """A package's module ``__getattr__`` (PEP 562): attribute ``name`` is taken from the module
+    ``sources[name]`` (relative to ``package``) on first access, so that importing the package
+    imports only what it names eagerly."""
+    module = sys.modules[package]
+
+    def __getattr__(name: str) -> Any:
+        if name not in sources:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(sources[name], package), name)
+        setattr(module, name, value)
+        return value
+
+    return __getattr__

@@ -21,7 +21,7 @@ import graphviz
 from torch import nn
 
 from .binarize import get as get_binarizer
-from .data.info import DATASET_INFO
+from .data.registry import DATASETS
 from .errors import BnasError
 from .genotype import Cell, Genotype, load
 from .model.fixed import build_fixed
@@ -124,7 +124,7 @@ def _fixed_models(genotype: Genotype) -> list[tuple[str, nn.Module]]:
     """One model per dataset family of a fixed genotype, built with the plain scheme."""
     models = []
     for family, spec in genotype.network.items():
-        num_classes = next((info.num_classes for _, info in DATASET_INFO.items()
+        num_classes = next((info.num_classes for _, info in DATASETS.items()
                             if info.family == family and info.num_classes > 0), 10)
         models.append((family, build_fixed(spec, num_classes, get_binarizer("plain"))))
     return models

@@ -1,6 +1,7 @@
 """The hand-designed 1w1a networks (fixed genotypes): sizes, structure, wiring, initialisation."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -13,8 +14,8 @@ from bnas.binarize.base import BinaryConv2d
 from bnas.errors import BnasError
 from bnas.genotype import from_json, load
 from bnas.model import build_model
-from bnas.model.fixed import (FAMILIES, BasicBlock, BiRealBlock, ZeroPadShortcut, build_fixed,
-                              validate_network)
+from bnas.families import FAMILIES, validate_network
+from bnas.model.fixed import BasicBlock, BiRealBlock, ZeroPadShortcut, build_fixed
 
 # (genotype, dataset) -> parameters with the "plain" binarizer (no per-layer extras), counted
 # independently from the architectures' layer shapes.
@@ -258,6 +259,18 @@ def test_validate_rejects_missing_keyword_and_unknown_family():
     with pytest.raises(BnasError, match="unknown network family 'resnt'; did you mean resnet"):
         validate_network({**SPEC, "family": "resnt"}, "g")
     assert sorted(FAMILIES.names()) == ["binarynet", "birealnet", "resnet", "vgg_small", "xnornet"]
+
+
+@pytest.mark.parametrize("name", FAMILIES.names())
+def test_family_keywords_are_its_builders_parameters(name):
+    """The torch-free declaration of a family's keywords (what genotypes are validated against)
+    is its builder's signature: required keywords without defaults, optional ones with."""
+    family = FAMILIES.get(name)
+    params = inspect.signature(family.builder.resolve()).parameters
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    assert list(params) == ["num_classes", "binarizer", *family.keywords]
+    assert [k for k in family.keywords if params[k].default is inspect.Parameter.empty] == \
+        list(family.required)
 
 
 @pytest.mark.parametrize("change,message", [

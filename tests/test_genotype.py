@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -87,3 +89,24 @@ def test_skip_space_accepts_skip(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps(doc))
     assert G.load(path).normal.nodes[0][0] == ("skip", 1)
+
+
+def test_genotypes_load_and_validate_without_torch():
+    """Genotype parsing and validation (operations, spaces, network families) read torch-free
+    registries: a fresh process loads a cell and a fixed genotype without importing torch, and
+    still rejects a bad operation and an unknown family keyword."""
+    code = ("import sys, bnas.genotype as G\n"
+            "from bnas.errors import BnasError\n"
+            "assert 'latest_cell' in G.names()\n"
+            "cell, fixed = G.load('latest_cell'), G.load('resnet20_1w1a')\n"
+            "for doc in ({**cell.to_json(), 'normal': {'nodes': [[['conv', 0]]], 'concat': [2]}},\n"
+            "            {**fixed.to_json(), 'network': {'cifar': {'family': 'resnet', 'x': 1}}}):\n"
+            "    try:\n"
+            "        G.from_json(doc)\n"
+            "    except BnasError as exc:\n"
+            "        print(exc)\n"
+            "print(cell.space, fixed.kind, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert "unknown operation 'conv'" in lines[0] and "has no keyword 'x'" in lines[1]
+    assert lines[2] == "bnas fixed False"

@@ -77,7 +77,7 @@ def _models(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.info import dataset_info
+    from ..data.registry import dataset_info
     from ..deploy.bench import bench
     from ..errors import BnasError
 

@@ -60,7 +60,7 @@ def export_bnx(model, args: argparse.Namespace) -> str:
 def export_onnx(model, args: argparse.Namespace) -> str:
     import torch
 
-    from ..data.info import dataset_info
+    from ..data.registry import dataset_info
     from ..deploy.onnx import DEFAULT_OPSET, compare_onnx, export_onnx
 
     size = dataset_info(model.dataset).image_size

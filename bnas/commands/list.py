@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import genotype
 from ..binarize import BINARIZERS
-from ..data.info import DATASET_INFO
+from ..data.registry import DATASETS
 from ..errors import BnasError, unknown
 from ..model import CONFIGS
 from ..ops import OPS, SPACES
@@ -70,7 +70,7 @@ def _binarizer_rows() -> list[Row]:
 def _dataset_rows() -> list[Row]:
     return [{"name": name, "classes": info.num_classes or "from folders",
              "image_size": info.image_size, "family": info.family, "description": info.description}
-            for name, info in DATASET_INFO.items()]
+            for name, info in DATASETS.items()]
 
 
 CATEGORIES: Registry[Category] = Registry("category")

@@ -1,5 +1,7 @@
-"""Datasets: what the builder needs (:mod:`bnas.data.info`) and the datasets themselves."""
-from .datasets import DATASETS, build_dataset, num_classes_of
-from .info import DATASET_INFO, DatasetInfo, dataset_info
+"""Datasets: the registry (:mod:`bnas.data.registry`: names, sizes, families; loads without
+torch) and the datasets themselves (:mod:`bnas.data.datasets`, loaded on first use)."""
+from ..registry import lazy_attributes
+from .registry import DATASETS, DatasetInfo, dataset_info
 
-__all__ = ["DATASETS", "DATASET_INFO", "DatasetInfo", "build_dataset", "dataset_info", "num_classes_of"]
+__getattr__ = lazy_attributes(__name__, {"build_dataset": ".datasets", "num_classes_of": ".datasets"})
+__all__ = ["DATASETS", "DatasetInfo", "build_dataset", "dataset_info", "num_classes_of"]

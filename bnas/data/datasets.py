@@ -7,7 +7,6 @@ says where to put them.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import BnasError
-from ..registry import Registry
 from .recipes import DATA_RECIPES
+from .registry import DATASETS
 from .transforms import cifar_transform, imagenet_transform, small_folder_transform
 
 SPLITS = ("train", "val")
@@ -36,15 +35,11 @@ class DatasetOptions:
     recipe: str = "bnas"
 
 
-Builder = Callable[[str, DatasetOptions], Dataset]
-DATASETS: Registry[Builder] = Registry("dataset")
-
-
 def build_dataset(name: str, split: str, **options) -> Dataset:
     """The ``split`` of dataset ``name``; options as in :class:`DatasetOptions`."""
     if split not in SPLITS:
         raise BnasError(f"unknown split '{split}' (expected train or val)")
-    return DATASETS.get(name)(split, DatasetOptions(**options))
+    return DATASETS.get(name).builder(split, DatasetOptions(**options))
 
 
 def _need_root(name: str, opts: DatasetOptions) -> Path:
@@ -91,24 +86,22 @@ CIFAR_LAYOUTS = {
 }
 
 
-def _cifar(name: str) -> Builder:
+def cifar(split: str, opts: DatasetOptions, *, name: str) -> Dataset:
+    """CIFAR-10 or CIFAR-100 (``name``) from its python batches under ``--data``, downloaded
+    there by torchvision when missing (and ``opts.download``)."""
     layout = CIFAR_LAYOUTS[name]
-
-    def build(split: str, opts: DatasetOptions) -> Dataset:
-        root = Path(opts.root or "./data").expanduser()
-        folder = root / layout.folder
-        files = layout.train_files if split == "train" else layout.val_files
-        if not all((folder / f).is_file() for f in files) and opts.download:
-            _download_cifar(name, layout, root)
-        missing = [f for f in files if not (folder / f).is_file()]
-        if missing:
-            raise BnasError(f"{name} not found: expected {folder}/{missing[0]} (download the python "
-                            f"version of {name} and unpack it under {root})")
-        stats = DATA_RECIPES.get(opts.recipe).cifar_stats[name]
-        transform = cifar_transform(train=split == "train" and opts.augment, stats=stats)
-        return CifarBatches(folder, list(files), layout.label_key, transform)
-
-    return build
+    root = Path(opts.root or "./data").expanduser()
+    folder = root / layout.folder
+    files = layout.train_files if split == "train" else layout.val_files
+    if not all((folder / f).is_file() for f in files) and opts.download:
+        _download_cifar(name, layout, root)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise BnasError(f"{name} not found: expected {folder}/{missing[0]} (download the python "
+                        f"version of {name} and unpack it under {root})")
+    stats = DATA_RECIPES.get(opts.recipe).cifar_stats[name]
+    transform = cifar_transform(train=split == "train" and opts.augment, stats=stats)
+    return CifarBatches(folder, list(files), layout.label_key, transform)
 
 
 def _download_cifar(name: str, layout: CifarLayout, root: Path) -> None:
@@ -119,9 +112,6 @@ def _download_cifar(name: str, layout: CifarLayout, root: Path) -> None:
     except Exception:  # no network: the caller reports where the files belong
         pass
 
-
-DATASETS.add("cifar10", _cifar("cifar10"))
-DATASETS.add("cifar100", _cifar("cifar100"))
 
 
 # -- image folders ------------------------------------------------------------------------------
@@ -138,49 +128,38 @@ def _image_folder(split: str, root: Path, transform) -> Dataset:
         raise BnasError(f"{folder}: {exc}") from None
 
 
-@DATASETS.register("imagenet")
-def _imagenet(split: str, opts: DatasetOptions) -> Dataset:
+def imagenet(split: str, opts: DatasetOptions) -> Dataset:
     root = _need_root("imagenet", opts)
     size = opts.image_size or 224
     return _image_folder(split, root, imagenet_transform(size, train=split == "train" and opts.augment,
                                                          recipe=DATA_RECIPES.get(opts.recipe)))
 
 
-@DATASETS.register("imagefolder")
-def _imagefolder(split: str, opts: DatasetOptions) -> Dataset:
+def imagefolder(split: str, opts: DatasetOptions) -> Dataset:
     root = _need_root("imagefolder", opts)
     size = opts.image_size or 32
     return _image_folder(split, root, small_folder_transform(size, train=split == "train" and opts.augment))
 
 
-@DATASETS.register("tiny-imagenet")
-def _tiny_imagenet(split: str, opts: DatasetOptions) -> Dataset:
+def tiny_imagenet(split: str, opts: DatasetOptions) -> Dataset:
     """Tiny-ImageNet, arranged by ``tools/prepare_tiny_imagenet.py`` (:mod:`.tiny_imagenet`):
     64x64 images, random crop (padding 8) + flip when training, ImageNet normalisation."""
-    from . import tiny_imagenet
+    from .tiny_imagenet import IMAGE_SIZE, build
 
     root = _need_root("tiny-imagenet", opts)
-    size = opts.image_size or tiny_imagenet.IMAGE_SIZE
-    return tiny_imagenet.build(split, root,
-                               small_folder_transform(size, train=split == "train" and opts.augment))
+    size = opts.image_size or IMAGE_SIZE
+    return build(split, root, small_folder_transform(size, train=split == "train" and opts.augment))
 
 
 # -- offline data ---------------------------------------------------------------------------------
-def _idx(name: str) -> Builder:
-    def build(split: str, opts: DatasetOptions) -> Dataset:
-        from .idx import build as build_idx
+def idx(split: str, opts: DatasetOptions, *, name: str) -> Dataset:
+    """MNIST-format idx files (``name``: ``mnist``, ``fashion-mnist``; :mod:`.idx`)."""
+    from .idx import build as build_idx
 
-        return build_idx(name, split, opts.root, opts.augment, opts.image_size)
-
-    return build
+    return build_idx(name, split, opts.root, opts.augment, opts.image_size)
 
 
-DATASETS.add("fashion-mnist", _idx("fashion-mnist"))
-DATASETS.add("mnist", _idx("mnist"))
-
-
-@DATASETS.register("digits")
-def _digits(split: str, opts: DatasetOptions) -> Dataset:
+def digits(split: str, opts: DatasetOptions) -> Dataset:
     """scikit-learn's 1,797 handwritten 8x8 digits (real data, bundled, offline), upscaled to
     32x32 RGB and normalised; every fifth sample is validation (360), the rest training (1,437)."""
     try:
@@ -199,8 +178,7 @@ def _digits(split: str, opts: DatasetOptions) -> Dataset:
     return TensorDataset(images[keep], labels[keep])
 
 
-@DATASETS.register("synthetic")
-def _synthetic(split: str, opts: DatasetOptions) -> Dataset:
+def synthetic(split: str, opts: DatasetOptions) -> Dataset:
     """Seeded random images and labels: for smoke tests and benchmarks (nothing to learn)."""
     size = opts.image_size or 32
     n = opts.synthetic_size if split == "train" else max(opts.synthetic_size // 4, 1)

@@ -1,5 +1,4 @@
 """The builder: cell-stacked networks, fixed 1w1a networks, named configurations."""
-from . import bopnets  # noqa: F401  (the Bop papers' networks register their families)
 from .build import build_model
 from .configs import CONFIGS, ModelConfig
 from .network import CellNetwork

@@ -2,7 +2,7 @@
 
 "Latent Weights Do Not Exist" (Helwegen et al., NeurIPS 2019) and "A Bop and Beyond"
 (Suarez-Ramirez et al., CVPR Workshops 2021) train these larq definitions (the authors' code,
-``bnn_optimization/models``), registered here in :data:`bnas.model.fixed.FAMILIES`:
+``bnn_optimization/models``), families of :data:`bnas.families.FAMILIES`:
 
 * ``binarynet`` (Courbariaux, Hubara et al., 2016) for CIFAR-10: six 3x3 convolutions
   (128-128-M-256-256-M-512-512-M; the first one unpadded, with binary weights and real inputs)
@@ -44,7 +44,6 @@ from torch import nn
 from ..binarize.base import Binarizer, BinaryConv2d, downsample_branch
 from ..errors import BnasError
 from ..registry import Registry
-from .fixed import FAMILIES
 
 #: Keras's BatchNormalization defaults: moving-average momentum 0.99 (PyTorch's 0.01),
 #: epsilon 1e-3.
@@ -119,7 +118,6 @@ class Sequential1w1a(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-@FAMILIES.register("binarynet")
 def binarynet(*, num_classes: int, binarizer: Binarizer, norm: str, filters: int = 128,
               dense_units: int = 1024) -> nn.Module:
     """BinaryNet for 32x32 inputs (module docstring); ``norm`` is ``NORMS[norm]``."""
@@ -138,7 +136,6 @@ def binarynet(*, num_classes: int, binarizer: Binarizer, norm: str, filters: int
     return Sequential1w1a(nn.Sequential(*layers), nn.AdaptiveAvgPool2d(3), nn.Sequential(*head))
 
 
-@FAMILIES.register("xnornet")
 def xnornet(*, num_classes: int, binarizer: Binarizer) -> nn.Module:
     """XNOR-Net (AlexNet form) for 224x224 inputs (module docstring)."""
 
@@ -193,7 +190,6 @@ class BiRealNet(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(self.units(self.stem(x)), 1).flatten(1))
 
 
-@FAMILIES.register("birealnet")
 def birealnet(*, num_classes: int, binarizer: Binarizer,
               widths: Sequence[int] = (64, 128, 256, 512), units_per_stage: int = 4) -> nn.Module:
     """larq's Bi-Real Net (module docstring), glorot-normal convolutions (Keras's initialiser

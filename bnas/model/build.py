@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..binarize import Binarizer, get as get_binarizer
-from ..data.info import dataset_info
+from ..data.registry import dataset_info
 from ..errors import BnasError
 from ..genotype import Genotype, load
 from .configs import CONFIGS, DEFAULT_SIZE

@@ -1,9 +1,8 @@
 """Hand-designed 1w1a networks (the ResNet and VGG-small model zoo) as fixed-genotype families.
 
-A fixed genotype names a *family* and its structural keywords, e.g.
+A fixed genotype names a *family* and its structural keywords (:mod:`bnas.families`), e.g.
 ``{"family": "resnet", "stem": "conv3x3_act", "block": "basic", "depths": [3, 3, 3], ...}``.
-Each family is a function in :data:`FAMILIES` called as ``family(num_classes=, binarizer=,
-**keywords)``. Every binary convolution comes from ``binarizer.conv(...)`` (which binarizes
+Each family is a function here called as ``family(num_classes=, binarizer=, **keywords)``. Every binary convolution comes from ``binarizer.conv(...)`` (which binarizes
 its own input activation); the stem convolution and the classifier stay real-valued.
 
 The definitions follow Rotated Binary Neural Network (Lin et al., NeurIPS 2020), whose
@@ -21,7 +20,6 @@ features to the size a 32x32 input gives (the identity at 32x32), so other input
 """
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,51 +29,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..binarize.base import Binarizer, downsample_branch
-from ..errors import BnasError, unknown
+from ..errors import BnasError
+from ..families import validate_network
 from ..registry import Registry
 
-FAMILIES: Registry[Callable[..., nn.Module]] = Registry("network family")
 STEMS: Registry[Callable[[int], nn.Module]] = Registry("stem")
 SHORTCUTS: Registry[Callable[[int, int, int, Binarizer], nn.Module]] = Registry("shortcut")
 BLOCKS: Registry[type[nn.Module]] = Registry("residual block")
 INITS: Registry[Callable[[nn.Module], None]] = Registry("initialisation")
 ACTIVATIONS: Registry[Callable[[int], nn.Module]] = Registry("activation")
 
-_BUILDER_ARGS = ("num_classes", "binarizer")  # supplied by the builder, never by the genotype
 _CIFAR_INPUT = 32
 
 
-# -- validation -------------------------------------------------------------------------------
-def _keywords(family: Callable[..., nn.Module]) -> dict[str, inspect.Parameter]:
-    """The structural keywords of a family (its signature, less what the builder supplies)."""
-    params = inspect.signature(family).parameters
-    return {name: p for name, p in params.items() if name not in _BUILDER_ARGS}
-
-
-def validate_network(spec: Any, where: str) -> None:
-    """Check a fixed network description: a known ``family`` and the keywords it takes."""
-    if not isinstance(spec, dict) or "family" not in spec:
-        raise BnasError(f"{where}: expected an object with a 'family'")
-    if spec["family"] not in FAMILIES:
-        raise BnasError(f"{where}: {unknown('network family', spec['family'], FAMILIES.names())}")
-    family = FAMILIES.canonical(spec["family"])
-    keywords = _keywords(FAMILIES.get(family))
-    given = set(spec) - {"family"}
-    extra = sorted(given - set(keywords))
-    if extra:
-        raise BnasError(f"{where}: network family '{family}' has no keyword "
-                        f"{', '.join(repr(k) for k in extra)} (it takes: {', '.join(keywords)})")
-    missing = [k for k, p in keywords.items() if p.default is inspect.Parameter.empty
-               and k not in given]
-    if missing:
-        raise BnasError(f"{where}: network family '{family}' needs {', '.join(missing)}")
-
-
 def build_fixed(spec: dict[str, Any], num_classes: int, binarizer: Binarizer) -> nn.Module:
-    """Instantiate a fixed network description."""
-    validate_network(spec, "fixed network")
+    """Instantiate a fixed network description (:mod:`bnas.families`)."""
+    family = validate_network(spec, "fixed network")
     kwargs = {k: v for k, v in spec.items() if k != "family"}
-    return FAMILIES.get(spec["family"])(num_classes=num_classes, binarizer=binarizer, **kwargs)
+    return family.builder(num_classes=num_classes, binarizer=binarizer, **kwargs)
 
 
 def _positive_ints(name: str, values: Any) -> list[int]:
@@ -330,7 +301,6 @@ class ResNet1w1a(nn.Module):
         return self.classifier(self.bn(out))
 
 
-@FAMILIES.register("resnet")
 def resnet(*, num_classes: int, binarizer: Binarizer, stem: str, block: str,
            depths: Sequence[int], widths: Sequence[int], shortcut: str,
            init: str, act: str = "hardtanh") -> nn.Module:
@@ -401,7 +371,6 @@ def _vgg_layers(cfg: Sequence[Any]) -> list[tuple[int, bool]]:
     return layers
 
 
-@FAMILIES.register("vgg_small")
 def vgg_small(*, num_classes: int, binarizer: Binarizer, cfg: Sequence[Any],
               init: str, act: str = "hardtanh") -> nn.Module:
     """VGG-small: ``cfg`` lists conv widths, ``"M"`` after a width adds a 2x2 max pool between

@@ -88,3 +88,27 @@ class BinFactorizedReduce(nn.Module):
         x = self.bn(x)
         shifted = nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
         return self.relu(torch.cat([self.conv_a(x), self.conv_b(shifted)], dim=1))
+
+
+# -- the operations' factories (:data:`bnas.ops.registry.OPS` names them) ------------------------
+def zeroise(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
+    return Zero(stride)
+
+
+def max_pool_3x3(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
+    return nn.MaxPool2d(3, stride=stride, padding=1)
+
+
+def avg_pool_3x3(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
+    return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+
+
+def bin_conv(c: int, stride: int, binarizer: Binarizer, affine: bool, *, kernel: int,
+             dilation: int) -> nn.Module:
+    """A ``kernel`` x ``kernel`` binary convolution op, padded to keep the size at stride 1."""
+    return BinConvOp(c, c, kernel, stride, dilation * (kernel - 1) // 2, binarizer,
+                     dilation=dilation, affine=affine)
+
+
+def skip(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
+    return Identity() if stride == 1 else BinFactorizedReduce(c, c, binarizer, affine=affine)

@@ -1,21 +1,25 @@
 """Every operation an edge can carry, by name, and the named search spaces (ordered op lists).
 
 An op factory is called as ``factory(C, stride, binarizer, affine)`` and returns a module that
-maps ``C`` channels to ``C`` channels, halving the resolution when ``stride == 2``.
+maps ``C`` channels to ``C`` channels, halving the resolution when ``stride == 2``. The
+factories live in :mod:`bnas.ops.layers` and are imported on first use, so this registry (and
+genotype validation, which reads it) loads without torch.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
-from torch import nn
+from ..registry import Lazy, Registry
 
-from ..binarize.base import Binarizer
-from ..registry import Registry
-from .layers import BinConvOp, BinFactorizedReduce, Identity, Zero
+if TYPE_CHECKING:
+    from torch import nn
 
-OpFactory = Callable[[int, int, Binarizer, bool], nn.Module]
+    from ..binarize.base import Binarizer
+
+OpFactory = Callable[[int, int, "Binarizer", bool], "nn.Module"]
 
 
 class FastKind(Enum):
@@ -44,38 +48,30 @@ class OpInfo:
 OPS: Registry[OpInfo] = Registry("operation")
 
 
-def _bin_conv(kernel: int, dilation: int) -> OpFactory:
-    padding = dilation * (kernel - 1) // 2
-
-    def make(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
-        return BinConvOp(c, c, kernel, stride, padding, binarizer, dilation=dilation, affine=affine)
-
-    return make
-
-
-def _skip(c: int, stride: int, binarizer: Binarizer, affine: bool) -> nn.Module:
-    return Identity() if stride == 1 else BinFactorizedReduce(c, c, binarizer, affine=affine)
+def _layers(function: str, **bound: int) -> Lazy:
+    return Lazy(f"bnas.ops.layers:{function}", **bound)
 
 
 # The same fast-path treatment at both strides.
 _ZERO = (FastKind.ZERO, FastKind.ZERO)
 _POOL = (FastKind.POOL, FastKind.POOL)
 _CONV = (FastKind.CONV, FastKind.CONV)
-OPS.add("zeroise", OpInfo(lambda c, s, b, a: Zero(s), "zeros (a real layer in BNAS: it prunes the "
-                                                      "edge)", fast=_ZERO), aliases=("none",))
-OPS.add("max_pool_3x3", OpInfo(lambda c, s, b, a: nn.MaxPool2d(3, stride=s, padding=1),
-                               "3x3 max pooling", fast=_POOL))
-OPS.add("avg_pool_3x3", OpInfo(
-    lambda c, s, b, a: nn.AvgPool2d(3, stride=s, padding=1, count_include_pad=False),
-    "3x3 average pooling (padding not counted)", fast=_POOL))
-OPS.add("bin_dil_conv_3x3", OpInfo(_bin_conv(3, 2), "binary 3x3 conv, dilation 2", binary=True,
-                                   fast=_CONV))
-OPS.add("bin_dil_conv_5x5", OpInfo(_bin_conv(5, 2), "binary 5x5 conv, dilation 2", binary=True,
-                                   fast=_CONV))
-OPS.add("bin_conv_3x3", OpInfo(_bin_conv(3, 1), "binary 3x3 conv", binary=True, fast=_CONV))
-OPS.add("bin_conv_5x5", OpInfo(_bin_conv(5, 1), "binary 5x5 conv", binary=True, fast=_CONV))
-OPS.add("skip", OpInfo(_skip, "identity; binary factorized reduce when strided", binary=True,
-                       fast=(FastKind.IDENTITY, FastKind.REDUCE)), aliases=("skip_connect",))
+OPS.add("zeroise", OpInfo(_layers("zeroise"), "zeros (a real layer in BNAS: it prunes the edge)",
+                          fast=_ZERO), aliases=("none",))
+OPS.add("max_pool_3x3", OpInfo(_layers("max_pool_3x3"), "3x3 max pooling", fast=_POOL))
+OPS.add("avg_pool_3x3", OpInfo(_layers("avg_pool_3x3"), "3x3 average pooling (padding not "
+                                                        "counted)", fast=_POOL))
+OPS.add("bin_dil_conv_3x3", OpInfo(_layers("bin_conv", kernel=3, dilation=2),
+                                   "binary 3x3 conv, dilation 2", binary=True, fast=_CONV))
+OPS.add("bin_dil_conv_5x5", OpInfo(_layers("bin_conv", kernel=5, dilation=2),
+                                   "binary 5x5 conv, dilation 2", binary=True, fast=_CONV))
+OPS.add("bin_conv_3x3", OpInfo(_layers("bin_conv", kernel=3, dilation=1), "binary 3x3 conv",
+                               binary=True, fast=_CONV))
+OPS.add("bin_conv_5x5", OpInfo(_layers("bin_conv", kernel=5, dilation=1), "binary 5x5 conv",
+                               binary=True, fast=_CONV))
+OPS.add("skip", OpInfo(_layers("skip"), "identity; binary factorized reduce when strided",
+                       binary=True, fast=(FastKind.IDENTITY, FastKind.REDUCE)),
+        aliases=("skip_connect",))
 
 SPACES: Registry[tuple[str, ...]] = Registry("search space")
 SPACES.add("bnas", ("zeroise", "max_pool_3x3", "avg_pool_3x3", "bin_dil_conv_3x3",

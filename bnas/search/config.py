@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import genotype as G
 from ..binarize import BINARIZERS, get as get_binarizer
-from ..data.info import DATASET_INFO, dataset_info
+from ..data.registry import DATASETS, dataset_info
 from ..errors import BnasError
 from ..ops import SPACES
 from ..options import HPARAM_FLAG, check, check_all, fields, finite, setting
@@ -53,7 +53,7 @@ class SearchConfig:
     cost_band: dict[str, str] = setting({}, "--strategy random: the cost bands genotypes must "
                                             "fall in, by measure (params, ops): LO:HI",
                                         tunable=False)
-    dataset: str = setting("cifar10", "dataset: " + ", ".join(DATASET_INFO.names()), tunable=False)
+    dataset: str = setting("cifar10", "dataset: " + ", ".join(DATASETS.names()), tunable=False)
     data: str | None = setting(None, "dataset root (CIFAR download dir; train/ and val/ folders)",
                                tunable=False, metavar="DIR")
     image_size: int | None = setting(None, "input resolution (default: the dataset's)",

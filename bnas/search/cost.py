@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..binarize import Binarizer
-from ..data.info import dataset_info
+from ..data.registry import dataset_info
 from ..errors import BnasError
 from ..genotype import Cell, Genotype
 from ..model import build_model

@@ -26,7 +26,7 @@ import yaml
 
 from .. import presets
 from ..binarize import BINARIZERS
-from ..data.info import DATASET_INFO, dataset_info
+from ..data.registry import DATASETS, dataset_info
 from ..data.recipes import DATA_RECIPES
 from ..errors import BnasError, unknown
 from ..model.configs import CONFIGS
@@ -67,7 +67,7 @@ class TrainConfig:
                                         "(real_weight: weights imported from BNAS; repeatable)",
                                     flag="--layer-override", tunable=False)
     # -- data ---------------------------------------------------------------------------------
-    dataset: str = setting("cifar10", "dataset: " + ", ".join(DATASET_INFO.names()), tunable=False)
+    dataset: str = setting("cifar10", "dataset: " + ", ".join(DATASETS.names()), tunable=False)
     data: str | None = setting(None, "dataset root (CIFAR download dir; train/ and val/ folders)",
                                tunable=False)
     image_size: int | None = setting(None, "input resolution (default: the dataset's)",

@@ -102,6 +102,34 @@ def test_many_interior_zeros_are_all_corrected(kern):
     assert torch.equal(plan(kern, y), reference(torch.sign(y), negative, alpha, sym(3)))
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: "x".join(map(str, c[:5])))
+def test_one_call_equals_its_steps(kern, case, relu):
+    """The network's call (packing, corrections, convolution, bias, ReLU in one) equals the
+    steps one at a time and the reference, with the BatchNorm in the packing, a few signs 0
+    (corrected) and a bias; the packed input's buffer is reused by the next call."""
+    n, c, o, h, w, geo = case
+    gen = torch.Generator().manual_seed(7 + sum(case[:5]))
+    x = torch.randn(n, c, h, w, generator=gen)
+    x[0, 0, 1 % h, :] = 0.5  # BN(0.5) = 0 below: a row of signs 0
+    scale, shift = torch.rand(c, generator=gen) + 0.5, torch.randn(c, generator=gen)
+    shift[0] = -0.5 * scale[0]
+    negative = torch.rand(o, c, geo.kh, geo.kw, generator=gen) < 0.5
+    alpha, bias = torch.rand(o, generator=gen), torch.randn(o, generator=gen)
+    plan = K.BinaryConvPlan(negative, alpha, geo, bias)
+    fma = bool(kern.fma)
+    z = torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1)) if fma else \
+        x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    expected = reference(torch.sign(z), negative, alpha, geo) + bias.view(1, -1, 1, 1)
+    steps = plan.run(kern, x, kern.pack(x, geo, scale, shift)) + bias.view(1, -1, 1, 1)
+    if relu:
+        expected, steps = torch.relu(expected), torch.relu(steps)
+    assert torch.equal(steps, expected)
+    for _ in range(2):
+        assert torch.equal(plan(kern, x, scale, shift, relu=relu), expected)
+        assert not plan.masked
+
+
 def test_zeros_as_plus_one_when_the_scheme_says_so(kern):
     x = torch.zeros(1, 5, 4, 4)
     x[0, 0, 0, 0] = -1.0

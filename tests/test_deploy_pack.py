@@ -85,6 +85,23 @@ def test_every_scheme_on_a_genotype_with_every_operation(scheme):
     check(model, torch.randn(3, 3, 16, 16))
 
 
+@pytest.mark.parametrize("scheme", ["plain", "rbnn"])
+def test_every_kernel_path_runs_the_network_bit_for_bit(scheme, monkeypatch):
+    """Each path this CPU runs (``BNAS_XNOR_ISA``), through the network's one-call operations,
+    with sign thresholds and per-sample means."""
+    from bnas.deploy.kernels import supported_isas
+
+    torch.manual_seed(5)
+    model = bnas.build_model(from_json(EVERY_OP), binarizer=scheme, layers=3, init_channels=8)
+    x = torch.randn(2, 3, 16, 16)
+    calibrated(model, x)
+    with torch.no_grad():
+        expected = model(x)
+        for isa in supported_isas():
+            monkeypatch.setenv("BNAS_XNOR_ISA", isa)
+            assert_same(expected, pack(model)(x))
+
+
 CONFIGS = ["bnas-a", "bnas-d", "bnas-e", "bnas-f", "bnas-g", "bnas-h"]
 
 

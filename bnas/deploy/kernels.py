@@ -45,7 +45,13 @@ _SIGNATURES = {
     "bnas_xnor_bn_terms": [_P, _P, _P, _P, _I, _D, _C, _P, _P],
     "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
     "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P],
+    "bnas_xnor_binconv": [_P, _P, _P, _P, _P, _C, _I, _P, _C, _C],
 }
+#: The fields of ``bnas_xnor_binconv``'s record of one convolution and input size, in order
+#: (the last seven: addresses of its tensors, 0 for none).
+RECORD = ("n", "c", "h", "w", "pt", "pl", "hp", "wrow", "wc", "stride", "o", "ho", "wo", "fma",
+          "zero_is_zero", "masked", "geometry", "weights", "nibbles", "rowclass", "corr", "alpha",
+          "bias")
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -149,6 +155,7 @@ def _load(isa_request: str | None) -> tuple[Kernels | None, str]:
     except OSError as e:
         return None, f"off ({e})"
     lib.bnas_xnor_isas.restype = ctypes.c_int
+    lib.bnas_xnor_binconv.restype = ctypes.c_int
     supported = [name for i, name in enumerate(ISAS) if lib.bnas_xnor_isas() >> i & 1]
     if isa_request is not None:
         if isa_request not in ISAS:
@@ -235,10 +242,12 @@ def pack_weight_bits(negative: torch.Tensor) -> torch.Tensor:
 
 class BinaryConvPlan:
     """One binary convolution ready for the kernels: weights ``negative`` (``(O, C, kh, kw)``
-    booleans, True for -1), per-output ``alpha`` (or None: no scale) and its :class:`Geometry`.
-    Border corrections are computed once per input size."""
+    booleans, True for -1), per-output ``alpha`` (or None: no scale), its :class:`Geometry` and
+    a per-output ``bias`` added by :meth:`__call__` (or None). Border corrections and the
+    kernels' record of the convolution are computed once per input size."""
 
-    def __init__(self, negative: torch.Tensor, alpha: torch.Tensor | None, geo: Geometry) -> None:
+    def __init__(self, negative: torch.Tensor, alpha: torch.Tensor | None, geo: Geometry,
+                 bias: torch.Tensor | None = None) -> None:
         self.out_channels, self.in_channels = negative.shape[:2]
         self.geo = geo
         self.words = -(-self.in_channels // 64)
@@ -248,9 +257,11 @@ class BinaryConvPlan:
         # per output channel and tap: the sum over input channels of the packed weights (+-1)
         self.tap_sums = (self.in_channels - 2 * negative.sum(dim=1, dtype=torch.int64)).numpy()
         self.alpha = None if alpha is None else alpha.detach().float().contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
         self.masked = False
         self._geometry: dict[tuple[int, int, int], torch.Tensor] = {}
         self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._records: dict[tuple, tuple[torch.Tensor, tuple[int, ...]]] = {}
 
     def borders(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rowclass, corr)`` for an ``h x w`` input: each output row's border class and, per
@@ -285,17 +296,49 @@ class BinaryConvPlan:
                              g.dilation, g.origin[0], g.origin[1], ho, wo,
                              self.in_channels * g.kh * g.kw], dtype=torch.int64)
 
+    def record(self, k: Kernels, n: int, h: int, w: int, zero_is_zero: bool
+               ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The kernels' record of this convolution on ``n x C x h x w`` inputs (see
+        :data:`RECORD`) and the output's shape (cached)."""
+        key = (n, h, w, zero_is_zero, bool(k.fma))
+        if key not in self._records:
+            geo = self.geometry(n, h, w)
+            ho, wo = int(geo[12]), int(geo[13])
+            if ho <= 0 or wo <= 0:
+                raise BnasError(f"input {h}x{w} is too small for a packed binary convolution")
+            rowclass, corr = self.borders(h, w)
+            g = self.geo
+            hp, wrow, wc = g.padded(h, w)
+            values = (n, self.in_channels, h, w, g.pad[0], g.pad[1], hp, wrow, wc, g.stride,
+                      self.out_channels, ho, wo, int(bool(k.fma)), int(zero_is_zero),
+                      int(self.masked), geo.data_ptr(), self.weights.data_ptr(),
+                      self.nibbles.data_ptr(), rowclass.data_ptr(), corr.data_ptr(),
+                      _ptr(self.alpha) or 0, _ptr(self.bias) or 0)
+            self._records[key] = (torch.tensor(values, dtype=torch.int64),
+                                  (n, self.out_channels, ho, wo))
+        return self._records[key]
+
     def __call__(self, k: Kernels, x: torch.Tensor, scale: torch.Tensor | None = None,
                  shift: torch.Tensor | None = None, thresh: torch.Tensor | None = None,
-                 zero_is_zero: bool = True) -> torch.Tensor:
-        """Pack ``x`` (see :meth:`Kernels.pack`) and convolve it. An input with many signs 0
+                 zero_is_zero: bool = True, relu: bool = False) -> torch.Tensor:
+        """``relu?(conv(b(x), sign W) * alpha + bias)`` in one call of the kernels: the packing
+        (see :meth:`Kernels.pack`), its corrections and the convolution (as :meth:`run`), the
+        bias and, with ``relu``, the ReLU, as torch computes them. An input with many signs 0
         (a ReLU's output, say) switches this convolution to the masked mode for good: the
         corrections would cost more than the masked popcounts."""
-        packed = k.pack(x, self.geo, scale, shift, thresh, zero_is_zero, self.masked)
-        if packed.zeros.numel() * MASKED_ABOVE > x.numel():
+        n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise BnasError(f"a packed binary convolution of {self.in_channels} input channels "
+                            f"got {c}")
+        record, shape = self.record(k, n, h, w, zero_is_zero)
+        out = torch.empty(shape)
+        if k.lib.bnas_xnor_binconv(record.data_ptr(), x.data_ptr(), _ptr(scale), _ptr(shift),
+                                   _ptr(thresh), int(relu), MASKED_ABOVE, out.data_ptr(),
+                                   k._isa, torch.get_num_threads()):
             self.masked = True
-            packed = k.pack(x, self.geo, scale, shift, thresh, zero_is_zero, True)
-        return self.run(k, x, packed)
+            for r, _ in self._records.values():
+                r[RECORD.index("masked")] = 1
+        return out
 
     def run(self, k: Kernels, x: torch.Tensor, packed: Packed) -> torch.Tensor:
         """The convolution of the input ``x`` (only its shape is read) that :meth:`Kernels.pack`

@@ -90,20 +90,20 @@ class PackedConv2d(nn.Module):
 
     def plan(self) -> BinaryConvPlan:
         if self._plan is None:
-            self._plan = BinaryConvPlan(self.negative(), self.alpha, self.geo)
+            self._plan = BinaryConvPlan(self.negative(), self.alpha, self.geo, self.bias)
         return self._plan
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
+                shift: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         """The convolution of ``x`` (of ``x * scale + shift`` per channel, torch's eval
-        BatchNorm arithmetic, when given)."""
+        BatchNorm arithmetic, when given), plus the bias; with ``relu``, the ReLU of that (one
+        call of the kernels, :meth:`BinaryConvPlan.__call__`)."""
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise BnasError(f"the packed engine runs float32 tensors on the CPU, got "
                             f"{x.dtype} on {x.device.type}")
         x = x.contiguous()
-        y = self.plan()(kernels(), x, scale, shift, self.activation.threshold(x),
-                        self.activation.zero_is_zero)
-        return y if self.bias is None else y.add_(self.bias.view(1, -1, 1, 1))
+        return self.plan()(kernels(), x, scale, shift, self.activation.threshold(x),
+                           self.activation.zero_is_zero, relu)
 
     def extra_repr(self) -> str:
         g = self.geo
@@ -130,14 +130,16 @@ class _BatchNormSign(nn.Module):
         """Forget the BatchNorm's terms (after its buffers changed)."""
         self._terms = None
 
-    def convolve(self, x: torch.Tensor, *convs: PackedConv2d) -> list[torch.Tensor]:
+    def convolve(self, x: torch.Tensor, *convs: PackedConv2d, relu: bool = False
+                 ) -> list[torch.Tensor]:
+        """Each convolution of the normalised ``x`` (followed by a ReLU with ``relu``)."""
         k = kernels()
         if k.fma is None or any(c.activation.centred for c in convs):
             z = self.bn(x)
-            return [c(z) for c in convs]
+            return [c(z, relu=relu) for c in convs]
         if self._terms is None:
             self._terms = k.bn_terms(self.bn)
-        return [c(x, *self._terms) for c in convs]
+        return [c(x, *self._terms, relu=relu) for c in convs]
 
 
 class PackedBinConvOp(_BatchNormSign):
@@ -148,7 +150,7 @@ class PackedBinConvOp(_BatchNormSign):
         self.conv = conv
 
     def forward(self, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
-        y = torch.relu_(self.convolve(x, self.conv)[0])
+        y = self.convolve(x, self.conv, relu=True)[0]
         return y if factor is None else y * factor
 
 
@@ -166,7 +168,7 @@ class PackedFactorizedReduce(_BatchNormSign):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_b.geo == SHIFTED:
-            return torch.relu_(torch.cat(self.convolve(x, self.conv_a, self.conv_b), dim=1))
+            return torch.cat(self.convolve(x, self.conv_a, self.conv_b, relu=True), dim=1)
         z = self.bn(x)
         shifted = F.pad(z[:, :, 1:, 1:], (0, 1, 0, 1))
         return torch.relu_(torch.cat([self.conv_a(z), self.conv_b(shifted)], dim=1))

@@ -669,3 +669,109 @@ void bnas_xnor_zero_fix(const int64_t* zeros, int64_t count, const int64_t* g, i
 }
 
 }  // extern "C"
+
+// ---------------------------------------------------------------------------------------------
+// Network level (bnas.deploy.layers): a whole binary operation in one call. At batch 1 a small
+// network's binary convolutions take tens of microseconds each, so what surrounds the kernels
+// (allocating and zeroing the packed input, a call each for packing, corrections and
+// convolution, the ReLU after it) costs as much as they do; here it is one call from Python,
+// through the entry points above, on a packed input that lives in a buffer of the calling thread
+// reused from call to call.
+namespace {
+
+// What stays fixed for one convolution and one input size: bnas.deploy.kernels.RECORD names the
+// fields, in this order (pointers stored as 64-bit integers).
+enum Field {
+  F_N, F_C, F_H, F_W, F_PT, F_PL, F_HP, F_WROW, F_WC, F_S, F_O, F_HO, F_WO, F_FMA, F_ZERO_IS_ZERO,
+  F_MASKED, F_GEOMETRY, F_WEIGHTS, F_NIBBLES, F_ROWCLASS, F_CORR, F_ALPHA, F_BIAS, F_FIELDS
+};
+
+template <typename T>
+T* field_ptr(const int64_t* r, Field f) {
+  return reinterpret_cast<T*>(static_cast<intptr_t>(r[f]));
+}
+
+// The calling thread's buffers (an inference may run on several Python threads at once).
+struct Scratch {
+  std::vector<uint64_t> words, nonzero;
+  std::vector<int64_t> zeros;
+  std::vector<int32_t> extra;
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// Packs x for record r into s (masked or not): the number of signs 0 found (their flat indices
+// in s.zeros when unmasked; the buffer grows until it holds them all).
+int64_t pack_into(Scratch& s, const int64_t* r, const float* x, const float* scale,
+                  const float* shift, const float* thresh, bool masked, int isa, int threads) {
+  const int64_t size = r[F_N] * ((r[F_C] + 63) / 64) * r[F_HP] * r[F_WROW] + 8;  // + SLACK
+  s.words.assign(size, 0);
+  if (masked) s.nonzero.assign(size, 0);
+  if (s.zeros.size() < 64) s.zeros.resize(64);
+  for (;;) {
+    int64_t count = 0;
+    bnas_xnor_pack(x, r[F_N], r[F_C], r[F_H], r[F_W], scale, shift, thresh,
+                   static_cast<int>(r[F_FMA]), static_cast<int>(r[F_ZERO_IS_ZERO]), r[F_PT],
+                   r[F_PL], r[F_HP], r[F_WROW], r[F_WC], r[F_S], s.words.data(),
+                   masked ? s.nonzero.data() : nullptr, s.zeros.data(),
+                   static_cast<int64_t>(s.zeros.size()), &count, isa, threads);
+    if (masked || count <= static_cast<int64_t>(s.zeros.size())) return count;
+    s.zeros.resize(count);
+    std::fill(s.words.begin(), s.words.end(), 0);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// out = relu?(conv(b(x), sign W) * alpha + bias) for record r (see enum Field), x packed with
+// the BatchNorm terms and threshold given (each nullable). An unmasked record whose input has
+// more than 1 in masked_above signs 0 is run in the masked mode and set to it for good
+// (r[F_MASKED] = 1), as bnas.deploy.kernels.BinaryConvPlan decides: returns 1 then, else 0.
+int bnas_xnor_binconv(int64_t* r, const float* x, const float* scale, const float* shift,
+                      const float* thresh, int relu, int64_t masked_above, float* out, int isa,
+                      int threads) {
+  Scratch& s = scratch();
+  bool masked = r[F_MASKED] != 0;
+  int switched = 0;
+  const int64_t count = pack_into(s, r, x, scale, shift, thresh, masked, isa, threads);
+  const int64_t inputs = r[F_N] * r[F_C] * r[F_H] * r[F_W];
+  if (!masked && count * masked_above > inputs) {
+    r[F_MASKED] = 1;
+    masked = switched = 1;
+    pack_into(s, r, x, scale, shift, thresh, true, isa, threads);
+  }
+  const int64_t* g = field_ptr<const int64_t>(r, F_GEOMETRY);
+  const uint64_t* weights = field_ptr<const uint64_t>(r, F_WEIGHTS);
+  const int64_t outputs = r[F_N] * r[F_O] * r[F_HO] * r[F_WO];
+  const int32_t* extra = nullptr;
+  if (!masked && count > 0) {
+    s.extra.assign(outputs, 0);
+    bnas_xnor_zero_fix(s.zeros.data(), count, g, r[F_C], r[F_H], r[F_W], r[F_PT], r[F_PL],
+                       weights, s.extra.data());
+    extra = s.extra.data();
+  }
+  bnas_xnor_conv(s.words.data(), masked ? s.nonzero.data() : nullptr, g, weights,
+                 field_ptr<const uint64_t>(r, F_NIBBLES), field_ptr<const int32_t>(r, F_ROWCLASS),
+                 field_ptr<const int32_t>(r, F_CORR), extra, field_ptr<const float>(r, F_ALPHA),
+                 out, isa, threads);
+  const float* bias = field_ptr<const float>(r, F_BIAS);
+  if (!bias && !relu) return switched;
+  const int64_t plane = r[F_HO] * r[F_WO], planes = r[F_N] * r[F_O];
+#pragma omp parallel for num_threads(threads) schedule(static) if (outputs > (1 << 16))
+  for (int64_t i = 0; i < planes; ++i) {  // as torch: y + bias, then relu (NaN kept)
+    float* y = out + i * plane;
+    const float b = bias ? bias[i % r[F_O]] : 0.0f;
+    for (int64_t q = 0; q < plane; ++q) {
+      const float v = bias ? y[q] + b : y[q];
+      y[q] = relu && v < 0.0f ? 0.0f : v;
+    }
+  }
+  return switched;
+}
+
+}  // extern "C"

@@ -43,14 +43,15 @@ _SIGNATURES = {
                        _P, _I, _P, _C, _C],
     "bnas_xnor_affine": [_P, _I, _I, _I, _P, _P, _C, _P],
     "bnas_xnor_bn_terms": [_P, _P, _P, _P, _I, _D, _C, _P, _P],
-    "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
+    "bnas_xnor_weights": [_P, _I, _I, _C, _P],
+    "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
     "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P],
     "bnas_xnor_binconv": [_P, _P, _P, _P, _P, _C, _I, _P, _C, _C],
 }
 #: The fields of ``bnas_xnor_binconv``'s record of one convolution and input size, in order
 #: (the last seven: addresses of its tensors, 0 for none).
 RECORD = ("n", "c", "h", "w", "pt", "pl", "hp", "wrow", "wc", "stride", "o", "ho", "wo", "fma",
-          "zero_is_zero", "masked", "geometry", "weights", "nibbles", "rowclass", "corr", "alpha",
+          "zero_is_zero", "masked", "geometry", "weights", "layout", "rowclass", "table", "alpha",
           "bias")
 
 
@@ -156,6 +157,8 @@ def _load(isa_request: str | None) -> tuple[Kernels | None, str]:
         return None, f"off ({e})"
     lib.bnas_xnor_isas.restype = ctypes.c_int
     lib.bnas_xnor_binconv.restype = ctypes.c_int
+    lib.bnas_xnor_weights_size.argtypes = [_I, _I, _C]
+    lib.bnas_xnor_weights_size.restype = ctypes.c_int64
     supported = [name for i, name in enumerate(ISAS) if lib.bnas_xnor_isas() >> i & 1]
     if isa_request is not None:
         if isa_request not in ISAS:
@@ -243,8 +246,9 @@ def pack_weight_bits(negative: torch.Tensor) -> torch.Tensor:
 class BinaryConvPlan:
     """One binary convolution ready for the kernels: weights ``negative`` (``(O, C, kh, kw)``
     booleans, True for -1), per-output ``alpha`` (or None: no scale), its :class:`Geometry` and
-    a per-output ``bias`` added by :meth:`__call__` (or None). Border corrections and the
-    kernels' record of the convolution are computed once per input size."""
+    a per-output ``bias`` added by :meth:`__call__` (or None). Border tables and the kernels'
+    record of the convolution are computed once per input size, the weights' layout once per
+    path."""
 
     def __init__(self, negative: torch.Tensor, alpha: torch.Tensor | None, geo: Geometry,
                  bias: torch.Tensor | None = None) -> None:
@@ -252,8 +256,6 @@ class BinaryConvPlan:
         self.geo = geo
         self.words = -(-self.in_channels // 64)
         self.weights = pack_weight_bits(negative)
-        low = 0x0F0F0F0F0F0F0F0F  # each byte's low nibble (the AVX2 path's lookups)
-        self.nibbles = torch.stack([self.weights & low, (self.weights >> 4) & low])
         # per output channel and tap: the sum over input channels of the packed weights (+-1)
         self.tap_sums = (self.in_channels - 2 * negative.sum(dim=1, dtype=torch.int64)).numpy()
         self.alpha = None if alpha is None else alpha.detach().float().contiguous()
@@ -262,10 +264,23 @@ class BinaryConvPlan:
         self._geometry: dict[tuple[int, int, int], torch.Tensor] = {}
         self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._records: dict[tuple, tuple[torch.Tensor, tuple[int, ...]]] = {}
+        self._layouts: dict[int, torch.Tensor] = {}
+
+    def layout(self, k: Kernels) -> torch.Tensor:
+        """The weights in the layout of ``k``'s path (``bnas_xnor_weights``; cached)."""
+        if k._isa not in self._layouts:
+            steps = self.words * self.geo.kh * self.geo.kw
+            out = torch.empty(k.lib.bnas_xnor_weights_size(self.out_channels, steps, k._isa),
+                              dtype=torch.int64)
+            k.lib.bnas_xnor_weights(self.weights.data_ptr(), self.out_channels, steps, k._isa,
+                                    out.data_ptr())
+            self._layouts[k._isa] = out
+        return self._layouts[k._isa]
 
     def borders(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(rowclass, corr)`` for an ``h x w`` input: each output row's border class and, per
-        class, output channel and column, the sum of the weights at the taps in the padding."""
+        """``(rowclass, table)`` for an ``h x w`` input: each output row's border class and, per
+        class, output channel and column, ``C * kh * kw - corr`` with ``corr`` the sum of the
+        weights at the taps in the padding (see ``csrc/xnor.cpp``)."""
         key = (h, w)
         if key not in self._borders:
             g = self.geo
@@ -277,8 +292,9 @@ class BinaryConvPlan:
             padded = ~(classes[:, :, None, None] & cols[None, None, :, :])
             psum = self.tap_sums.reshape(self.out_channels, g.kh, g.kw)
             corr = np.einsum("oab,rajb->roj", psum, padded.astype(np.int64))
+            table = self.in_channels * g.kh * g.kw - corr
             self._borders[key] = (torch.from_numpy(rowclass.astype(np.int32).reshape(-1)),
-                                  torch.from_numpy(np.ascontiguousarray(corr, dtype=np.int32)))
+                                  torch.from_numpy(np.ascontiguousarray(table, dtype=np.int32)))
         return self._borders[key]
 
     def geometry(self, n: int, h: int, w: int) -> torch.Tensor:
@@ -293,26 +309,25 @@ class BinaryConvPlan:
         hp, wrow, wc = g.padded(h, w)
         ho, wo = g.output(h, w)
         return torch.tensor([n, self.words, hp, wrow, wc, g.stride, self.out_channels, g.kh, g.kw,
-                             g.dilation, g.origin[0], g.origin[1], ho, wo,
-                             self.in_channels * g.kh * g.kw], dtype=torch.int64)
+                             g.dilation, g.origin[0], g.origin[1], ho, wo], dtype=torch.int64)
 
     def record(self, k: Kernels, n: int, h: int, w: int, zero_is_zero: bool
                ) -> tuple[torch.Tensor, tuple[int, ...]]:
         """The kernels' record of this convolution on ``n x C x h x w`` inputs (see
         :data:`RECORD`) and the output's shape (cached)."""
-        key = (n, h, w, zero_is_zero, bool(k.fma))
+        key = (n, h, w, zero_is_zero, bool(k.fma), k._isa)
         if key not in self._records:
             geo = self.geometry(n, h, w)
             ho, wo = int(geo[12]), int(geo[13])
             if ho <= 0 or wo <= 0:
                 raise BnasError(f"input {h}x{w} is too small for a packed binary convolution")
-            rowclass, corr = self.borders(h, w)
+            rowclass, table = self.borders(h, w)
             g = self.geo
             hp, wrow, wc = g.padded(h, w)
             values = (n, self.in_channels, h, w, g.pad[0], g.pad[1], hp, wrow, wc, g.stride,
                       self.out_channels, ho, wo, int(bool(k.fma)), int(zero_is_zero),
                       int(self.masked), geo.data_ptr(), self.weights.data_ptr(),
-                      self.nibbles.data_ptr(), rowclass.data_ptr(), corr.data_ptr(),
+                      self.layout(k).data_ptr(), rowclass.data_ptr(), table.data_ptr(),
                       _ptr(self.alpha) or 0, _ptr(self.bias) or 0)
             self._records[key] = (torch.tensor(values, dtype=torch.int64),
                                   (n, self.out_channels, ho, wo))
@@ -351,7 +366,7 @@ class BinaryConvPlan:
         ho, wo = int(geo[12]), int(geo[13])
         if ho <= 0 or wo <= 0:
             raise BnasError(f"input {h}x{w} is too small for a packed binary convolution")
-        rowclass, corr = self.borders(h, w)
+        rowclass, table = self.borders(h, w)
         extra = None
         if packed.zeros.numel():
             extra = torch.zeros(n, self.out_channels, ho, wo, dtype=torch.int32)
@@ -360,7 +375,7 @@ class BinaryConvPlan:
                                      self.weights.data_ptr(), extra.data_ptr())
         out = torch.empty(n, self.out_channels, ho, wo)
         k.lib.bnas_xnor_conv(packed.words.data_ptr(), _ptr(packed.nonzero), geo.data_ptr(),
-                             self.weights.data_ptr(), self.nibbles.data_ptr(), rowclass.data_ptr(), corr.data_ptr(),
+                             self.layout(k).data_ptr(), rowclass.data_ptr(), table.data_ptr(),
                              _ptr(extra), _ptr(self.alpha), out.data_ptr(), k._isa,
                              torch.get_num_threads())
         return out

@@ -277,137 +277,241 @@ void pack_all(const Pack& p, int threads, RowFn row) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Convolution on packed inputs. Output positions are taken in tiles of V consecutive columns of
-// one output row; a block is PV tiles x OB output channels of accumulators.
+// Convolution on packed inputs. The sum runs over steps f = j * taps + t (input word j, tap t;
+// `off[f]`: the word's offset from a tile's base). Output positions are taken in tiles of V
+// consecutive columns of one output row (the lanes of one vector register); a block is PV tiles
+// x OB output channels of accumulators, so that each loaded input word serves OB channels and
+// each weight PV tiles.
+//
+// Two ways to the integer sum. Unmasked: dot = table - 2 * popcount(x ^ w) - extra over the
+// steps, table = k_real - corr (k_real = C_in * taps; corr: the padded taps' weights, read as +1
+// and subtracted, per border class, output channel and column; extra: the sign(0) corrections,
+// per output, or none). Masked (inputs with many zeros): each input bit has a nonzero bit m
+// (padding and zeros 0), and dot = popcount(m) - 2 * popcount((x ^ w) & m) - extra.
+enum Isa { PORTABLE = 0, AVX2 = 1, AVX512 = 2 };
+
+// The register blocks of each path. The weights are laid out per path (bnas_xnor_weights) in
+// blocks of OB output channels, a block's weights of one step contiguous: OB words (AVX-512,
+// portable) or OB pairs of the words' low and high nibbles (AVX2: the operands of its lookups).
+constexpr int AVX512_OB = 8, AVX512_PV = 3, AVX2_OB = 4, AVX2_PV = 2, PORTABLE_OB = 4;
+
+struct WeightLayout {
+  int ob, parts;
+};
+
+WeightLayout weight_layout(int isa) {
+  if (isa == AVX512) return {AVX512_OB, 1};
+  if (isa == AVX2) return {AVX2_OB, 2};
+  return {PORTABLE_OB, 1};
+}
+
 struct Conv {
   const uint64_t* in;
   const uint64_t* nz;  // or null; the masked mode: a product counts where the input bit is set
-  int64_t plane, sample, wrow, s;  // plane = hp * wrow, sample = words * plane
-  const uint64_t* w;
-  const uint64_t* nibbles;  // the weights' low nibbles, then their high nibbles (AVX2)
-  int64_t nibble_plane;     // words in each
-  int64_t words, taps, o;
-  const int64_t* off;  // per tap: word offset from a tile's base
-  int64_t oy, ho, wo;
-  int32_t k_real;
+  int64_t sample;      // words per sample of the packed input
+  const uint64_t* w;   // the path's weight layout
+  int64_t steps, o;
+  const int64_t* off;
+  int64_t oy, s, wrow, ho, wo;
   const int32_t* rowclass;  // per output row: its border class
-  const int32_t* corr;      // classes x o x wo: sum of the padded taps' weights
-  const int32_t* extra;     // n x o x ho x wo (sign(0) corrections), or null
+  const int32_t* table;     // classes x o x wo (see above)
+  const int32_t* extra;     // n x o x ho x wo, or null
   const float* alpha;       // per output channel, or null
   float* out;
 };
 
 struct Tile {
-  int64_t base;  // word offset of the tile's first input in a sample's plane
+  int64_t base;  // word offset of the tile's first input in a sample's packed input
   int64_t oh, ow0;
   int lanes;
 };
 
-// Two ways to the integer sum. Unmasked: dot = k_real - 2 * popcount(x ^ w) - corr - extra
-// (the padding and sign(0) read as +1, then corrected). Masked (inputs with many zeros): each
-// input bit has a nonzero bit m, and dot = popcount(m) - 2 * popcount((x ^ w) & m) over the taps
-// (padding and zeros have m = 0; no correction).
-inline float finish(const Conv& c, int64_t b, int64_t o, int64_t oh, int64_t ow, int64_t count,
-                    int64_t nonzero) {
-  int32_t dot;
-  if (c.nz) {
-    dot = static_cast<int32_t>(nonzero) - 2 * static_cast<int32_t>(count);
-  } else {
-    dot = c.k_real - 2 * static_cast<int32_t>(count) -
-          c.corr[(c.rowclass[oh] * c.o + o) * c.wo + ow];
-    if (c.extra) dot -= c.extra[((b * c.o + o) * c.ho + oh) * c.wo + ow];
-  }
-  const float f = static_cast<float>(dot);
-  return c.alpha ? f * c.alpha[o] : f;
+// Tiles p and p + 1 are full and side by side in one output row: one 2V-wide epilogue.
+inline bool adjacent(const Tile* tiles, int tn, int p, int v) {
+  return p + 1 < tn && tiles[p].lanes == v && tiles[p + 1].lanes == v &&
+         tiles[p + 1].oh == tiles[p].oh && tiles[p + 1].ow0 == tiles[p].ow0 + v;
+}
+
+// Where a block's results for one tile go: output channel o0 + o (o < count) at out + o *
+// plane, its border table row at table + o * wo, its corrections at extra + o * plane (or none).
+struct Dest {
+  float* out;
+  const int32_t* table;
+  const int32_t* extra;
+  const float* alpha;
+  int64_t plane, wo;
+  int count;
+};
+
+inline Dest dest(const Conv& c, int64_t b, int64_t o0, int ob, const Tile& tile) {
+  const int64_t plane = c.ho * c.wo, at = (b * c.o + o0) * plane + tile.oh * c.wo + tile.ow0;
+  return {c.out + at, c.table + (c.rowclass[tile.oh] * c.o + o0) * c.wo + tile.ow0,
+          c.extra ? c.extra + at : nullptr, c.alpha ? c.alpha + o0 : nullptr, plane, c.wo,
+          static_cast<int>(std::min<int64_t>(ob, c.o - o0))};
 }
 
 template <int OB, int PV, bool MASKED>
-void block_portable(const Conv& c, int64_t b, int64_t o0, const Tile* tiles, int tn) {
+void block_portable(const Conv& c, int64_t b, int64_t ob, const Tile* tiles, int tn) {
   const uint64_t* in = c.in + b * c.sample;
   const uint64_t* nz = MASKED ? c.nz + b * c.sample : nullptr;
-  const int64_t wstride = c.words * c.taps;
+  const uint64_t* wb = c.w + ob * c.steps * OB;
   for (int p = 0; p < tn; ++p) {
-    for (int l = 0; l < tiles[p].lanes; ++l) {
+    const Tile& tile = tiles[p];
+    for (int l = 0; l < tile.lanes; ++l) {
       int64_t cnt[OB] = {}, nonzero = 0;
-      for (int64_t j = 0; j < c.words; ++j) {
-        const int64_t at = j * c.plane + tiles[p].base + l;
-        const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
-        for (int64_t t = 0; t < c.taps; ++t) {
-          const uint64_t v = in[at + c.off[t]];
-          const uint64_t m = MASKED ? nz[at + c.off[t]] : ~uint64_t(0);
-          if (MASKED) nonzero += __builtin_popcountll(m);
-          for (int o = 0; o < OB; ++o)
-            cnt[o] += __builtin_popcountll((v ^ wj[o * wstride + t]) & m);
+      for (int64_t f = 0; f < c.steps; ++f) {
+        const int64_t at = tile.base + l + c.off[f];
+        const uint64_t v = in[at];
+        if (MASKED) nonzero += __builtin_popcountll(nz[at]);
+        for (int o = 0; o < OB; ++o) {
+          const uint64_t x = v ^ wb[f * OB + o];
+          cnt[o] += __builtin_popcountll(MASKED ? x & nz[at] : x);
         }
       }
-      for (int o = 0; o < OB && o0 + o < c.o; ++o) {
-        const int64_t oh = tiles[p].oh, ow = tiles[p].ow0 + l;
-        c.out[((b * c.o + o0 + o) * c.ho + oh) * c.wo + ow] =
-            finish(c, b, o0 + o, oh, ow, cnt[o], nonzero);
+      const int64_t ow = tile.ow0 + l;
+      for (int o = 0; o < OB && ob * OB + o < c.o; ++o) {
+        const int64_t oc = ob * OB + o, at = ((b * c.o + oc) * c.ho + tile.oh) * c.wo + ow;
+        int32_t dot = (MASKED ? static_cast<int32_t>(nonzero)
+                              : c.table[(c.rowclass[tile.oh] * c.o + oc) * c.wo + ow]) -
+                      2 * static_cast<int32_t>(cnt[o]);
+        if (c.extra) dot -= c.extra[at];
+        const float f = static_cast<float>(dot);
+        c.out[at] = c.alpha ? f * c.alpha[oc] : f;
       }
     }
   }
 }
 
 #if BNAS_X86
+// The epilogue of the AVX-512 blocks for `lanes` outputs from tile p (up to 8 lanes) or tiles
+// p and q (16): the counts' 64-bit lanes as 32-bit ones, to the output.
+template <int OB, bool MASKED, int PV>
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))) inline void finish_avx512(
+    const Conv& c, int64_t b, int64_t ob, const Tile& tile, int lanes,
+    const __m512i (&acc)[OB][PV], int p, int q, const __m512i (&nonzero)[PV]) {
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                          28, 30);
+  const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
+  const __m512i nzc = MASKED ? _mm512_permutex2var_epi32(nonzero[p], evens, nonzero[q])
+                             : _mm512_setzero_si512();
+  const Dest d = dest(c, b, ob * OB, OB, tile);
+  for (int o = 0; o < OB && o < d.count; ++o) {
+    const __m512i cnt = _mm512_permutex2var_epi32(acc[o][p], evens, acc[o][q]);
+    const __m512i base = MASKED ? nzc : _mm512_maskz_loadu_epi32(mask, d.table + o * d.wo);
+    __m512i dot = _mm512_sub_epi32(base, _mm512_add_epi32(cnt, cnt));
+    if (d.extra)
+      dot = _mm512_sub_epi32(dot, _mm512_maskz_loadu_epi32(mask, d.extra + o * d.plane));
+    __m512 f = _mm512_cvtepi32_ps(dot);
+    if (d.alpha) f = _mm512_mul_ps(f, _mm512_set1_ps(d.alpha[o]));
+    _mm512_mask_storeu_ps(d.out + o * d.plane, mask, f);
+  }
+}
+
 template <int OB, int PV, bool MASKED>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512vpopcntdq")))
-void block_avx512(const Conv& c, int64_t b, int64_t o0, const Tile* tiles, int tn) {
-  const uint64_t* in = c.in + b * c.sample;
-  const uint64_t* nz = MASKED ? c.nz + b * c.sample : nullptr;
-  const int64_t wstride = c.words * c.taps;
-  __m512i acc[OB][PV], nonzero[PV];
-  int64_t base[PV];
+void block_avx512(const Conv& c, int64_t b, int64_t ob, const Tile* tiles, int tn) {
+  const uint64_t* src[PV];
+  const uint64_t* msk[PV];
   for (int p = 0; p < PV; ++p) {
-    base[p] = tiles[p < tn ? p : 0].base;
-    nonzero[p] = _mm512_setzero_si512();
+    src[p] = c.in + b * c.sample + tiles[p < tn ? p : 0].base;
+    msk[p] = MASKED ? c.nz + (src[p] - c.in) : nullptr;
   }
-  for (int o = 0; o < OB; ++o)
-    for (int p = 0; p < PV; ++p) acc[o][p] = _mm512_setzero_si512();
-  for (int64_t j = 0; j < c.words; ++j) {
-    const uint64_t* src = in + j * c.plane;
-    const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
-    for (int64_t t = 0; t < c.taps; ++t) {
-      __m512i x[PV], m[PV];
-      const int64_t off = c.off[t];
-      for (int p = 0; p < PV; ++p) {
-        x[p] = _mm512_loadu_si512(src + base[p] + off);
-        if (MASKED) {
-          m[p] = _mm512_loadu_si512(nz + j * c.plane + base[p] + off);
-          nonzero[p] = _mm512_add_epi64(nonzero[p], _mm512_popcnt_epi64(m[p]));
-        }
+  __m512i acc[OB][PV], nonzero[PV];
+  for (int p = 0; p < PV; ++p) {
+    nonzero[p] = _mm512_setzero_si512();
+    for (int o = 0; o < OB; ++o) acc[o][p] = _mm512_setzero_si512();
+  }
+  const uint64_t* wf = c.w + ob * c.steps * OB;
+  for (int64_t f = 0; f < c.steps; ++f, wf += OB) {
+    __m512i x[PV], m[PV];
+    const int64_t off = c.off[f];
+    for (int p = 0; p < PV; ++p) {
+      x[p] = _mm512_loadu_si512(src[p] + off);
+      if (MASKED) {
+        m[p] = _mm512_loadu_si512(msk[p] + off);
+        nonzero[p] = _mm512_add_epi64(nonzero[p], _mm512_popcnt_epi64(m[p]));
       }
-      for (int o = 0; o < OB; ++o) {
-        const __m512i wv = _mm512_set1_epi64(static_cast<long long>(wj[o * wstride + t]));
-        for (int p = 0; p < PV; ++p) {
-          // (x ^ w) & m in one ternary-logic instruction (truth table 0x28)
-          const __m512i v = MASKED ? _mm512_ternarylogic_epi64(x[p], wv, m[p], 0x28)
-                                   : _mm512_xor_si512(x[p], wv);
-          acc[o][p] = _mm512_add_epi64(acc[o][p], _mm512_popcnt_epi64(v));
-        }
+    }
+    for (int o = 0; o < OB; ++o) {
+      const __m512i wv = _mm512_set1_epi64(static_cast<long long>(wf[o]));
+      for (int p = 0; p < PV; ++p) {
+        // (x ^ w) & m in one ternary-logic instruction (truth table 0x28)
+        const __m512i v = MASKED ? _mm512_ternarylogic_epi64(x[p], wv, m[p], 0x28)
+                                 : _mm512_xor_si512(x[p], wv);
+        acc[o][p] = _mm512_add_epi64(acc[o][p], _mm512_popcnt_epi64(v));
       }
     }
   }
-  const __m256i k = _mm256_set1_epi32(c.k_real);
-  for (int p = 0; p < tn; ++p) {
-    const Tile& tile = tiles[p];
-    const __mmask8 mask = static_cast<__mmask8>((1u << tile.lanes) - 1u);
-    for (int o = 0; o < OB && o0 + o < c.o; ++o) {
-      const int64_t oc = o0 + o;
-      const __m256i twice = _mm256_slli_epi32(_mm512_cvtepi64_epi32(acc[o][p]), 1);
-      const int64_t at = ((b * c.o + oc) * c.ho + tile.oh) * c.wo + tile.ow0;
-      __m256i dot;
-      if (MASKED) {
-        dot = _mm256_sub_epi32(_mm512_cvtepi64_epi32(nonzero[p]), twice);
-      } else {
-        dot = _mm256_sub_epi32(k, twice);
-        dot = _mm256_sub_epi32(dot, _mm256_maskz_loadu_epi32(
-            mask, c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0));
-        if (c.extra) dot = _mm256_sub_epi32(dot, _mm256_maskz_loadu_epi32(mask, c.extra + at));
+  // The counts as 32-bit lanes: of one tile, or of two adjacent ones (16 outputs).
+  for (int p = 0; p < PV; ++p) {
+    if (p >= tn) break;
+    if (p + 1 < PV && adjacent(tiles, tn, p, 8)) {
+      finish_avx512<OB, MASKED>(c, b, ob, tiles[p], 16, acc, p, p + 1, nonzero);
+      ++p;
+    } else {
+      finish_avx512<OB, MASKED>(c, b, ob, tiles[p], tiles[p].lanes, acc, p, p, nonzero);
+    }
+  }
+}
+
+
+// An empty barrier: v is in a register here. Keeps the compiler from reassociating the
+// accumulation (which holds more registers live than there are and spills them).
+__attribute__((target("avx2"))) inline void keep(__m256i& v) { asm("" : "+x"(v)); }
+
+// The per-lane sums of two tiles' vectors (64-bit lanes below 2^31) as eight 32-bit lanes.
+__attribute__((target("avx2"))) inline __m256i lanes8(__m256i a, __m256i b) {
+  const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  return _mm256_permutevar8x32_epi32(
+      _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xaa), order);
+}
+
+// The epilogue of the AVX2 blocks: sums[o][p] (and nonzero[p], masked) per 64-bit lane to the
+// output, two adjacent tiles at a time where they can. A partial tile uses masked loads and
+// stores (slow on some CPUs, so only there).
+template <int OB, int PV, bool MASKED>
+__attribute__((target("avx2"))) inline void finish_avx2(const Conv& c, int64_t b, int64_t ob,
+                                                        const Tile* tiles, int tn,
+                                                        const __m256i (&sums)[OB][PV],
+                                                        const __m256i (&nonzero)[PV]) {
+  for (int p = 0; p < PV; ++p) {
+    if (p >= tn) break;
+    const Dest d = dest(c, b, ob * OB, OB, tiles[p]);
+    if (p + 1 < PV && adjacent(tiles, tn, p, 4)) {
+      const __m256i nzc = MASKED ? lanes8(nonzero[p], nonzero[p + 1]) : __m256i{};
+      for (int o = 0; o < OB && o < d.count; ++o) {
+        const __m256i cnt = lanes8(sums[o][p], sums[o][p + 1]);
+        const __m256i base = MASKED ? nzc : _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(d.table + o * d.wo));
+        __m256i dot = _mm256_sub_epi32(base, _mm256_add_epi32(cnt, cnt));
+        if (d.extra)
+          dot = _mm256_sub_epi32(dot, _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(d.extra + o * d.plane)));
+        __m256 f = _mm256_cvtepi32_ps(dot);
+        if (d.alpha) f = _mm256_mul_ps(f, _mm256_set1_ps(d.alpha[o]));
+        _mm256_storeu_ps(d.out + o * d.plane, f);
       }
-      __m256 f = _mm256_cvtepi32_ps(dot);
-      if (c.alpha) f = _mm256_mul_ps(f, _mm256_set1_ps(c.alpha[oc]));
-      _mm256_mask_storeu_ps(c.out + at, mask, f);
+      ++p;
+      continue;
+    }
+    const int lanes = tiles[p].lanes;
+    const bool full = lanes == 4;
+    const __m128i mask = _mm_cmpgt_epi32(_mm_set1_epi32(lanes), _mm_setr_epi32(0, 1, 2, 3));
+    auto load4 = [&](const int32_t* q) __attribute__((target("avx2"))) {
+      return full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(q))
+                  : _mm_maskload_epi32(q, mask);
+    };
+    const __m128i nzc = MASKED ? _mm256_castsi256_si128(lanes8(nonzero[p], nonzero[p]))
+                               : __m128i{};
+    for (int o = 0; o < OB && o < d.count; ++o) {
+      const __m128i cnt = _mm256_castsi256_si128(lanes8(sums[o][p], sums[o][p]));
+      const __m128i base = MASKED ? nzc : load4(d.table + o * d.wo);
+      __m128i dot = _mm_sub_epi32(base, _mm_add_epi32(cnt, cnt));
+      if (d.extra) dot = _mm_sub_epi32(dot, load4(d.extra + o * d.plane));
+      __m128 f = _mm_cvtepi32_ps(dot);
+      if (d.alpha) f = _mm_mul_ps(f, _mm_set1_ps(d.alpha[o]));
+      if (full) _mm_storeu_ps(d.out + o * d.plane, f);
+      else _mm_maskstore_ps(d.out + o * d.plane, mask, f);
     }
   }
 }
@@ -419,109 +523,101 @@ __attribute__((target("avx2"))) inline __m256i byte_counts(__m256i v, __m256i lu
   return _mm256_add_epi8(lo, hi);
 }
 
-// Four ints, the lanes of mask only when the tile is partial.
-__attribute__((target("avx2"))) inline __m128i load4(const int32_t* q, bool full, __m128i mask) {
-  return full ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)) : _mm_maskload_epi32(q, mask);
+// One step of an AVX2 block, unmasked: the low nibbles of each input vector (shared by the OB
+// output channels) XORed with the weights' low nibbles and looked up with vpshufb, then the
+// high nibbles: 3 operations per 256 bits and nibble, 2 + OB * PV registers of inputs and
+// counts.
+template <int OB, int PV>
+__attribute__((target("avx2"))) inline void step_avx2(const uint64_t* const (&src)[PV],
+                                                      const uint64_t* wf, __m256i lut,
+                                                      __m256i low, __m256i (&bytes)[OB][PV]) {
+  for (int half = 0; half < 2; ++half) {
+    __m256i x[PV];
+    for (int p = 0; p < PV; ++p) {
+      x[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[p]));
+      x[p] = _mm256_and_si256(half ? _mm256_srli_epi16(x[p], 4) : x[p], low);
+    }
+    for (int o = 0; o < OB; ++o) {
+      const __m256i w = _mm256_set1_epi64x(static_cast<long long>(wf[2 * o + half]));
+      for (int p = 0; p < PV; ++p) {
+        bytes[o][p] = _mm256_add_epi8(bytes[o][p],
+                                      _mm256_shuffle_epi8(lut, _mm256_xor_si256(x[p], w)));
+        keep(bytes[o][p]);
+      }
+    }
+  }
 }
 
+// One step, masked: popcounts of (x ^ w) & m and of m (the weight rebuilt from its nibbles).
+template <int OB, int PV>
+__attribute__((target("avx2"))) inline void step_avx2_masked(
+    const uint64_t* const (&src)[PV], const uint64_t* const (&msk)[PV], const uint64_t* wf,
+    __m256i lut, __m256i low, __m256i (&bytes)[OB][PV], __m256i (&nzbytes)[PV]) {
+  __m256i x[PV], m[PV];
+  for (int p = 0; p < PV; ++p) {
+    x[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[p]));
+    m[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(msk[p]));
+    nzbytes[p] = _mm256_add_epi8(nzbytes[p], byte_counts(m[p], lut, low));
+  }
+  for (int o = 0; o < OB; ++o) {
+    const __m256i w = _mm256_set1_epi64x(static_cast<long long>(wf[2 * o] | wf[2 * o + 1] << 4));
+    for (int p = 0; p < PV; ++p) {
+      const __m256i v = _mm256_and_si256(_mm256_xor_si256(x[p], w), m[p]);
+      bytes[o][p] = _mm256_add_epi8(bytes[o][p], byte_counts(v, lut, low));
+    }
+  }
+}
+
+// AVX2 (popcounts by nibble lookups): byte counts grow by at most 8 a step, so they are summed
+// to the 64-bit lanes (vpsadbw) every 31 steps: once per block up to 3 input words at 3x3.
 template <int OB, int PV, bool MASKED>
-__attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_t o0,
+__attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_t ob,
                                                 const Tile* tiles, int tn) {
-  const uint64_t* in = c.in + b * c.sample;
-  const uint64_t* nz = MASKED ? c.nz + b * c.sample : nullptr;
-  const int64_t wstride = c.words * c.taps;
+  const uint64_t* src[PV];
+  const uint64_t* msk[PV];
+  for (int p = 0; p < PV; ++p) {
+    src[p] = c.in + b * c.sample + tiles[p < tn ? p : 0].base;
+    msk[p] = MASKED ? c.nz + (src[p] - c.in) : nullptr;
+  }
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
-  __m256i acc[OB][PV], nonzero[PV];
-  int64_t base[PV];
+  __m256i sums[OB][PV], nonzero[PV];
   for (int p = 0; p < PV; ++p) {
-    base[p] = tiles[p < tn ? p : 0].base;
     nonzero[p] = zero;
+    for (int o = 0; o < OB; ++o) sums[o][p] = zero;
   }
-  for (int o = 0; o < OB; ++o)
-    for (int p = 0; p < PV; ++p) acc[o][p] = zero;
-  for (int64_t j = 0; j < c.words; ++j) {
-    const uint64_t* src = in + j * c.plane;
-    const uint64_t* wj = c.w + o0 * wstride + j * c.taps;
-    const uint64_t* nl = c.nibbles + o0 * wstride + j * c.taps;       // weights & 0x0f..
-    const uint64_t* nh = nl + c.nibble_plane;                         // (weights >> 4) & 0x0f..
-    // Byte counts grow by at most 8 per tap: flush them to the 64-bit lanes every 31 taps.
-    for (int64_t t0 = 0; t0 < c.taps; t0 += 31) {
-      const int64_t t1 = std::min<int64_t>(c.taps, t0 + 31);
-      __m256i bytes[OB][PV], nzbytes[PV];
-      for (int p = 0; p < PV; ++p) {
-        nzbytes[p] = zero;
-        for (int o = 0; o < OB; ++o) bytes[o][p] = zero;
-      }
-      for (int64_t t = t0; t < t1; ++t) {
-        __m256i x[PV], m[PV], xl[PV], xh[PV];
-        const int64_t off = c.off[t];
-        for (int p = 0; p < PV; ++p) {
-          x[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + base[p] + off));
-          if (MASKED) {
-            m[p] = _mm256_loadu_si256(
-                reinterpret_cast<const __m256i*>(nz + j * c.plane + base[p] + off));
-            nzbytes[p] = _mm256_add_epi8(nzbytes[p], byte_counts(m[p], lut, low));
-          } else {  // the input's nibbles, shared by the OB output channels
-            xl[p] = _mm256_and_si256(x[p], low);
-            xh[p] = _mm256_and_si256(_mm256_srli_epi16(x[p], 4), low);
-          }
-        }
-        for (int o = 0; o < OB; ++o) {
-          const int64_t at = o * wstride + t;
-          if (MASKED) {
-            const __m256i wv = _mm256_set1_epi64x(static_cast<long long>(wj[at]));
-            for (int p = 0; p < PV; ++p) {
-              const __m256i v = _mm256_and_si256(_mm256_xor_si256(x[p], wv), m[p]);
-              bytes[o][p] = _mm256_add_epi8(bytes[o][p], byte_counts(v, lut, low));
-            }
-          } else {  // nibbles of x ^ w = nibbles of x ^ nibbles of w: six operations
-            const __m256i wl = _mm256_set1_epi64x(static_cast<long long>(nl[at]));
-            const __m256i wh = _mm256_set1_epi64x(static_cast<long long>(nh[at]));
-            for (int p = 0; p < PV; ++p) {
-              const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_xor_si256(xl[p], wl));
-              const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_xor_si256(xh[p], wh));
-              bytes[o][p] = _mm256_add_epi8(_mm256_add_epi8(bytes[o][p], lo), hi);
-            }
-          }
-        }
-      }
-      for (int p = 0; p < PV; ++p) {
-        if (MASKED) nonzero[p] = _mm256_add_epi64(nonzero[p], _mm256_sad_epu8(nzbytes[p], zero));
-        for (int o = 0; o < OB; ++o)
-          acc[o][p] = _mm256_add_epi64(acc[o][p], _mm256_sad_epu8(bytes[o][p], zero));
-      }
+  const uint64_t* wb = c.w + ob * c.steps * 2 * OB;
+  for (int64_t f0 = 0; f0 < c.steps; f0 += 31) {
+    const int64_t f1 = std::min<int64_t>(c.steps, f0 + 31);
+    __m256i bytes[OB][PV], nzbytes[PV];
+    for (int p = 0; p < PV; ++p) {
+      nzbytes[p] = zero;
+      for (int o = 0; o < OB; ++o) bytes[o][p] = zero;
     }
-  }
-  const __m128i k = _mm_set1_epi32(c.k_real);
-  const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-  for (int p = 0; p < tn; ++p) {
-    const Tile& tile = tiles[p];
-    const __m128i mask = _mm_cmpgt_epi32(_mm_set1_epi32(tile.lanes), _mm_setr_epi32(0, 1, 2, 3));
-    const __m128i nzc = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(nonzero[p], evens));
-    for (int o = 0; o < OB && o0 + o < c.o; ++o) {
-      const int64_t oc = o0 + o;
-      const __m128i cnt = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[o][p], evens));
-      const int64_t at = ((b * c.o + oc) * c.ho + tile.oh) * c.wo + tile.ow0;
-      __m128i dot;
-      // Masked loads and stores only for a row's last, partial tile (they are slow on some
-      // CPUs).
-      const bool full = tile.lanes == 4;
-      if (MASKED) {
-        dot = _mm_sub_epi32(nzc, _mm_slli_epi32(cnt, 1));
+    const uint64_t* wf = wb + f0 * 2 * OB;
+    for (int64_t f = f0; f < f1; ++f, wf += 2 * OB) {
+      const int64_t off = c.off[f];
+      const uint64_t* at[PV];
+      for (int p = 0; p < PV; ++p) at[p] = src[p] + off;
+      if constexpr (MASKED) {
+        const uint64_t* mat[PV];
+        for (int p = 0; p < PV; ++p) mat[p] = msk[p] + off;
+        step_avx2_masked<OB, PV>(at, mat, wf, lut, low, bytes, nzbytes);
       } else {
-        dot = _mm_sub_epi32(k, _mm_slli_epi32(cnt, 1));
-        dot = _mm_sub_epi32(dot, load4(c.corr + (c.rowclass[tile.oh] * c.o + oc) * c.wo + tile.ow0,
-                                       full, mask));
-        if (c.extra) dot = _mm_sub_epi32(dot, load4(c.extra + at, full, mask));
+        step_avx2<OB, PV>(at, wf, lut, low, bytes);
       }
-      __m128 f = _mm_cvtepi32_ps(dot);
-      if (c.alpha) f = _mm_mul_ps(f, _mm_set1_ps(c.alpha[oc]));
-      if (full) _mm_storeu_ps(c.out + at, f);
-      else _mm_maskstore_ps(c.out + at, mask, f);
+    }
+    for (int p = 0; p < PV; ++p) {
+      const __m256i t = _mm256_sad_epu8(nzbytes[p], zero);
+      nonzero[p] = f0 ? _mm256_add_epi64(nonzero[p], t) : t;
+      for (int o = 0; o < OB; ++o) {
+        const __m256i u = _mm256_sad_epu8(bytes[o][p], zero);
+        sums[o][p] = f0 ? _mm256_add_epi64(sums[o][p], u) : u;
+      }
     }
   }
+  finish_avx2<OB, PV, MASKED>(c, b, ob, tiles, tn, sums, nonzero);
 }
 #endif
 
@@ -551,11 +647,9 @@ void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
                  static_cast<int>(std::min<int64_t>(V, c.wo - ow0))};
     }
     const int64_t last = std::min(oblocks, (g + 1) * per_group);
-    for (int64_t ob = g * per_group; ob < last; ++ob) block(c, b, ob * OB, tile, tn);
+    for (int64_t ob = g * per_group; ob < last; ++ob) block(c, b, ob, tile, tn);
   }
 }
-
-enum Isa { PORTABLE = 0, AVX2 = 1, AVX512 = 2 };
 
 }  // namespace
 
@@ -615,32 +709,63 @@ void bnas_xnor_bn_terms(const float* mean, const float* var, const float* gamma,
   }
 }
 
-// The binary convolution (struct Conv; nz: the masked mode's nonzero bits or null; geometry in g: n, words, hp, wrow, wc, s, o, kh, kw, d,
-// oy, ox, ho, wo, k_real).
+// Words of the weights in path isa's layout (see WeightLayout) for o output channels and
+// `steps` = words * taps steps.
+int64_t bnas_xnor_weights_size(int64_t o, int64_t steps, int isa) {
+  const WeightLayout l = weight_layout(isa);
+  return (o + l.ob - 1) / l.ob * l.ob * steps * l.parts;
+}
+
+// The weights (o_pad x steps words, as bnas.deploy.kernels.pack_weight_bits lays them out) in
+// path isa's layout: blocks of OB output channels, per step the block's OB words, or for AVX2
+// its OB pairs (low nibbles, high nibbles: w & 0x0f0f.., (w >> 4) & 0x0f0f..).
+void bnas_xnor_weights(const uint64_t* weights, int64_t o, int64_t steps, int isa,
+                       uint64_t* out) {
+  const WeightLayout l = weight_layout(isa);
+  const uint64_t low = 0x0f0f0f0f0f0f0f0full;
+  for (int64_t oc = 0; oc < (o + l.ob - 1) / l.ob * l.ob; ++oc)
+    for (int64_t f = 0; f < steps; ++f) {
+      const uint64_t w = oc < o ? weights[oc * steps + f] : 0;
+      uint64_t* at = out + (((oc / l.ob) * steps + f) * l.ob + oc % l.ob) * l.parts;
+      if (l.parts == 1) {
+        at[0] = w;
+      } else {
+        at[0] = w & low;
+        at[1] = (w >> 4) & low;
+      }
+    }
+}
+
+// The binary convolution (struct Conv) of the packed input `in` (nz: the masked mode's nonzero
+// bits, or null) with the weights in path isa's layout; geometry in g: n, words, hp, wrow, wc,
+// s, o, kh, kw, d, oy, ox, ho, wo; `table` as in struct Conv.
 void bnas_xnor_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g,
-                    const uint64_t* weights, const uint64_t* nibbles,
-                    const int32_t* rowclass, const int32_t* corr, const int32_t* extra,
-                    const float* alpha, float* out, int isa, int threads) {
+                    const uint64_t* weights, const int32_t* rowclass, const int32_t* table,
+                    const int32_t* extra, const float* alpha, float* out, int isa, int threads) {
   const int64_t n = g[0], words = g[1], hp = g[2], wrow = g[3], wc = g[4], s = g[5], o = g[6],
                 kh = g[7], kw = g[8], d = g[9], oy = g[10], ox = g[11], ho = g[12], wo = g[13];
-  std::vector<int64_t> off(kh * kw);
-  for (int64_t i = 0; i < kh; ++i)
-    for (int64_t j = 0; j < kw; ++j) {
-      const int64_t col = ox + j * d;
-      off[i * kw + j] = i * d * wrow + (col % s) * wc + col / s;
-    }
-  const int64_t o_pad = (o + 7) / 8 * 8;
-  const Conv c{in, nz, hp * wrow, words * hp * wrow, wrow, s, weights, nibbles,
-               o_pad * words * kh * kw, words, kh * kw, o,
-               off.data(), oy, ho, wo, static_cast<int32_t>(g[14]), rowclass, corr, extra,
-               alpha, out};
+  const int64_t taps = kh * kw, plane = hp * wrow;
+  std::vector<int64_t> off(words * taps);
+  for (int64_t j = 0; j < words; ++j)
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t k = 0; k < kw; ++k) {
+        const int64_t col = ox + k * d;
+        off[j * taps + i * kw + k] = j * plane + i * d * wrow + (col % s) * wc + col / s;
+      }
+  const Conv c{in, nz, words * plane, weights, words * taps, o, off.data(), oy, s, wrow, ho,
+               wo, rowclass, table, extra, alpha, out};
 #if BNAS_X86
   if (isa == AVX512)
-    return conv_run<8, 8, 3>(c, n, threads, nz ? block_avx512<8, 3, true> : block_avx512<8, 3, false>);
-  if (isa == AVX2)
-    return conv_run<4, 4, 2>(c, n, threads, nz ? block_avx2<4, 2, true> : block_avx2<4, 2, false>);
+    return conv_run<8, AVX512_OB, AVX512_PV>(
+        c, n, threads, nz ? block_avx512<AVX512_OB, AVX512_PV, true>
+                          : block_avx512<AVX512_OB, AVX512_PV, false>);
+  if (isa == AVX2) {
+    if (nz) return conv_run<4, AVX2_OB, 1>(c, n, threads, block_avx2<AVX2_OB, 1, true>);
+    return conv_run<4, AVX2_OB, AVX2_PV>(c, n, threads, block_avx2<AVX2_OB, AVX2_PV, false>);
+  }
 #endif
-  conv_run<4, 4, 1>(c, n, threads, nz ? block_portable<4, 1, true> : block_portable<4, 1, false>);
+  conv_run<4, PORTABLE_OB, 1>(c, n, threads, nz ? block_portable<PORTABLE_OB, 1, true>
+                                                : block_portable<PORTABLE_OB, 1, false>);
 }
 
 // extra[b, o, oh, ow] += w_b[o, ch, i, j] for every recorded sign(0) at (b, ch, y, x) and
@@ -683,7 +808,7 @@ namespace {
 // fields, in this order (pointers stored as 64-bit integers).
 enum Field {
   F_N, F_C, F_H, F_W, F_PT, F_PL, F_HP, F_WROW, F_WC, F_S, F_O, F_HO, F_WO, F_FMA, F_ZERO_IS_ZERO,
-  F_MASKED, F_GEOMETRY, F_WEIGHTS, F_NIBBLES, F_ROWCLASS, F_CORR, F_ALPHA, F_BIAS, F_FIELDS
+  F_MASKED, F_GEOMETRY, F_WEIGHTS, F_LAYOUT, F_ROWCLASS, F_TABLE, F_ALPHA, F_BIAS, F_FIELDS
 };
 
 template <typename T>
@@ -755,9 +880,9 @@ int bnas_xnor_binconv(int64_t* r, const float* x, const float* scale, const floa
                        weights, s.extra.data());
     extra = s.extra.data();
   }
-  bnas_xnor_conv(s.words.data(), masked ? s.nonzero.data() : nullptr, g, weights,
-                 field_ptr<const uint64_t>(r, F_NIBBLES), field_ptr<const int32_t>(r, F_ROWCLASS),
-                 field_ptr<const int32_t>(r, F_CORR), extra, field_ptr<const float>(r, F_ALPHA),
+  bnas_xnor_conv(s.words.data(), masked ? s.nonzero.data() : nullptr, g,
+                 field_ptr<const uint64_t>(r, F_LAYOUT), field_ptr<const int32_t>(r, F_ROWCLASS),
+                 field_ptr<const int32_t>(r, F_TABLE), extra, field_ptr<const float>(r, F_ALPHA),
                  out, isa, threads);
   const float* bias = field_ptr<const float>(r, F_BIAS);
   if (!bias && !relu) return switched;

@@ -218,3 +218,23 @@ def test_weights_pack_64_channels_to_a_word():
     assert words[1, 0, 0] == (1 | -(1 << 63)) and words[1, 1, 0] == 0
     assert words[2, 0, 0] == 0 and words[2, 1, 0] == (1 | 1 << 5)
     assert not words[3:].any()
+
+
+@pytest.mark.parametrize("k, stride, pad", [(3, 2, 1), (3, 1, 1), (2, 2, 0), (3, 2, 0), (5, 3, 2)])
+@pytest.mark.parametrize("size", [(7, 9), (1, 2), (16, 16)])
+def test_max_pooling_equals_torchs(k, stride, pad, size):
+    """The engine's max pooling against torch's: odd sizes, windows clipped at every border,
+    -inf and NaN (a NaN in a window is the output)."""
+    h, w = size
+    if (h + 2 * pad - k) // stride + 1 <= 0 or (w + 2 * pad - k) // stride + 1 <= 0:
+        pytest.skip("no output")
+    gen = torch.Generator().manual_seed(h * w + k)
+    x = torch.randn(2, 5, h, w, generator=gen)
+    x[0, 0] = float("-inf")
+    x[0, 1, 0, 0] = float("nan")
+    x[1, 2, -1, -1] = float("nan")
+    x[1, 3] = x[1, 3].round()  # ties
+    out = K.kernels().maxpool(x, k, stride, pad)
+    assert torch.equal(out.isnan(), F.max_pool2d(x, k, stride, pad).isnan())
+    expected = F.max_pool2d(x, k, stride, pad)
+    assert torch.equal(out.nan_to_num(), expected.nan_to_num())

@@ -3,7 +3,8 @@
 Conversion walks the module tree. A module whose class has an entry in :data:`CONVERTERS` is
 replaced by the packed module the entry builds; a module in :data:`FLOAT_MODULES` stays as it is
 (real-valued layers and the containers whose ``forward`` composes their children: stems,
-poolings, BatchNorm, shortcuts, cells, classifiers) and its children are converted; anything
+average poolings, BatchNorm, shortcuts, cells, classifiers) and its children are converted
+(max pooling, exact in any order, has a converter to the kernels' own); anything
 else is refused with a :class:`BnasError` naming it, so an operation the engine cannot run never
 runs silently in float. A new model plugs in by adding entries; a new scheme by adding its
 convolution class to :data:`ACTIVATIONS`.
@@ -23,7 +24,8 @@ from ..binarize.base import BinaryConv2d
 from ..errors import BnasError
 from ..registry import Registry
 from .kernels import Geometry
-from .layers import SHIFTED, Activation, PackedBinConvOp, PackedConv2d, PackedFactorizedReduce
+from .layers import (SHIFTED, Activation, PackedBinConvOp, PackedConv2d, PackedFactorizedReduce,
+                     PackedMaxPool2d)
 
 #: A scheme's activation binarizer in eval mode, by its convolution class.
 ACTIVATIONS: Registry[Activation] = Registry("binary convolution class")
@@ -42,7 +44,7 @@ CONVERTERS: Registry[Converter] = Registry("packed converter")
 FLOAT_MODULES: frozenset[str] = frozenset({
     # torch's real-valued layers and containers
     "Sequential", "ModuleList", "ModuleDict", "Identity", "Conv2d", "Linear", "BatchNorm1d",
-    "BatchNorm2d", "ReLU", "PReLU", "Hardtanh", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+    "BatchNorm2d", "ReLU", "PReLU", "Hardtanh", "AvgPool2d", "AdaptiveAvgPool2d",
     "Flatten", "Dropout",
     # bnas's networks, blocks, cells and parameter-free operations
     "CellNetwork", "EvalCell", "ResNet1w1a", "VGGSmall1w1a", "BasicBlock", "BiRealBlock",
@@ -118,6 +120,12 @@ def _real_input_conv(op: nn.Module, empty: bool) -> nn.Module:
     """BinaryNet's first layer (binary weights, real inputs) runs in float: the packed kernels
     take 1-bit activations only."""
     return copy.deepcopy(op).eval()
+
+
+@CONVERTERS.register("MaxPool2d")
+def _max_pool(pool: nn.Module, empty: bool) -> nn.Module:
+    """Max pooling (real-valued, but exact in any order) runs on the engine's kernels."""
+    return PackedMaxPool2d(pool)
 
 
 @CONVERTERS.register("BinConvOp")

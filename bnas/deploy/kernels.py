@@ -47,6 +47,7 @@ _SIGNATURES = {
     "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
     "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P],
     "bnas_xnor_binconv": [_P, _P, _P, _P, _P, _C, _I, _P, _C, _C],
+    "bnas_xnor_maxpool": [_P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _C],
 }
 #: The fields of ``bnas_xnor_binconv``'s record of one convolution and input size, in order
 #: (the last seven: addresses of its tensors, 0 for none).
@@ -95,6 +96,17 @@ class Kernels:
                 return Packed(out, nz, zeros[:0] if masked else zeros[:int(count)])
             cap = int(count)
             out.zero_()
+
+
+    def maxpool(self, x: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
+        """torch's ``max_pool2d(x, k, stride, pad)`` (float32 NCHW, contiguous; dilation 1,
+        floor mode), computed here: a maximum is exact whatever the order."""
+        n, c, h, w = x.shape
+        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        out = torch.empty(n, c, ho, wo)
+        self.lib.bnas_xnor_maxpool(x.data_ptr(), n * c, h, w, k, stride, pad, ho, wo,
+                                   out.data_ptr(), torch.get_num_threads())
+        return out
 
 
 @dataclass(frozen=True)

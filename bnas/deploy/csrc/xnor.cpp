@@ -900,3 +900,59 @@ int bnas_xnor_binconv(int64_t* r, const float* x, const float* scale, const floa
 }
 
 }  // extern "C"
+
+// Max pooling as torch's eval max_pool2d computes it (square window k, stride s, padding p with
+// -inf, dilation 1, floor mode; a NaN in a window is the output). A maximum is exact, so any
+// order of the comparisons gives torch's values (of two equal values 0 and -0 another may be
+// kept); torch's own loop, branching per tap, is slow on a network's planes. Here each output
+// row is the maximum over its window's input rows (a vector loop along the row), then over each
+// output's columns.
+namespace {
+
+inline float nanmax(float a, float b) { return (a > b || a != a) ? a : b; }
+
+void maxpool_plane(const float* src, int64_t h, int64_t w, int64_t k, int64_t s, int64_t p,
+                   int64_t ho, int64_t wo, float* dst, float* rows) {
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    const int64_t y0 = std::max<int64_t>(oy * s - p, 0), y1 = std::min(oy * s - p + k, h);
+    for (int64_t xx = 0; xx < w; ++xx) rows[xx] = src[y0 * w + xx];
+    for (int64_t y = y0 + 1; y < y1; ++y)
+      for (int64_t xx = 0; xx < w; ++xx) rows[xx] = nanmax(src[y * w + xx], rows[xx]);
+    // interior outputs (the whole window inside the row): a loop the compiler vectorises for
+    // the common 3-wide windows; the border outputs: clipped windows
+    const int64_t first = (p + s - 1) / s;
+    const int64_t last = w - k + p < 0 ? 0 : std::min(wo, (w - k + p) / s + 1);
+    for (int64_t ox = 0; ox < wo; ++ox) {
+      if (ox == first && k == 3) {
+        const float* r = rows + first * s - p;
+        float* d = dst + oy * wo;
+        for (int64_t q = first; q < last; ++q, r += s)
+          d[q] = nanmax(r[2], nanmax(r[1], r[0]));
+        ox = std::max(ox, last - 1);
+        if (last > first) continue;
+      }
+      const int64_t x0 = std::max<int64_t>(ox * s - p, 0), x1 = std::min(ox * s - p + k, w);
+      float m = rows[x0];
+      for (int64_t xx = x0 + 1; xx < x1; ++xx) m = nanmax(rows[xx], m);
+      dst[oy * wo + ox] = m;
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// x: planes of h x w, out: planes of ho x wo (both contiguous float32).
+void bnas_xnor_maxpool(const float* x, int64_t planes, int64_t h, int64_t w, int64_t k,
+                       int64_t s, int64_t p, int64_t ho, int64_t wo, float* out, int threads) {
+#pragma omp parallel num_threads(threads) if (planes * ho * wo > 4096)
+  {
+    std::vector<float> rows(w);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < planes; ++i)
+      maxpool_plane(x + i * h * w, h, w, k, s, p, ho, wo, out + i * ho * wo, rows.data());
+  }
+}
+
+}  // extern "C"

@@ -12,10 +12,13 @@ portable), each in a fresh process with ``torch.set_num_threads(threads)``:
   convolution of an already packed input (in a network the packing is fused with the layer
   before; its own time is the ``packing ms`` column) against ``torch.nn.functional.conv2d`` of
   the same shape in float32;
-* whole networks: resnet18_1w1a (ImageNet, 224x224) and BNAS-A (CIFAR, 32x32) in eval mode, the
-  packed model against the float model in PyTorch and, where ``bnas.deploy.onnx`` and
-  onnxruntime are installed, in onnxruntime; where the packed engine's time goes: packing,
-  binary convolutions and real-valued layers.
+* whole networks: resnet18_1w1a (ImageNet, 224x224), BNAS-A (CIFAR, 32x32) and ResNet-20
+  (CIFAR) in eval mode, the packed model (checked equal to the float model on the input) against
+  the float model in PyTorch and, where ``bnas.deploy.onnx`` and onnxruntime are installed, in
+  onnxruntime; where the packed engine's time goes: ``binary ms`` inside the kernels' calls for
+  the binary operations, of which ``packing ms`` packing their inputs, ``real ms`` in the
+  real-valued layers (run by torch as in the float model, max pooling by the kernels) and
+  ``other ms`` the rest (Python and the glue between layers: concatenations, additions).
 
 Times are medians of ``--steps`` runs after two warm-up runs, by the wall clock or, with
 ``--clock cpu`` (one thread only), by the thread's CPU time, which other processes sharing the
@@ -35,7 +38,8 @@ from common import parser, run
 CONVS = [(64, 64, 56, 1), (64, 128, 56, 2), (128, 128, 28, 1), (128, 256, 28, 2),
          (256, 256, 14, 1), (256, 512, 14, 2), (512, 512, 7, 1)]
 NETWORKS = {"resnet18_1w1a imagenet 224": ({"arch": "resnet18_1w1a", "dataset": "imagenet"}, 224),
-            "bnas-a cifar 32": ({"config": "bnas-a"}, 32)}
+            "bnas-a cifar 32": ({"config": "bnas-a"}, 32),
+            "resnet20_1w1a cifar 32": ({"arch": "resnet20_1w1a"}, 32)}
 
 
 def paths() -> list[str]:
@@ -90,12 +94,31 @@ def measure_conv(shape: tuple[int, int, int, int], steps: int) -> dict[str, Any]
             "packing_ms": median_ms(lambda: k.pack(x, geo), steps)}
 
 
+class TimedLibrary:
+    """The kernels' library with each call's time (by ``clock``) added up by function name."""
+
+    def __init__(self, lib: Any) -> None:
+        self.lib, self.spent = lib, {}
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.lib, name)
+
+        def timed(*args: Any) -> Any:
+            t = clock()
+            out = fn(*args)
+            self.spent[name] = self.spent.get(name, 0.0) + clock() - t
+            return out
+        return timed
+
+
 def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
     import torch
 
     import bnas
-    from bnas.deploy import kernels as kernel_module, pack
-    from bnas.deploy.bench import layer_times, layer_names, onnx_runner
+    from bnas.deploy import pack
+    from bnas.deploy.bench import layer_names, layer_times, onnx_runner
+    from bnas.deploy.kernels import kernels
+    from bnas.deploy.layers import PackedConv2d, _BatchNormSign
 
     settings, size = NETWORKS[name]
     torch.manual_seed(0)
@@ -106,31 +129,45 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
         model(torch.randn(8, 3, size, size))
         model.eval()
     packed = pack(model)
+    with torch.inference_mode():
+        if not torch.equal(packed(x), model(x)):
+            raise SystemExit(f"{name}: the packed model's output differs from the float model's")
     result = {"pytorch_ms": median_ms(lambda: model(x), steps),
               "packed_ms": median_ms(lambda: packed(x), steps)}
     runner, note = onnx_runner(model, tuple(x.shape), threads)
     result["onnxruntime_ms"] = None if runner is None else median_ms(runner, steps)
     result["note"] = note
+    # Where the packed model's time goes. Real-valued layers: their modules' times. Binary
+    # operations: the time inside the kernels' calls, of which packing is what packing each
+    # binary convolution's inputs of one forward (recorded) takes again; the rest of the forward
+    # is Python and the glue between layers (concatenations, additions).
     names = layer_names(packed)
-    times = layer_times(packed, x, names, runs=steps, clock=clock)
-    kinds = {n: type(m).__name__ for n, m in packed.named_modules()}
-    binary = sum(t for n, t in times.items() if kinds[n].startswith("Packed"))
-    result["real_ms"] = 1e3 * (sum(times.values()) - binary)
-    spent = []  # the packing's share: time the kernels' pack calls over a few forwards
-    original = kernel_module.Kernels.pack
-
-    def timed(self, *args, **kwargs):
-        t = clock()
-        out = original(self, *args, **kwargs)
-        spent.append(clock() - t)
-        return out
-
-    kernel_module.Kernels.pack = timed
+    modules = dict(packed.named_modules())
+    real = [n for n in names if not isinstance(modules[n], (PackedConv2d, _BatchNormSign))]
+    result["real_ms"] = 1e3 * sum(layer_times(packed, x, real, runs=steps, clock=clock).values())
+    k = kernels()
+    inputs = []  # (convolution, input, BatchNorm scale, shift): as _BatchNormSign passes them
+    hooks = [m.register_forward_pre_hook(
+        lambda m, args: inputs.append((m, args[0].contiguous(), *(args[1:3] + (None, None))[:2])))
+        for m in packed.modules() if isinstance(m, PackedConv2d)]
     with torch.inference_mode():
-        for _ in range(steps):
-            packed(x)
-    kernel_module.Kernels.pack = original
-    result["packing_ms"] = 1e3 * sum(spent) / steps
+        packed(x)
+    for h in hooks:
+        h.remove()
+    k.lib = timed = TimedLibrary(k.lib)
+    try:
+        with torch.inference_mode():
+            for _ in range(steps):
+                packed(x)
+            for _ in range(steps):
+                for conv, xi, scale, shift in inputs:
+                    k.pack(xi, conv.geo, scale, shift, conv.activation.threshold(xi),
+                           conv.activation.zero_is_zero, conv.plan().masked)
+    finally:
+        k.lib = timed.lib
+    result["binary_ms"] = 1e3 * timed.spent.get("bnas_xnor_binconv", 0.0) / steps
+    result["packing_ms"] = 1e3 * timed.spent.get("bnas_xnor_pack", 0.0) / steps
+    result["other_ms"] = result["packed_ms"] - result["binary_ms"] - result["real_ms"]
     return result
 
 
@@ -167,7 +204,8 @@ def main() -> int:
         vs_onnx = f"{onnx / r['packed_ms']:9.2f}x" if onnx else f"{'-':>10}"
         return (f"{items[index][0]:40} {cell(r['pytorch_ms'])} {cell(onnx)} "
                 f"{cell(r['packed_ms'])} {r['pytorch_ms'] / r['packed_ms']:9.2f}x {vs_onnx} "
-                f"{cell(r['packing_ms'])} {cell(r.get('real_ms'))}")
+                f"{cell(r['packing_ms'])} {cell(r.get('binary_ms'))} {cell(r.get('real_ms'))} "
+                f"{cell(r.get('other_ms'))}")
 
     def settings() -> list[str]:
         from bnas.deploy.bench import cpu_name
@@ -177,7 +215,8 @@ def main() -> int:
                 f"{', '.join(paths())}; default: {describe()}"]
 
     header = (f"{'workload':40} {'pytorch ms':>10} {'onnxrt ms':>10} {'packed ms':>10} "
-              f"{'vs pytorch':>10} {'vs onnxrt':>10} {'packing ms':>10} {'real ms':>10}")
+              f"{'vs pytorch':>10} {'vs onnxrt':>10} {'packing ms':>10} {'binary ms':>10} "
+              f"{'real ms':>10} {'other ms':>10}")
     return run(__file__, args, [name for name, _, _ in items], header, measure, row,
                settings=settings)
 

@@ -21,10 +21,11 @@ WORKLOADS = [
     # step s (ratio), CPU s, peak GB (ratio), import GB
     ("search_step.py", "fast path, batch 32", [],
      rf"search step, fast path, batch 32\s+{RATIO}\s+{NUMBER}\s+{RATIO}\s+{NUMBER}"),
-    # pytorch ms, onnxrt ms (none for a single convolution), packed ms, ratio, packing ms
+    # pytorch ms, onnxrt ms (none for a single convolution), packed ms, ratio, packing ms (the
+    # binary, real-valued and other shares of a network: none)
     ("deploy.py", "conv 512->512 7x7 s1 [portable]", ["cpu: "],
      rf"conv 512->512 7x7 s1 \[portable\]\s+{NUMBER}\s+-\s+{NUMBER}\s+{NUMBER}x\s+-\s+"
-     rf"{NUMBER}\s+-"),
+     rf"{NUMBER}\s+-\s+-\s+-"),
 ]
 
 

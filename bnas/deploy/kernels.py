@@ -277,6 +277,8 @@ class BinaryConvPlan:
         self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._records: dict[tuple, tuple[torch.Tensor, tuple[int, ...]]] = {}
         self._layouts: dict[int, torch.Tensor] = {}
+        self._calls: dict[tuple[int, ...], tuple[tuple[int, ...], torch.Tensor,
+                                                 tuple[int, int, int]]] = {}
 
     def layout(self, k: Kernels) -> torch.Tensor:
         """The weights in the layout of ``k``'s path (``bnas_xnor_weights``; cached)."""
@@ -370,7 +372,29 @@ class BinaryConvPlan:
     def run(self, k: Kernels, x: torch.Tensor, packed: Packed) -> torch.Tensor:
         """The convolution of the input ``x`` (only its shape is read) that :meth:`Kernels.pack`
         packed for this geometry: a new float32 NCHW tensor."""
-        n, c, h, w = x.shape
+        key = (*x.shape, k._isa)
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = self._call(k, *x.shape)
+        shape, geo, args = call
+        extra = None
+        if packed.zeros.numel():
+            n, c, h, w = x.shape
+            extra = torch.zeros(shape, dtype=torch.int32)
+            k.lib.bnas_xnor_zero_fix(packed.zeros.data_ptr(), packed.zeros.numel(),
+                                     geo.data_ptr(), c, h, w, self.geo.pad[0], self.geo.pad[1],
+                                     self.weights.data_ptr(), extra.data_ptr())
+        out = torch.empty(shape)
+        k.lib.bnas_xnor_conv(packed.words.data_ptr(), _ptr(packed.nonzero), geo.data_ptr(),
+                             *args, _ptr(extra), _ptr(self.alpha), out.data_ptr(), k._isa,
+                             torch.get_num_threads())
+        return out
+
+    def _call(self, k: Kernels, n: int, c: int, h: int, w: int
+              ) -> tuple[tuple[int, ...], torch.Tensor, tuple[int, int, int]]:
+        """What :meth:`run` passes the kernels for an ``n x c x h x w`` input on ``k``'s path:
+        the output's shape, the geometry and the addresses of the weights' layout, border
+        classes and table (kept alive by this plan)."""
         if c != self.in_channels:
             raise BnasError(f"a packed binary convolution of {self.in_channels} input channels "
                             f"got {c}")
@@ -379,15 +403,5 @@ class BinaryConvPlan:
         if ho <= 0 or wo <= 0:
             raise BnasError(f"input {h}x{w} is too small for a packed binary convolution")
         rowclass, table = self.borders(h, w)
-        extra = None
-        if packed.zeros.numel():
-            extra = torch.zeros(n, self.out_channels, ho, wo, dtype=torch.int32)
-            k.lib.bnas_xnor_zero_fix(packed.zeros.data_ptr(), packed.zeros.numel(),
-                                     geo.data_ptr(), c, h, w, self.geo.pad[0], self.geo.pad[1],
-                                     self.weights.data_ptr(), extra.data_ptr())
-        out = torch.empty(n, self.out_channels, ho, wo)
-        k.lib.bnas_xnor_conv(packed.words.data_ptr(), _ptr(packed.nonzero), geo.data_ptr(),
-                             self.layout(k).data_ptr(), rowclass.data_ptr(), table.data_ptr(),
-                             _ptr(extra), _ptr(self.alpha), out.data_ptr(), k._isa,
-                             torch.get_num_threads())
-        return out
+        return ((n, self.out_channels, ho, wo), geo,
+                (self.layout(k).data_ptr(), rowclass.data_ptr(), table.data_ptr()))

@@ -58,6 +58,7 @@ CASES = [  # n, c_in, c_out, h, w, geometry
     (1, 64, 24, 5, 17, sym(5)),            # padding wider than some outputs reach
     (1, 48, 16, 9, 9, K.Geometry(1, 1, 2, 1, (0, 0, 1, 1), (1, 1))),  # factorized reduce's shift
     (3, 3, 8, 4, 4, sym(3)),               # a handful of channels
+    (1, 20, 8, 3, 75, sym(3)),             # rows of several packing segments (32, 64 pixels)
 ]
 
 

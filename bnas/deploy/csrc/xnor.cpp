@@ -106,167 +106,174 @@ void record_zeros(const Pack& p, int64_t b, int64_t j, int64_t y, int64_t x0, in
   }
 }
 
-template <bool BN, bool FMA>
+// One row of one word plane, every path: segments of T::PIX pixels, whose sign and nonzero words
+// (T::Planes) collect, channel after channel, the channel's bit from T::group, which compares 8
+// pixels (those past the row's end compare as t: neither sign nor zero kept) and says which of
+// them are signs 0. T's members carry their path's instruction set (function target attributes)
+// and are inlined into the path's row function, which has it too.
+template <class T, bool BN, bool FMA>
 __attribute__((always_inline)) inline void pack_row(const Pack& p, int64_t b, int64_t j,
                                                     int64_t y) {
   const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
   const float t = p.thresh ? p.thresh[b] : 0.0f;
   const int64_t at = ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
-  alignas(64) uint64_t acc[64];
-  alignas(64) uint64_t nonzero[64];
-  for (int64_t x0 = 0; x0 < p.w; x0 += 64) {
-    const int64_t len = std::min<int64_t>(64, p.w - x0);
-    for (int64_t i = 0; i < 64; ++i) acc[i] = nonzero[i] = 0;
-    int anyzero = 0;
-    for (int64_t cc = 0; cc < chans; ++cc) {
-      const int64_t ch = 64 * j + cc;
-      const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
-      const uint64_t bit = uint64_t(1) << cc;
-      const float a = BN ? p.scale[ch] : 1.0f, sh = BN ? p.shift[ch] : 0.0f;
-      for (int64_t i = 0; i < len; ++i) {
-        const float z = BN ? affine(src[i], a, sh, FMA) : src[i];
-        acc[i] |= (z < t) ? bit : uint64_t(0);
-        nonzero[i] |= (z != t || !p.zero_is_zero) ? bit : uint64_t(0);
-        anyzero |= (z == t);
-      }
-    }
-    if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
-    store_row(p, at, x0, len, acc, nonzero);
-  }
-}
-
-// One row of one word plane, with the BatchNorm variant chosen.
-__attribute__((always_inline)) inline void pack_row_any(const Pack& p, int64_t b, int64_t j,
-                                                        int64_t y) {
-  if (!p.scale) pack_row<false, false>(p, b, j, y);
-  else if (p.fma) pack_row<true, true>(p, b, j, y);
-  else pack_row<true, false>(p, b, j, y);
-}
-
-// The row function of each path: the same code, vectorised by the compiler for the path's
-// instruction set (AVX-512: written out with mask registers below).
-using RowFn = void (*)(const Pack&, int64_t, int64_t, int64_t);
-void row_portable(const Pack& p, int64_t b, int64_t j, int64_t y) { pack_row_any(p, b, j, y); }
-#if BNAS_X86
-// AVX2: per channel, 8 pixels per compare; each half of the compare's lanes, widened to 64
-// bits, selects the channel's bit for 4 sign and nonzero words.
-template <bool BN, bool FMA>
-__attribute__((target("avx2,fma"))) void row256(const Pack& p, int64_t b, int64_t j, int64_t y) {
-  const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
-  const float t = p.thresh ? p.thresh[b] : 0.0f;
-  const __m256 tv = _mm256_set1_ps(t);
-  const int64_t at = ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
-  alignas(32) uint64_t acc[32], nonzero[32];
-  alignas(32) float tail[8];
-  for (int64_t x0 = 0; x0 < p.w; x0 += 32) {
-    const int64_t len = std::min<int64_t>(32, p.w - x0);
-    const int vecs = static_cast<int>((len + 7) / 8);
-    __m256i a[8], m[8];
-    for (int v = 0; v < 8; ++v) a[v] = m[v] = _mm256_setzero_si256();
-    int anyzero = 0;
-    for (int64_t cc = 0; cc < chans; ++cc) {
-      const int64_t ch = 64 * j + cc;
-      const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
-      const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(uint64_t(1) << cc));
-      const __m256 sc = _mm256_set1_ps(BN ? p.scale[ch] : 1.0f);
-      const __m256 sh = _mm256_set1_ps(BN ? p.shift[ch] : 0.0f);
-      for (int v = 0; v < vecs; ++v) {
-        const int64_t left = len - 8 * v;
-        __m256 z;
-        if (left >= 8) {
-          z = _mm256_loadu_ps(src + 8 * v);
-        } else {  // the row's last pixels; the rest compare as t (neither sign nor zero kept)
-          for (int i = 0; i < 8; ++i) tail[i] = i < left ? src[8 * v + i] : 0.0f;
-          z = _mm256_load_ps(tail);
-        }
-        if (BN) z = FMA ? _mm256_fmadd_ps(z, sc, sh) : _mm256_add_ps(_mm256_mul_ps(z, sc), sh);
-        if (left < 8) z = _mm256_blendv_ps(tv, z, _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-            _mm256_set1_epi32(static_cast<int>(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
-        const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(z, tv, _CMP_LT_OQ));
-        __m256i ne = _mm256_castps_si256(_mm256_cmp_ps(z, tv, _CMP_NEQ_UQ));
-        if (left < 8 || !p.zero_is_zero) {
-          const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)),
-                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-          if (!p.zero_is_zero) ne = live;
-          anyzero |= _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(ne, live)));
-        } else {
-          anyzero |= ~_mm256_movemask_ps(_mm256_castsi256_ps(ne)) & 0xff;
-        }
-        for (int half = 0; half < 2; ++half) {
-          const __m256i l = _mm256_cvtepi32_epi64(half ? _mm256_extracti128_si256(lt, 1)
-                                                       : _mm256_castsi256_si128(lt));
-          const __m256i n = _mm256_cvtepi32_epi64(half ? _mm256_extracti128_si256(ne, 1)
-                                                       : _mm256_castsi256_si128(ne));
-          a[2 * v + half] = _mm256_or_si256(a[2 * v + half], _mm256_and_si256(l, bit));
-          m[2 * v + half] = _mm256_or_si256(m[2 * v + half], _mm256_and_si256(n, bit));
-        }
-      }
-    }
-    for (int v = 0; v < 8; ++v) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(acc + 4 * v), a[v]);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(nonzero + 4 * v), m[v]);
-    }
-    if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
-    store_row(p, at, x0, len, acc, nonzero);
-  }
-}
-
-__attribute__((target("avx2,fma"))) void row_avx2(const Pack& p, int64_t b, int64_t j,
-                                                  int64_t y) {
-  if (!p.scale) row256<false, false>(p, b, j, y);
-  else if (p.fma) row256<true, true>(p, b, j, y);
-  else row256<true, false>(p, b, j, y);
-}
-
-// 64 pixels at a time: per channel, 8 pixels per compare, whose mask sets the channel's bit in
-// the 64-bit lanes of the sign and nonzero words.
-template <bool BN, bool FMA>
-__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
-void row512(const Pack& p, int64_t b, int64_t j, int64_t y) {
-  const int64_t chans = std::min<int64_t>(64, p.c - 64 * j);
-  const float t = p.thresh ? p.thresh[b] : 0.0f;
-  const __m256 tv = _mm256_set1_ps(t);
-  const int64_t at = ((b * ((p.c + 63) / 64) + j) * p.hp + y + p.pt) * p.wrow;
-  alignas(64) uint64_t acc[64], nonzero[64];
-  for (int64_t x0 = 0; x0 < p.w; x0 += 64) {
-    const int64_t len = std::min<int64_t>(64, p.w - x0);
-    const int vecs = static_cast<int>((len + 7) / 8);
-    __m512i a[8], m[8];
-    for (int v = 0; v < 8; ++v) a[v] = m[v] = _mm512_setzero_si512();
+  alignas(64) uint64_t acc[T::PIX], nonzero[T::PIX];
+  for (int64_t x0 = 0; x0 < p.w; x0 += T::PIX) {
+    const int64_t len = std::min<int64_t>(T::PIX, p.w - x0);
+    const int groups = static_cast<int>((len + 7) / 8);
+    typename T::Planes planes;
+    T::clear(planes);
     unsigned anyzero = 0;
     for (int64_t cc = 0; cc < chans; ++cc) {
       const int64_t ch = 64 * j + cc;
       const float* src = p.x + ((b * p.c + ch) * p.h + y) * p.w + x0;
-      const __m512i bit = _mm512_set1_epi64(static_cast<long long>(uint64_t(1) << cc));
-      const __m256 sc = _mm256_set1_ps(BN ? p.scale[ch] : 1.0f);
-      const __m256 sh = _mm256_set1_ps(BN ? p.shift[ch] : 0.0f);
-      for (int v = 0; v < vecs; ++v) {
-        const int64_t left = len - 8 * v;
-        const __mmask8 live = left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1u);
-        __m256 z = _mm256_maskz_loadu_ps(live, src + 8 * v);
-        if (BN) z = FMA ? _mm256_fmadd_ps(z, sc, sh) : _mm256_add_ps(_mm256_mul_ps(z, sc), sh);
-        const __mmask8 lt = _mm256_mask_cmp_ps_mask(live, z, tv, _CMP_LT_OQ);
-        const __mmask8 ne = p.zero_is_zero ? _mm256_mask_cmp_ps_mask(live, z, tv, _CMP_NEQ_UQ)
-                                           : live;
-        a[v] = _mm512_mask_or_epi64(a[v], lt, a[v], bit);
-        m[v] = _mm512_mask_or_epi64(m[v], ne, m[v], bit);
-        anyzero |= static_cast<unsigned>(live & ~ne);
-      }
+      const float a = BN ? p.scale[ch] : 1.0f, sh = BN ? p.shift[ch] : 0.0f;
+      for (int g = 0; g < groups; ++g)
+        anyzero |= T::template group<BN, FMA>(planes, g, src + 8 * g, len - 8 * g, a, sh, t,
+                                              static_cast<int>(cc), p.zero_is_zero);
     }
-    for (int v = 0; v < 8; ++v) {
-      _mm512_store_si512(acc + 8 * v, a[v]);
-      _mm512_store_si512(nonzero + 8 * v, m[v]);
-    }
+    T::store(planes, acc, nonzero);
     if (anyzero && p.zero_is_zero && !p.nz) record_zeros<BN, FMA>(p, b, j, y, x0, len, t);
     store_row(p, at, x0, len, acc, nonzero);
   }
 }
 
+// The row function of path T, with the BatchNorm variant chosen.
+template <class T>
+__attribute__((always_inline)) inline void pack_row_any(const Pack& p, int64_t b, int64_t j,
+                                                        int64_t y) {
+  if (!p.scale) pack_row<T, false, false>(p, b, j, y);
+  else if (p.fma) pack_row<T, true, true>(p, b, j, y);
+  else pack_row<T, true, false>(p, b, j, y);
+}
+
+// Portable: the words of 64 pixels in memory, a bit at a time.
+struct PortableRows {
+  static constexpr int PIX = 64;
+  struct Planes {
+    uint64_t a[PIX], m[PIX];
+  };
+  static void clear(Planes& q) {
+    for (int i = 0; i < PIX; ++i) q.a[i] = q.m[i] = 0;
+  }
+  template <bool BN, bool FMA>
+  static unsigned group(Planes& q, int g, const float* src, int64_t left, float a, float sh,
+                        float t, int cc, int zero_is_zero) {
+    unsigned zeros = 0;
+    for (int i = 0; i < 8 && i < left; ++i) {
+      const float z = BN ? affine(src[i], a, sh, FMA) : src[i];
+      q.a[8 * g + i] |= uint64_t(z < t) << cc;
+      q.m[8 * g + i] |= uint64_t(z != t || !zero_is_zero) << cc;
+      zeros |= unsigned(z == t) << i;
+    }
+    return zeros;
+  }
+  static void store(const Planes& q, uint64_t* acc, uint64_t* nonzero) {
+    for (int i = 0; i < PIX; ++i) {
+      acc[i] = q.a[i];
+      nonzero[i] = q.m[i];
+    }
+  }
+};
+
+using RowFn = void (*)(const Pack&, int64_t, int64_t, int64_t);
+void row_portable(const Pack& p, int64_t b, int64_t j, int64_t y) {
+  pack_row_any<PortableRows>(p, b, j, y);
+}
+
+#if BNAS_X86
+// AVX2: 32 pixels in 8 registers of 4 sign words and 8 of nonzero words; per group of 8 pixels
+// one compare, each half of whose lanes, widened to 64 bits, selects the channel's bit.
+struct Avx2Rows {
+  static constexpr int PIX = 32;
+  struct Planes {
+    __m256i a[8], m[8];
+  };
+  __attribute__((target("avx2,fma"))) static void clear(Planes& q) {
+    for (int v = 0; v < 8; ++v) q.a[v] = q.m[v] = _mm256_setzero_si256();
+  }
+  template <bool BN, bool FMA>
+  __attribute__((target("avx2,fma"))) static unsigned group(Planes& q, int g, const float* src,
+                                                             int64_t left, float a, float sh,
+                                                             float t, int cc, int zero_is_zero) {
+    const __m256 tv = _mm256_set1_ps(t);
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(left, 8))),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 z = left >= 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, live);
+    if (BN) {
+      const __m256 sc = _mm256_set1_ps(a), sv = _mm256_set1_ps(sh);
+      z = FMA ? _mm256_fmadd_ps(z, sc, sv) : _mm256_add_ps(_mm256_mul_ps(z, sc), sv);
+    }
+    if (left < 8) z = _mm256_blendv_ps(tv, z, _mm256_castsi256_ps(live));
+    const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(z, tv, _CMP_LT_OQ));
+    const __m256i ne = zero_is_zero ? _mm256_castps_si256(_mm256_cmp_ps(z, tv, _CMP_NEQ_UQ))
+                                    : live;
+    const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(uint64_t(1) << cc));
+    for (int half = 0; half < 2; ++half) {
+      const __m256i l = _mm256_cvtepi32_epi64(half ? _mm256_extracti128_si256(lt, 1)
+                                                   : _mm256_castsi256_si128(lt));
+      const __m256i n = _mm256_cvtepi32_epi64(half ? _mm256_extracti128_si256(ne, 1)
+                                                   : _mm256_castsi256_si128(ne));
+      q.a[2 * g + half] = _mm256_or_si256(q.a[2 * g + half], _mm256_and_si256(l, bit));
+      q.m[2 * g + half] = _mm256_or_si256(q.m[2 * g + half], _mm256_and_si256(n, bit));
+    }
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(
+        _mm256_andnot_si256(ne, live))));
+  }
+  __attribute__((target("avx2,fma"))) static void store(const Planes& q, uint64_t* acc,
+                                                        uint64_t* nonzero) {
+    for (int v = 0; v < 8; ++v) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(acc + 4 * v), q.a[v]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(nonzero + 4 * v), q.m[v]);
+    }
+  }
+};
+
+// AVX-512: 64 pixels in 8 registers of 8 sign words and 8 of nonzero words; per group of 8
+// pixels one compare into a mask register, which sets the channel's bit in the group's lanes.
+struct Avx512Rows {
+  static constexpr int PIX = 64;
+  struct Planes {
+    __m512i a[8], m[8];
+  };
+  __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"))) static void clear(Planes& q) {
+    for (int v = 0; v < 8; ++v) q.a[v] = q.m[v] = _mm512_setzero_si512();
+  }
+  template <bool BN, bool FMA>
+  __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
+  static unsigned group(Planes& q, int g, const float* src, int64_t left, float a, float sh,
+                        float t, int cc, int zero_is_zero) {
+    const __m256 tv = _mm256_set1_ps(t);
+    const __mmask8 live = left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1u);
+    __m256 z = _mm256_maskz_loadu_ps(live, src);
+    if (BN) {
+      const __m256 sc = _mm256_set1_ps(a), sv = _mm256_set1_ps(sh);
+      z = FMA ? _mm256_fmadd_ps(z, sc, sv) : _mm256_add_ps(_mm256_mul_ps(z, sc), sv);
+    }
+    const __mmask8 lt = _mm256_mask_cmp_ps_mask(live, z, tv, _CMP_LT_OQ);
+    const __mmask8 ne = zero_is_zero ? _mm256_mask_cmp_ps_mask(live, z, tv, _CMP_NEQ_UQ) : live;
+    const __m512i bit = _mm512_set1_epi64(static_cast<long long>(uint64_t(1) << cc));
+    q.a[g] = _mm512_mask_or_epi64(q.a[g], lt, q.a[g], bit);
+    q.m[g] = _mm512_mask_or_epi64(q.m[g], ne, q.m[g], bit);
+    return static_cast<unsigned>(live & ~ne);
+  }
+  __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
+  static void store(const Planes& q, uint64_t* acc, uint64_t* nonzero) {
+    for (int v = 0; v < 8; ++v) {
+      _mm512_store_si512(acc + 8 * v, q.a[v]);
+      _mm512_store_si512(nonzero + 8 * v, q.m[v]);
+    }
+  }
+};
+
+__attribute__((target("avx2,fma"))) void row_avx2(const Pack& p, int64_t b, int64_t j,
+                                                  int64_t y) {
+  pack_row_any<Avx2Rows>(p, b, j, y);
+}
+
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma")))
 void row_avx512(const Pack& p, int64_t b, int64_t j, int64_t y) {
-  if (!p.scale) row512<false, false>(p, b, j, y);
-  else if (p.fma) row512<true, true>(p, b, j, y);
-  else row512<true, false>(p, b, j, y);
+  pack_row_any<Avx512Rows>(p, b, j, y);
 }
 #endif
 

@@ -15,7 +15,7 @@ from bnas.train import resolve_config, train
 from bnas.train.engine import evaluate
 
 TINY = {"arch": "latest_cell_zeroise", "layers": 3, "init_channels": 8,
-        "dataset": "synthetic", "epochs": 1, "batch_size": 32, "train_subset": 64,
+        "dataset": "synthetic", "image_size": 16, "epochs": 1, "batch_size": 32, "train_subset": 64,
         "val_subset": 64, "workers": 0, "progress": False}
 
 
@@ -49,7 +49,7 @@ def test_eval_packed_gives_the_float_models_predictions(weights, capsys):
 def test_eval_packed_reads_an_exported_file(weights, tmp_path, capsys):
     out = tmp_path / "m.bnx"
     assert main(["export", "--weights", str(weights), "--out", str(out)]) == 0
-    assert load(out).deploy_identity["data"] == {"data_recipe": "bnas", "image_size": None}
+    assert load(out).deploy_identity["data"] == {"data_recipe": "bnas", "image_size": 16}
     capsys.readouterr()
     assert main(["eval", "--weights", str(weights), "--val-subset", "96", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
@@ -93,8 +93,11 @@ def test_bench_prints_latency_memory_and_layers(weights, tmp_path, capsys):
     capsys.readouterr()
     assert main(["bench", "--weights", str(out), "--batches", "1", "--min-time", "0"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("latest_cell_zeroise at 32x32") and "packed speed-up" in text
-    assert "PackedBinConvOp" in text
+    assert text.startswith("latest_cell_zeroise at 16x16") and "packed speed-up" in text
+    assert "PackedBinConvOp" in text  # at the size it was trained at, from the file or the weights
+    assert main(["bench", "--weights", str(weights), "--batches", "1", "--min-time", "0",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_size"] == 16
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -216,8 +216,9 @@ def test_bnas_export_writes_onnx(weights, tmp_path, capsys):
     assert main(["export", "--weights", str(weights), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"wrote {out}: ") and "top-1 agreement 100%" in printed
+    assert "input (N, 3, 16, 16)" in printed  # the size the weights were trained at
     model = trained_model(weights, None, {})
-    assert_agrees(model, out, torch.randn(4, 3, 32, 32))
+    assert_agrees(model, out, torch.randn(4, 3, 16, 16))
     other = tmp_path / "model.bin"
     assert main(["export", "--weights", str(weights), "--out", str(other), "--format", "onnx",
                  "--opset", "18"]) == 0

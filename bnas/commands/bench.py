@@ -77,8 +77,8 @@ def _models(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.registry import dataset_info
     from ..deploy.bench import bench
+    from ..deploy.source import input_size
     from ..errors import BnasError
 
     if args.table is not None:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.min_time < math.inf:  # also refuses nan
         raise BnasError(f"--min-time: expected seconds >= 0, got {args.min_time}")
     model, packed = _models(args)
-    result = bench(model, packed, dataset_info(model.dataset).image_size, batches,
+    result = bench(model, packed, input_size(model), batches,
                    min_time=args.min_time)
     result["model"] = model.genotype.name
     print(json.dumps(result) if args.json else report(result))

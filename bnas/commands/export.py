@@ -60,10 +60,10 @@ def export_bnx(model, args: argparse.Namespace) -> str:
 def export_onnx(model, args: argparse.Namespace) -> str:
     import torch
 
-    from ..data.registry import dataset_info
     from ..deploy.onnx import DEFAULT_OPSET, compare_onnx, export_onnx
+    from ..deploy.source import input_size
 
-    size = dataset_info(model.dataset).image_size
+    size = input_size(model)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     path = export_onnx(model, args.out, (1, 3, size, size), opset=opset)
     check = compare_onnx(model, path, torch.randn(8, 3, size, size,

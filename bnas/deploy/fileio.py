@@ -63,16 +63,19 @@ def pack(model: nn.Module) -> nn.Module:
 
 
 def float_model(ident: dict[str, Any]) -> nn.Module:
-    """The float model (freshly initialised) of a model identity."""
+    """The float model (freshly initialised) of a model identity, with the image pipeline it
+    was trained with (``data_settings``)."""
     from ..genotype import from_json
     from ..model import build_model
 
     binarizer = dict(ident["binarizer"])
-    return build_model(from_json(ident["genotype"], "the file's genotype"),
-                       dataset=ident["dataset"], num_classes=ident["num_classes"],
-                       layers=ident["layers"], init_channels=ident["init_channels"],
-                       layer_overrides=ident.get("layer_overrides") or None,
-                       binarizer=binarizer.pop("name"), **binarizer)
+    model = build_model(from_json(ident["genotype"], "the file's genotype"),
+                        dataset=ident["dataset"], num_classes=ident["num_classes"],
+                        layers=ident["layers"], init_channels=ident["init_channels"],
+                        layer_overrides=ident.get("layer_overrides") or None,
+                        binarizer=binarizer.pop("name"), **binarizer)
+    model.data_settings = dict(ident.get("data") or {})
+    return model
 
 
 def rebuild(ident: dict[str, Any]) -> nn.Module:

@@ -39,3 +39,12 @@ def trained_model(weights: str | Path, preset: str | None,
     checkpoint.load_model_state(weights, saved, model, model_identity(model, cfg))
     model.data_settings = {"data_recipe": cfg.data_recipe, "image_size": cfg.image_size}
     return model.eval()
+
+
+def input_size(model: nn.Module) -> int:
+    """The image size ``model`` takes: the one it was trained at (its ``data_settings``, from
+    trained weights or a packed file's identity), else its dataset's."""
+    from ..data.registry import dataset_info
+
+    size = getattr(model, "data_settings", {}).get("image_size")
+    return size or dataset_info(model.dataset).image_size

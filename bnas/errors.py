@@ -17,6 +17,6 @@ class BnasError(ValueError):
 def unknown(kind: str, name: str, known: Iterable[str]) -> BnasError:
     """Build the error for an unknown ``name`` of ``kind``, naming the closest known names."""
     known = sorted(known)
-    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
     return BnasError(f"unknown {kind} '{name}'{hint}")

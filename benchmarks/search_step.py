@@ -2,7 +2,7 @@
 """Search-step speed and memory of ``bnas search``, next to the reference figures.
 
     python benchmarks/search_step.py                      # fast path, batch 32 and 64
-    python benchmarks/search_step.py --reference-path     # also the straightforward path
+    python benchmarks/search_step.py --reference-path     # also the reference path
     python benchmarks/search_step.py --only "batch 32" --steps 8
     python benchmarks/search_step.py --only "K=4"       # partial channels (PC-DARTS), batch 32
 
@@ -18,7 +18,7 @@ includes it.
 The reference figures are those of ``benchmarks.md``: BNAS's own code on the same kind of
 2-core machine (14.2 s and 3.9 GB per step at batch 32; 25.9 s and 7.2 GB at batch 64).
 Machines are noisy (other processes share the cores): compare medians measured side by side,
-e.g. against the straightforward path (``--reference-path``: one module per edge and
+e.g. against the reference path (``--reference-path``: one module per edge and
 candidate, the same maths), which also runs on this machine.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ WORKLOADS = [
     Workload("search step, fast path K=4, batch 32", "fast", 32, 14.2, 3.9,
              partial=4),
     Workload("search step, fast path, batch 64", "fast", 64, 25.9, 7.2),
-    Workload("search step, straightforward path, batch 32", "reference", 32, 14.2, 3.9),
+    Workload("search step, reference path, batch 32", "reference", 32, 14.2, 3.9),
 ]
 
 
@@ -88,7 +88,7 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
 def main() -> int:
     p = parser(__doc__.split("\n\n")[0], steps=5)
     p.add_argument("--reference-path", action="store_true",
-                   help="also time the straightforward implementation (slow)")
+                   help="also time the reference path (slow)")
     args = p.parse_args()
 
     def row(index: int, r: dict[str, float]) -> str:

@@ -3,14 +3,12 @@ otherwise.
 
 On CPUs every activation tensor is a ``malloc``, tens of thousands per training step. glibc's
 allocator serves them badly in two ways. Blocks below its mmap threshold (which grows to 32 MB)
-come from one heap that fragments: the BNAS-A step keeps at most 0.69 GB of blocks alive, yet
-the heap grows to 1.4 GB. Blocks above the threshold (e.g. activations at batch 256) are mapped
-afresh, so the kernel faults in and zeroes their pages every step. tcmalloc (gperftools) keeps
-freed spans by size and hands them out again, which avoids both: the BNAS-A step peaks at
-1.26 GB instead of 1.67 GB at about the same speed, and a digits epoch at batch 256 takes
-10.3 s instead of 14.3 s (README, "Speed and memory"). Where tcmalloc is missing, glibc 2.35
-and later can at least take transparent huge pages for its fresh mappings
-(``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``), 512 times fewer faults.
+come from one heap that fragments: it grows well past the blocks alive at any time. Blocks
+above the threshold (e.g. activations at batch 256) are mapped afresh, so the kernel faults in
+and zeroes their pages every step. tcmalloc (gperftools) keeps freed spans by size and hands
+them out again, which avoids both (the figures: README, "Speed and memory"). Where tcmalloc is
+missing, glibc 2.35 and later can at least take transparent huge pages for its fresh mappings
+(``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: 2 MB pages, 512 times fewer faults than 4 kB ones).
 
 Both settings are read when a process starts, so the ``bnas`` program re-executes itself once
 for the commands that train (:func:`reexec_with_tuned_allocator`). ``BNAS_ALLOCATOR`` chooses:

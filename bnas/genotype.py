@@ -215,7 +215,9 @@ def load(name_or_path: str | os.PathLike | Genotype) -> Genotype:
     if not (text.endswith(".json") or os.sep in text or path.is_file()):
         found = find(text)
         if found is None:
-            raise unknown("architecture", text, names())
+            raise BnasError(f"{unknown('architecture', text, names())} (by name: {user_dir()} and "
+                            f"the shipped genotypes; a genotype elsewhere, e.g. saved with bnas "
+                            f"search --genotype-dir DIR: give its path, DIR/{text}.json)")
         path = found
     if not path.is_file():
         raise BnasError(f"genotype file not found: {path}")

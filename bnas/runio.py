@@ -45,6 +45,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise
 
 
+def check_writable_dir(folder: str | os.PathLike, what: str) -> None:
+    """Raise :class:`BnasError` now if files cannot be created in ``folder`` (made if missing),
+    so that a long run does not fail only when it writes its results."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise BnasError(f"cannot write {what} in {folder}: {exc.strerror or exc}") from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
     atomic_write(path, lambda f: f.write(text.encode()))

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests that compare a network's lean path with its module composition."""
+"""Helpers shared by the tests that compare a network's lean path with its reference path."""
 from __future__ import annotations
 
 import torch

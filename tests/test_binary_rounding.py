@@ -2,7 +2,7 @@
 (or 0) tensors is an exact integer in float32, whatever the kernel's order of summation, and the
 layer's output is that integer times the per-channel scale, rounded once. So two correct
 implementations (the float model and a popcount engine; channels-first and channels-last;
-the lean and the composed training paths) agree bit for bit."""
+the lean and the reference training paths) agree bit for bit."""
 from __future__ import annotations
 
 import copy
@@ -87,10 +87,10 @@ def test_lean_training_path_gives_the_same_bits_in_float32(scheme):
     with torch.no_grad():
         if hasattr(lean.conv, "alpha"):
             lean.conv.alpha.copy_(torch.randn_like(lean.conv.alpha))
-    composed = copy.deepcopy(lean)
-    set_lean(lean, True), set_lean(composed, False)
+    reference = copy.deepcopy(lean)
+    set_lean(lean, True), set_lean(reference, False)
     x = torch.randn(4, 16, 9, 9)
-    assert torch.equal(lean(x), composed(x))
+    assert torch.equal(lean(x), reference(x))
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

@@ -81,6 +81,9 @@ def test_not_json_and_unknown_names(tmp_path):
         G.load(path)
     with pytest.raises(BnasError, match="unknown architecture 'latest_cel'; did you mean latest_cell"):
         G.load("latest_cel")
+    with pytest.raises(BnasError, match=r"saved with bnas search --genotype-dir DIR: give its "
+                                        r"path, DIR/mine\.json\)$"):
+        G.load("mine")
 
 
 def test_skip_space_accepts_skip(tmp_path):

@@ -1,4 +1,4 @@
-"""Importing the toolkit stays light: torchvision (about 190 MB resident) loads only when a
+"""Importing the toolkit stays light: torchvision (its resident cost: README) loads only when a
 dataset or transform needs it, and ``import bnas`` loads no torch; the public interface resolves
 lazily; no module imports itself through others."""
 import ast

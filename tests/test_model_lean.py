@@ -1,5 +1,5 @@
 """The lean training path of cell networks (bnas.ops.lean, EvalCell.forward_lean) computes the
-same values, gradients and statistics as the straightforward composition of modules."""
+same values, gradients and statistics as the reference path (the modules one after the other)."""
 from __future__ import annotations
 
 import copy
@@ -56,7 +56,7 @@ def assert_same_state(lean: nn.Module, reference: nn.Module) -> None:
 def test_lean_network_matches_the_module_composition(arch, scheme):
     lean, reference = pair(arch, scheme, layers=5, init_channels=4)
     # In the probe, a dropped sample can reach the dead operation as a constant; binarizers that
-    # standardise each sample then give it a 0 * NaN gradient in the composed path (the lean
+    # standardise each sample then give it a 0 * NaN gradient on the reference path (the lean
     # path does not differentiate dead operations and gives 0), so only plain drops there.
     drop = 0.3 if arch is not PROBE or scheme == "plain" else 0.0
     lean.drop_path_prob = reference.drop_path_prob = drop

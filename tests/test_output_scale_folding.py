@@ -2,7 +2,7 @@
 use a test-only scheme with a learnable per-channel gain of both signs (a negative scale flips
 which outputs the ReLU passes): the lean cells and the search's fast path, which run the
 convolutions' adjoints on the folded weight ``gain * sign(W)``, must compute what the
-straightforward module composition computes, in float64, for values and every gradient."""
+reference path (the modules one after the other) computes, in float64, for values and every gradient."""
 from __future__ import annotations
 
 import copy

@@ -110,6 +110,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert not out.exists() and G.find("bad") is None
 
 
+def test_unwritable_genotype_dir_is_refused_before_the_search(tmp_path, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the folder would be: no process can write there
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--save", "g", "--genotype-dir", str(blocked / "genotypes"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"bnas search: error: cannot write genotypes in {blocked / 'genotypes'}")
+    assert "\n" not in err and not out.exists()  # refused before the run directory is made
+
+
 def test_missing_cifar_says_where_to_put_it(tmp_path, capsys, monkeypatch):
     from bnas.data import datasets
 

@@ -1,4 +1,4 @@
-"""The fast supernet path computes what the straightforward one computes (outputs, every
+"""The fast supernet path computes what the reference path computes (outputs, every
 gradient, BatchNorm statistics), for every scheme in every space and for operations it computes
 edge by edge, and a supernet with one-hot weights is the genotype's cell."""
 import dataclasses
@@ -147,7 +147,7 @@ def test_fast_path_keeps_far_less_for_the_backward_pass(mode):
 @pytest.mark.parametrize("space", ["bnas", "bnas-skip"])
 def test_float32_channels_last_fast_path_matches_reference_path(space):
     """In float32 the fast path runs channels-last (see ``fast_layout``); it still computes what
-    the straightforward path computes, to float32 rounding."""
+    the reference path computes, to float32 rounding."""
     fast, ref = supernet_pair("plain", space, c=8)
     fast.float(), ref.float()
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))

@@ -1,5 +1,5 @@
 """Partial channels and edge normalisation (PC-DARTS): the shuffle and the edge weights against
-values computed by hand, the fast path equal to the straightforward one in float64 (outputs,
+values computed by hand, the fast path equal to the reference path in float64 (outputs,
 every gradient, betas included), derivation through the betas, and K that does not divide C
 refused in one line."""
 import pytest

@@ -26,6 +26,7 @@ import torch
 
 from .base import Binarizer, SignInputConv2d
 from .registry import register
+from .ste import SurrogateSign
 
 
 def rescaling(w: torch.Tensor) -> float:
@@ -33,14 +34,9 @@ def rescaling(w: torch.Tensor) -> float:
     return (1.0 - 1.0 / w.shape[1]) * w[0].numel()
 
 
-class XnorSign(torch.autograd.Function):
+class XnorSign(SurrogateSign):
     """``sign(W)``; backward ``1{|W| <= 1} * g_s * (1 - 1/I) * n`` (``g_s`` the gradient with
     respect to the sign): the direct term of BNAS's rescaled straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(w)
-        return torch.sign(w)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ import torch
 
 def masked(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``grad`` where the boolean ``mask`` holds, 0 elsewhere. Multiplying by the mask's bytes
-    is about twice as fast on CPUs as multiplying by the booleans (which converts them to
-    floats first) and four times as fast as ``torch.where``."""
+    saves the conversion to floats that multiplying by the booleans makes first, and is faster
+    on CPUs than ``torch.where``."""
     return grad * mask.view(torch.uint8)
 
 
@@ -55,14 +55,19 @@ def bireal_slope_(x: torch.Tensor) -> torch.Tensor:
     return x.abs_().mul_(-2.0).add_(2.0).clamp_(min=0.0)
 
 
-class SignBiRealSTE(torch.autograd.Function):
-    """``sign(x)`` forward; Bi-Real's piecewise-polynomial backward ``max(0, 2 - 2|x|)``
-    (Liu et al., ECCV 2018, Eq. 5), used by ReCU's activations in evaluation mode."""
+class SurrogateSign(torch.autograd.Function):
+    """``sign(x)`` forward, keeping ``x`` for the backward pass a subclass defines: the incoming
+    gradient times a surrogate of the sign's derivative at ``x``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         return torch.sign(x)
+
+
+class SignBiRealSTE(SurrogateSign):
+    """``sign(x)`` forward; Bi-Real's piecewise-polynomial backward ``max(0, 2 - 2|x|)``
+    (Liu et al., ECCV 2018, Eq. 5), used by ReCU's activations in evaluation mode."""
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 each project's statistics and augmentation (:mod:`bnas.data.recipes`).
 
 torchvision is imported when a transform is built, not with this module: importing it costs
-about 190 MB of resident memory, which runs on synthetic data or tensors never need.
+resident memory (README, "Speed and memory") that runs on synthetic data or tensors never need.
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def _operation(ours: str, theirs: tuple[str, ...]) -> Names:
 def cell_network_names(model: nn.Module) -> Names:
     """BNAS's names of a :class:`~bnas.model.network.CellNetwork`'s modules."""
     names: Names = {"classifier": ("classifier",)}
-    if model.stem_kind == "cifar":
+    if model.family == "cifar":
         names.update(_operation("stem", ("stem",)))
     else:
         names.update({f"{stem}.{i}": (f"{stem}.{i}",) for stem in ("stem0", "stem1")

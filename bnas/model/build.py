@@ -29,10 +29,11 @@ def build_model(arch: str | Genotype | None = None, *, dataset: str | None = Non
                 **binarizer_hparams: Any) -> nn.Module:
     """Build a network from a genotype (name, path or :class:`Genotype`) or a configuration.
 
-    ``dataset`` (default: the configuration's, else ``cifar10``) picks the stem family and the
-    number of classes; ``layers`` and ``init_channels`` size cell-stacked networks (fixed
-    genotypes ignore them and reject other values); ``config`` is a named configuration such as
-    ``"bnas-a"`` or ``"bnas-f"`` whose architecture, dataset and size are the defaults.
+    ``dataset`` (default: the configuration's, else ``cifar10``) picks the dataset family (the
+    stem, or a fixed genotype's network) and the number of classes; ``layers`` and
+    ``init_channels`` size cell-stacked networks (fixed genotypes ignore them and reject other
+    values); ``config`` is a named configuration such as ``"bnas-a"`` or ``"bnas-f"`` whose
+    architecture, dataset and size are the defaults.
     ``binarizer`` is a registry name or instance; extra keywords are its hyper-parameters.
     ``layer_overrides`` maps binary convolutions by name to another kind of layer
     (:mod:`bnas.model.overrides`; weights imported from BNAS's reference code need them).
@@ -69,7 +70,7 @@ def build_model(arch: str | Genotype | None = None, *, dataset: str | None = Non
         if cfg is not None:
             default_layers, default_c = cfg.layers, cfg.init_channels
         model = CellNetwork(genotype, init_channels or default_c, layers or default_layers,
-                            num_classes, scheme, stem=info.family)
+                            num_classes, scheme, family=info.family)
     apply_overrides(model, layer_overrides or {})
     model.genotype = genotype
     model.binarizer = scheme

@@ -1,9 +1,10 @@
 """Hand-designed 1w1a networks (the ResNet and VGG-small model zoo) as fixed-genotype families.
 
-A fixed genotype names a *family* and its structural keywords (:mod:`bnas.families`), e.g.
-``{"family": "resnet", "stem": "conv3x3_act", "block": "basic", "depths": [3, 3, 3], ...}``.
-Each family is a function here called as ``family(num_classes=, binarizer=, **keywords)``. Every binary convolution comes from ``binarizer.conv(...)`` (which binarizes
-its own input activation); the stem convolution and the classifier stay real-valued.
+A fixed genotype names a *network family* and its structural keywords (declared in
+:mod:`bnas.families`), e.g. ``{"family": "resnet", "stem": "conv3x3_act", "block": "basic",
+"depths": [3, 3, 3], ...}``. Each family is a function here called as ``family(num_classes=,
+binarizer=, **keywords)``. Every binary convolution comes from ``binarizer.conv(...)`` (which
+binarizes its own input activation); the stem convolution and the classifier stay real-valued.
 
 The definitions follow Rotated Binary Neural Network (Lin et al., NeurIPS 2020), whose
 networks ReCU (Xu et al., ICCV 2021) and SiMaN (Lin et al., TPAMI 2022) reuse:

@@ -18,17 +18,17 @@ def reduction_layers(layers: int) -> tuple[int, int]:
 class CellNetwork(nn.Module):
     """Stem -> ``layers`` cells (channels double at each reduction) -> global pool -> Linear.
 
-    ``stem="cifar"``: BN -> 3x3 conv (3 -> 3C) -> ReLU, real-valued. ``stem="imagenet"``: two
-    real 3x3 stride-2 stems (224 -> 56 -> 28) as in DARTS. ``drop_path_prob`` is set by the
-    training engine.
+    The stem follows the dataset family: ``family="cifar"``: BN -> 3x3 conv (3 -> 3C) -> ReLU,
+    real-valued; ``family="imagenet"``: two real 3x3 stride-2 stems (224 -> 56 -> 28) as in
+    DARTS. ``drop_path_prob`` is set by the training engine.
     """
 
     def __init__(self, genotype: Genotype, c: int, layers: int, num_classes: int,
-                 binarizer: Binarizer, stem: str = "cifar") -> None:
+                 binarizer: Binarizer, family: str = "cifar") -> None:
         super().__init__()
         self.drop_path_prob = 0.0
         self.init_channels, self.layers = c, layers
-        if stem == "cifar":
+        if family == "cifar":
             c_stem = 3 * c
             self.stem = RealConvOp(3, c_stem, 3, 1, 1)
             c_prev_prev = c_prev = c_stem
@@ -41,7 +41,7 @@ class CellNetwork(nn.Module):
                 nn.ReLU(), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
             c_prev_prev = c_prev = c
             reduction_prev = True
-        self.stem_kind = stem
+        self.family = family
         reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
         c_curr = c
@@ -52,7 +52,7 @@ class CellNetwork(nn.Module):
             spec = genotype.reduce if reduction else genotype.normal
             cell = EvalCell(spec, c_prev_prev, c_prev, c_curr, reduction, reduction_prev,
                             residual=i > 0, binarizer=binarizer,
-                            preprocess_reduce_affine=stem != "cifar")
+                            preprocess_reduce_affine=family != "cifar")
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, cell.multiplier * c_curr
@@ -60,7 +60,7 @@ class CellNetwork(nn.Module):
         self.classifier = nn.Linear(c_prev, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stem_kind == "cifar":
+        if self.family == "cifar":
             s0 = s1 = self.stem(x)
         else:
             s0 = self.stem0(x)

@@ -4,7 +4,7 @@ BNAS's binary operation (Kim et al., ECCV 2020, Sec. 3.1) is ``relu(s * conv(b(B
 BatchNorm in training mode, the scheme's activation binarizer ``b`` (``binarize_input``), a
 convolution with the scheme's +-1 weight ``W_b`` (``binary_weight``), its optional
 per-channel scale ``s`` (``weight_scale``) and a ReLU, optionally times a per-sample
-drop-path factor. Composed from modules, autograd keeps the normalised input, its binary copy,
+drop-path factor. On the reference path (the modules), autograd keeps the normalised input, its binary copy,
 the binarizer's own tensors and the float output. :class:`BinaryConvRelu` keeps only ``x``
 (which its other users keep anyway), the batch statistics and a one-bit ReLU mask; the backward
 pass recomputes the normalised input and its binarization, and takes the activation gradient by
@@ -13,11 +13,11 @@ applies unchanged. The latent weight's gradient goes through ``binary_weight()``
 
 Both passes normalise with the kernel :class:`~torch.nn.BatchNorm2d` runs (the backward pass
 without running statistics), so the recomputed binary input is bit-identical to the forward one
-and to the composed modules' (a sign is sensitive to the last bit of a value near zero).
+and to the reference path's (a sign is sensitive to the last bit of a value near zero).
 The convolution is ``F.conv2d`` of the +-1 tensors as in the modules, whose sums are exact
 integers, and the scale is one multiply per element as there, so the output (and which side of
 zero it falls, which the ReLU's gradient depends on) is bit-identical to the modules'. Under
-autocast the composed modules run instead.
+autocast the reference path runs instead.
 
 The element-wise passes around the convolution come in two implementations: :class:`TorchPasses`
 (torch's kernels; every scheme, dtype and device) and :class:`FusedPasses` (the CPU kernels of
@@ -253,7 +253,7 @@ class CellOutput(torch.autograd.Function):
     """``cat(nodes, dim=1) + residual`` written straight into one tensor of ``shape`` per node
     (dtype and device of ``like``); a node given as None is all zeros (it costs
     nothing). Parameters in ``dead`` (those of operations whose output
-    only ever meets ``zeroise``) get the zero gradient the composed modules give them."""
+    only ever meets ``zeroise``) get the zero gradient the reference path gives them."""
 
     @staticmethod
     def forward(ctx, like: torch.Tensor, shape: Sequence[int], residual: torch.Tensor | None,
@@ -286,7 +286,7 @@ class CellOutput(torch.autograd.Function):
 
 def set_lean(model: nn.Module, enabled: bool) -> None:
     """Switch every module of ``model`` with a lean training path (``lean`` attribute) to it, or
-    back to the straightforward composition of its sub-modules (the reference for tests)."""
+    back to the reference path (its sub-modules one after the other, which tests compare with)."""
     for module in model.modules():
         if hasattr(module, "lean"):
             module.lean = enabled

@@ -21,7 +21,7 @@ several ``--cost-weight`` values sweep it and write the accuracy-cost Pareto fro
 (:mod:`bnas.search.pareto`).
 
 Search is compute-hungry: every edge runs every candidate. The fast path computes the same
-maths as the straightforward one with far less memory and time (see
+maths as the reference path with far less memory and time (see
 ``benchmarks/search_step.py``); on small machines, search narrow and shallow
 (``--init-channels``, ``--layers``, ``--image-size``, ``--subset``).
 """

@@ -90,7 +90,7 @@ CELLS: Registry[type[SearchCell]] = Registry("search implementation")
 
 @CELLS.register("reference")
 class ReferenceCell(SearchCell):
-    """One mixed operation per edge, evaluated edge by edge (the straightforward path)."""
+    """One mixed operation per edge, evaluated edge by edge (the reference path)."""
 
     def __init__(self, *args, space: str, binarizer: Binarizer, steps: int = 4, **kwargs) -> None:
         super().__init__(*args, space=space, binarizer=binarizer, steps=steps, **kwargs)

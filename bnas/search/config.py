@@ -178,7 +178,6 @@ class SearchConfig:
             return
         self.cost = COST_KINDS.canonical(self.cost)
         COST_KINDS.get(self.cost).check()  # latency: the packed engine must run here
-        COST_KINDS.get(self.cost).check()  # latency: the packed engine must run here
         if self.cost_weight is None:
             raise BnasError("give --cost-weight W with --cost (0 records the cost without "
                             "optimising it)")

@@ -58,6 +58,7 @@ from ..run.loop import EpochCallback, EpochRun
 from ..run.rng import epoch_seed
 from ..run.rundir import attach_run_log, default_run_dir, make_run_dir
 from ..run.schedules import LrScheduler, build_schedule
+from ..runio import check_writable_dir
 from .architect import Architect
 from .config import SearchConfig, from_dict
 from .cost import CostObjective, RetrainSize, genotype_counts
@@ -96,9 +97,9 @@ _MALLOC_TRIM = _find_malloc_trim()
 def release_freed_memory(device: torch.device) -> None:
     """Give the host memory freed by the last pass back to the system. glibc keeps freed heap
     blocks, and the next pass (other tensor sizes) cannot reuse them all; trimming after each
-    pass keeps the process's resident size near what it uses (about 160 MB less at the
-    benchmark's peak). A no-op off glibc, for GPU tensors, and in effect under tcmalloc (which
-    reuses freed blocks itself; :mod:`bnas.allocator`)."""
+    pass keeps the process's resident size near what it uses (README, "Memory allocator"). A
+    no-op off glibc, for GPU tensors, and in effect under tcmalloc (which reuses freed blocks
+    itself; :mod:`bnas.allocator`)."""
     if _MALLOC_TRIM is not None and device.type == "cpu":
         _MALLOC_TRIM(0)
 
@@ -173,6 +174,8 @@ class Searcher(EpochRun):
         self.cfg, self.ctx = cfg, ctx
         self.epochs, self.progress = cfg.epochs, cfg.progress
         check_save_name(cfg, cfg.overwrite or saved is not None)
+        if ctx.is_main:  # rank 0 writes the genotypes at the end: fail now, not then
+            check_writable_dir(cfg.genotype_path(cfg.save).parent, "genotypes")
         self._build_data()
         self.out = self._run_dir(saved)
         self.handlers = attach_run_log(log, self.out / "log.txt", ctx.is_main)

@@ -6,10 +6,10 @@ BNAS, Kim et al., ECCV 2020, Sec. 3.3: ``zeroise`` is one of the candidates and 
 the sum). While searching, every BatchNorm is ``affine=False`` and each pooling is followed
 by its own BatchNorm.
 
-:class:`MixedOp` is the straightforward implementation: one module per edge and candidate,
-evaluated one after the other. It is kept as the reference the fast path is tested against.
-The fast implementation, :class:`~bnas.search.fanout.FanOut`, computes all the edges that leave
-one node together and is tested against this one.
+:class:`MixedOp` is the reference path (``--impl reference``): one module per edge and
+candidate, evaluated one after the other. The fast path (``--impl fast``),
+:class:`~bnas.search.fanout.FanOut`, computes all the edges that leave one node together and
+is tested against this one.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def search_op(name: str, c: int, stride: int, binarizer: Binarizer) -> nn.Module
 
 
 class MixedOp(nn.Module):
-    """One edge, straightforwardly: ``sum_k w_k * op_k(x)`` over every candidate."""
+    """One edge on the reference path: ``sum_k w_k * op_k(x)`` over every candidate."""
 
     def __init__(self, c: int, stride: int, space: str, binarizer: Binarizer) -> None:
         super().__init__()

@@ -27,12 +27,16 @@ def kern(request, monkeypatch):
 
 
 def reference(xb: torch.Tensor, negative: torch.Tensor, alpha: torch.Tensor | None,
-              geo: K.Geometry) -> torch.Tensor:
-    """``conv(xb, sign W) * alpha`` with ``xb`` in {-1, 0, 1}: the sum in float64 (exact), one
-    float32 rounding of the scale, the zero padding and origin applied explicitly."""
+              geo: K.Geometry, zero: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(xb, sign W) * alpha`` with ``xb`` in {-1, 0, 1} and ``sign W`` -1 where
+    ``negative``, 0 where ``zero``, else +1: the sum in float64 (exact), one float32 rounding of
+    the scale, the zero padding and origin applied explicitly."""
     t, l, b, r = geo.pad
     xp = F.pad(xb.double(), (l, r, t, b))[:, :, geo.origin[0]:, geo.origin[1]:]
-    y = F.conv2d(xp, 1.0 - 2.0 * negative.double(), stride=geo.stride, dilation=geo.dilation)
+    signs = 1.0 - 2.0 * negative.double()
+    if zero is not None:
+        signs = signs.masked_fill(zero, 0.0)
+    y = F.conv2d(xp, signs, stride=geo.stride, dilation=geo.dilation)
     y = y.float()
     return y if alpha is None else y * alpha.view(1, -1, 1, 1)
 
@@ -76,6 +80,40 @@ def test_binary_conv_equals_the_float64_reference(kern, case, masked):
     out = run(kern, x, negative, alpha, geo, masked)
     assert out.shape == expected.shape
     assert torch.equal(out, expected)
+
+
+ZERO_GEOMETRIES = {"3x3": sym(3), "3x3-s2": sym(3, 2), "5x5-d2": sym(5, 1, 2),
+                   "shifted-1x1": K.Geometry(1, 1, 2, 1, (0, 0, 1, 1), (1, 1))}
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["corrected", "masked"])
+@pytest.mark.parametrize("geo", ZERO_GEOMETRIES.values(), ids=ZERO_GEOMETRIES.keys())
+def test_binary_weights_exactly_zero(kern, geo, masked):
+    """A binary weight exactly 0 (torch.sign of a latent weight 0: the plain, RBNN and ReCU
+    schemes): held as +1, what that +1 added taken back per output, exactly, on both ways to
+    the kernels (packed then run, and one call). Zero weights at a corner tap (in the padding
+    at the borders), the centre tap, both sides of a word boundary (channels 63, 64), a whole
+    output channel, and at the taps that read sign(0) inputs."""
+    gen = torch.Generator().manual_seed(7)
+    n, c, o, h, w = 2, 70, 11, 7, 9
+    x = torch.randn(n, c, h, w, generator=gen)
+    x[0, 5, 3, 4] = 0.0
+    x[1, 64, 0, 0] = 0.0
+    negative = torch.rand(o, c, geo.kh, geo.kw, generator=gen) < 0.5
+    zero = torch.zeros_like(negative)
+    zero[0, 5] = True                 # every tap of channel 5, one reading the sign(0) above
+    zero[3, :, 0, 0] = True           # a corner tap of every channel
+    zero[4, 63, geo.kh // 2, geo.kw // 2] = zero[4, 64, -1, -1] = True
+    zero[2, 64] = True                # reads the sign(0) at (1, 64, 0, 0)
+    zero[o - 1] = True                # an output channel of zeros
+    negative &= ~zero
+    alpha = torch.rand(o, generator=gen) + 0.5
+    expected = reference(torch.sign(x), negative, alpha, geo, zero)
+    plan = K.BinaryConvPlan(negative, alpha, geo, zero=zero)
+    assert torch.equal(plan.run(kern, x, kern.pack(x, geo, masked=masked)), expected)
+    plan = K.BinaryConvPlan(negative, alpha, geo, zero=zero)
+    plan.masked = masked
+    assert torch.equal(plan(kern, x), expected)
 
 
 def test_scale_free_weights_give_the_integer_sums(kern):

@@ -89,17 +89,62 @@ def test_every_scheme_on_a_genotype_with_every_operation(scheme):
 def test_every_kernel_path_runs_the_network_bit_for_bit(scheme, monkeypatch):
     """Each path this CPU runs (``BNAS_XNOR_ISA``), through the network's one-call operations,
     with sign thresholds and per-sample means."""
-    from bnas.deploy.kernels import supported_isas
-
     torch.manual_seed(5)
     model = bnas.build_model(from_json(EVERY_OP), binarizer=scheme, layers=3, init_channels=8)
-    x = torch.randn(2, 3, 16, 16)
+    on_every_path(model, torch.randn(2, 3, 16, 16), monkeypatch)
+
+
+def on_every_path(model: nn.Module, x: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, nn.Module]:
+    """The calibrated float model's output on ``x``, checked equal to the packed model's on each
+    kernel path this CPU runs, and the packed model (of the last path)."""
+    from bnas.deploy.kernels import supported_isas
+
     calibrated(model, x)
     with torch.no_grad():
         expected = model(x)
         for isa in supported_isas():
             monkeypatch.setenv("BNAS_XNOR_ISA", isa)
-            assert_same(expected, pack(model)(x))
+            packed = pack(model)
+            assert_same(expected, packed(x))
+    return expected, packed
+
+
+def balanced(n: int) -> torch.Tensor:
+    """``n`` values +1, -1, 0, +1, -1, 0, ... with as many +1 as -1: their mean is exactly 0
+    whatever the order of the sum."""
+    t = torch.zeros(n)
+    t[0:n // 3 * 3:3], t[1:n // 3 * 3:3] = 1.0, -1.0
+    return t
+
+
+@pytest.mark.parametrize("scheme", ["plain", "recu"])
+def test_binary_weights_exactly_zero_run_exactly(scheme, tmp_path, monkeypatch):
+    """Binary weights exactly 0 where the scheme's sign reads a weight exactly at its mean: the
+    plain scheme centres each tap over the input channels, ReCU standardises each output
+    channel; a tap (plain) or channel (ReCU) of balanced +-1 and 0 has mean exactly 0. The
+    packed model equals the float model bit for bit on every kernel path, and after a save and
+    load, which keeps the zeros."""
+    from bnas.deploy.convert import binary_parts
+
+    torch.manual_seed(4)
+    model = bnas.build_model(from_json(EVERY_OP), binarizer=scheme, layers=3, init_channels=8)
+    convs = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
+    with torch.no_grad():
+        for i, conv in enumerate(convs):
+            w = conv.weight
+            if scheme == "plain":
+                w[i % w.shape[0], :, 0, 0] = balanced(w.shape[1])
+                w[-1, :, -1, -1] = balanced(w.shape[1])
+            else:
+                w[i % w.shape[0]] = balanced(w[0].numel()).view_as(w[0])
+    assert all(binary_parts(conv)[2] is not None for conv in convs)
+    x = torch.randn(2, 3, 16, 16)
+    expected, packed = on_every_path(model, x, monkeypatch)
+    loaded = load(save(packed, tmp_path / "zero.bnx"))
+    with torch.no_grad():
+        assert_same(expected, loaded(x))
+    assert any(m.zero_weights is not None for m in loaded.modules()
+               if isinstance(m, PackedConv2d))
 
 
 CONFIGS = ["bnas-a", "bnas-d", "bnas-e", "bnas-f", "bnas-g", "bnas-h"]

@@ -63,20 +63,21 @@ def _float_conv(conv: nn.Module) -> bool:
     return type(conv).__name__ in FLOAT_MODULES
 
 
-def binary_parts(conv: BinaryConv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(negative, alpha)`` of an eval-mode binary convolution: where its 1-bit weight
-    (:meth:`~bnas.binarize.base.BinaryConv2d.binary_weight`) is -1, and its per-output-channel
-    scale (:meth:`~bnas.binarize.base.BinaryConv2d.weight_scale`; None for scale-free schemes).
-    Raises for weights that are not +-1 (an exact zero weight is a third value the 1-bit format
-    cannot hold)."""
+def binary_parts(conv: BinaryConv2d
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(negative, alpha, zero)`` of an eval-mode binary convolution: where its 1-bit weight
+    (:meth:`~bnas.binarize.base.BinaryConv2d.binary_weight`) is -1, its per-output-channel
+    scale (:meth:`~bnas.binarize.base.BinaryConv2d.weight_scale`; None for scale-free schemes)
+    and where the weight is exactly 0 (torch.sign of a latent weight 0 in the plain, RBNN and
+    ReCU schemes; None when nowhere). Raises for any other value."""
     with torch.no_grad():
         signs = conv.binary_weight().detach()
         alpha = conv.weight_scale()
         alpha = None if alpha is None else alpha.detach().reshape(-1).float().clone()
-    if not bool(((signs == 1) | (signs == -1)).all()):
-        raise BnasError(f"{type(conv).__name__} has binary weights other than +-1 (e.g. an exact "
-                        f"0): the packed engine stores one bit per weight")
-    return signs < 0, alpha
+    if not bool(((signs == 1) | (signs == -1) | (signs == 0)).all()):
+        raise BnasError(f"{type(conv).__name__} has binary weights other than -1, 0 and +1")
+    zero = signs == 0
+    return signs < 0, alpha, zero if bool(zero.any()) else None
 
 
 def _check(conv: nn.Module) -> Activation:
@@ -98,12 +99,13 @@ def packed_conv(conv: BinaryConv2d, empty: bool, geo: Geometry | None = None) ->
     k, p = conv.kernel_size[0], conv.padding[0]
     if geo is None:
         geo = Geometry(k, k, conv.stride[0], conv.dilation[0], (p, p, p, p))
-    negative, alpha = (None, None) if empty else binary_parts(conv)
+    negative, alpha, zero = (None, None, None) if empty else binary_parts(conv)
     scaled = conv.weight_scale() is not None
     packed = PackedConv2d(conv.in_channels, conv.out_channels, k, geo, activation, scaled,
                           bias=conv.bias is not None)
     if not empty:
-        packed.set_weights(negative, alpha, None if conv.bias is None else conv.bias.detach())
+        packed.set_weights(negative, alpha, None if conv.bias is None else conv.bias.detach(),
+                           zero)
     return packed
 
 

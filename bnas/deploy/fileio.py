@@ -6,8 +6,9 @@ The header holds the model's identity (its genotype in full, dataset, classes, s
 configuration: enough to rebuild the network's structure without any other file; and, when the
 model came from trained weights, the image pipeline it was trained with) and, per
 tensor of the packed model's state, its name, dtype, shape, offset, length and CRC-32. Binary
-weights are stored one bit per weight with their per-output-channel scales; real-valued layers
-as they are. Files are written atomically.
+weights are stored one bit per weight with their per-output-channel scales (and, only where
+some are exactly 0, their flat indices); real-valued layers as they are. Files are written
+atomically.
 """
 from __future__ import annotations
 
@@ -163,6 +164,17 @@ def model_identity(path: str | Path) -> dict[str, Any]:
     return ident
 
 
+def _attach_optional(packed: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give the modules the optional buffers (their ``optional_buffers``, None unless set, such
+    as a convolution's binary weights exactly 0) that the file holds, shaped as there."""
+    modules = dict(packed.named_modules())
+    for name, tensor in state.items():
+        owner, _, leaf = str(name).rpartition(".")
+        module = modules.get(owner)
+        if leaf in getattr(module, "optional_buffers", ()) and getattr(module, leaf) is None:
+            module.register_buffer(leaf, torch.empty_like(tensor))
+
+
 def load(path: str | Path) -> nn.Module:
     """The inference-only packed model saved at ``path`` (``.bnx``). A file that is not a
     packed model, a truncated or corrupt one, another format version, or tensors that do not
@@ -174,6 +186,7 @@ def load(path: str | Path) -> nn.Module:
     except (KeyError, TypeError, AttributeError):
         raise BnasError(f"{path} has a corrupt model identity") from None
     state = {e.get("name"): _tensor(path, e, blob) for e in header["tensors"]}
+    _attach_optional(packed, state)
     mine = packed.state_dict()
     missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
     shapes = [k for k in mine if k in state and tuple(mine[k].shape) != tuple(state[k].shape)]

@@ -45,15 +45,17 @@ _SIGNATURES = {
     "bnas_xnor_bn_terms": [_P, _P, _P, _P, _I, _D, _C, _P, _P],
     "bnas_xnor_weights": [_P, _I, _I, _C, _P],
     "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
-    "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P],
+    "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P, _P],
+    "bnas_xnor_zero_weights": [_P, _P, _P, _I, _I, _I, _I, _I, _P, _I, _P],
     "bnas_xnor_binconv": [_P, _P, _P, _P, _P, _C, _I, _P, _C, _C],
     "bnas_xnor_maxpool": [_P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _C],
 }
 #: The fields of ``bnas_xnor_binconv``'s record of one convolution and input size, in order
-#: (the last seven: addresses of its tensors, 0 for none).
+#: (from "geometry" to "zero_list": addresses of its tensors, 0 for none; then the number of
+#: binary weights exactly 0).
 RECORD = ("n", "c", "h", "w", "pt", "pl", "hp", "wrow", "wc", "stride", "o", "ho", "wo", "fma",
           "zero_is_zero", "masked", "geometry", "weights", "layout", "rowclass", "table", "alpha",
-          "bias")
+          "bias", "zero_bits", "zero_list", "zero_count")
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -257,17 +259,24 @@ def pack_weight_bits(negative: torch.Tensor) -> torch.Tensor:
 
 class BinaryConvPlan:
     """One binary convolution ready for the kernels: weights ``negative`` (``(O, C, kh, kw)``
-    booleans, True for -1), per-output ``alpha`` (or None: no scale), its :class:`Geometry` and
-    a per-output ``bias`` added by :meth:`__call__` (or None). Border tables and the kernels'
-    record of the convolution are computed once per input size, the weights' layout once per
-    path."""
+    booleans, True for -1), per-output ``alpha`` (or None: no scale), its :class:`Geometry`, a
+    per-output ``bias`` added by :meth:`__call__` (or None) and ``zero`` (booleans, True where
+    the binary weight is exactly 0, a third value: held as +1 and corrected per output, see
+    ``bnas_xnor_zero_weights``; or None). Border tables and the kernels' record of the
+    convolution are computed once per input size, the weights' layout once per path."""
 
     def __init__(self, negative: torch.Tensor, alpha: torch.Tensor | None, geo: Geometry,
-                 bias: torch.Tensor | None = None) -> None:
+                 bias: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> None:
         self.out_channels, self.in_channels = negative.shape[:2]
         self.geo = geo
         self.words = -(-self.in_channels // 64)
+        if zero is not None and bool((zero & negative).any()):
+            raise BnasError("a binary weight cannot be both -1 and 0")
         self.weights = pack_weight_bits(negative)
+        zero = zero if zero is not None and bool(zero.any()) else None
+        self.zero_bits = None if zero is None else pack_weight_bits(zero)
+        self.zero_list = (None if zero is None else
+                          torch.nonzero(zero.reshape(-1)).reshape(-1).contiguous())
         # per output channel and tap: the sum over input channels of the packed weights (+-1)
         self.tap_sums = (self.in_channels - 2 * negative.sum(dim=1, dtype=torch.int64)).numpy()
         self.alpha = None if alpha is None else alpha.detach().float().contiguous()
@@ -342,7 +351,9 @@ class BinaryConvPlan:
                       self.out_channels, ho, wo, int(bool(k.fma)), int(zero_is_zero),
                       int(self.masked), geo.data_ptr(), self.weights.data_ptr(),
                       self.layout(k).data_ptr(), rowclass.data_ptr(), table.data_ptr(),
-                      _ptr(self.alpha) or 0, _ptr(self.bias) or 0)
+                      _ptr(self.alpha) or 0, _ptr(self.bias) or 0, _ptr(self.zero_bits) or 0,
+                      _ptr(self.zero_list) or 0,
+                      0 if self.zero_list is None else self.zero_list.numel())
             self._records[key] = (torch.tensor(values, dtype=torch.int64),
                                   (n, self.out_channels, ho, wo))
         return self._records[key]
@@ -378,12 +389,18 @@ class BinaryConvPlan:
             call = self._calls[key] = self._call(k, *x.shape)
         shape, geo, args = call
         extra = None
-        if packed.zeros.numel():
+        if packed.zeros.numel() or self.zero_list is not None:
             n, c, h, w = x.shape
+            pt, pl = self.geo.pad[:2]
             extra = torch.zeros(shape, dtype=torch.int32)
             k.lib.bnas_xnor_zero_fix(packed.zeros.data_ptr(), packed.zeros.numel(),
-                                     geo.data_ptr(), c, h, w, self.geo.pad[0], self.geo.pad[1],
-                                     self.weights.data_ptr(), extra.data_ptr())
+                                     geo.data_ptr(), c, h, w, pt, pl, self.weights.data_ptr(),
+                                     _ptr(self.zero_bits), extra.data_ptr())
+            if self.zero_list is not None:
+                k.lib.bnas_xnor_zero_weights(packed.words.data_ptr(), _ptr(packed.nonzero),
+                                             geo.data_ptr(), c, h, w, pt, pl,
+                                             self.zero_list.data_ptr(), self.zero_list.numel(),
+                                             extra.data_ptr())
         out = torch.empty(shape)
         k.lib.bnas_xnor_conv(packed.words.data_ptr(), _ptr(packed.nonzero), geo.data_ptr(),
                              *args, _ptr(extra), _ptr(self.alpha), out.data_ptr(), k._isa,

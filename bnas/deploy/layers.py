@@ -63,6 +63,8 @@ class PackedConv2d(nn.Module):
         self.register_buffer("bits", torch.zeros(bits, dtype=torch.uint8))
         self.register_buffer("alpha", torch.ones(out_channels) if scaled else None)
         self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
+        # flat indices of the binary weights exactly 0 (held as +1 in bits), None when none
+        self.register_buffer("zero_weights", None)
         self._plan: BinaryConvPlan | None = None
         self.register_load_state_dict_post_hook(_reset_after_load)
 
@@ -70,11 +72,17 @@ class PackedConv2d(nn.Module):
         """Forget the kernels' weights (after the buffers changed)."""
         self._plan = None
 
+    #: Buffers a saved model holds only when they are not None (read by bnas.deploy.fileio).
+    optional_buffers = ("zero_weights",)
+
     def set_weights(self, negative: torch.Tensor, alpha: torch.Tensor | None,
-                    bias: torch.Tensor | None) -> None:
-        """Store the binary weights (``negative``: True where -1), the scale and the bias."""
+                    bias: torch.Tensor | None, zero: torch.Tensor | None = None) -> None:
+        """Store the binary weights (``negative``: True where -1; ``zero``: True where exactly
+        0, or None), the scale and the bias."""
         flat = negative.reshape(-1).numpy().astype(np.uint8)
         self.bits.copy_(torch.from_numpy(np.packbits(flat, bitorder="little")))
+        self.zero_weights = (None if zero is None or not bool(zero.any()) else
+                             torch.nonzero(zero.reshape(-1)).reshape(-1))
         if alpha is not None:
             self.alpha.copy_(alpha)
         if bias is not None:
@@ -88,9 +96,19 @@ class PackedConv2d(nn.Module):
         bits = np.unpackbits(self.bits.numpy(), count=count, bitorder="little")
         return torch.from_numpy(bits.astype(bool)).view(self.out_channels, self.in_channels, k, k)
 
+    def zero(self) -> torch.Tensor | None:
+        """The binary weights exactly 0 as booleans ``(O, C, k, k)``, or None when none."""
+        if self.zero_weights is None:
+            return None
+        k = self.kernel_size
+        mask = torch.zeros(self.out_channels * self.in_channels * k * k, dtype=torch.bool)
+        mask[self.zero_weights] = True
+        return mask.view(self.out_channels, self.in_channels, k, k)
+
     def plan(self) -> BinaryConvPlan:
         if self._plan is None:
-            self._plan = BinaryConvPlan(self.negative(), self.alpha, self.geo, self.bias)
+            self._plan = BinaryConvPlan(self.negative(), self.alpha, self.geo, self.bias,
+                                        self.zero())
         return self._plan
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,

@@ -2,15 +2,19 @@
 //
 // A binary convolution of the float model computes, per output channel o and position q,
 // alpha[o] * sum_k x_b[k] * w_b[o, k] with x_b in {-1, 0, +1} (0: zero padding and sign(0))
-// and w_b in {-1, +1}. Here the +-1 values are bits (+1 -> 0, -1 -> 1), 64 input channels to a
-// 64-bit word, and for two +-1 values x * w = 1 - 2 * (bit(x) XOR bit(w)), so over the taps
+// and w_b in {-1, +1} (0 rarely, see below). Here the +-1 values are bits (+1 -> 0, -1 -> 1),
+// 64 input channels to a 64-bit word, and for two +-1 values x * w = 1 - 2 * (bit(x) XOR
+// bit(w)), so over the taps
 //   dot = K_real - 2 * popcount(bits(x) XOR bits(w))        (K_real: the real taps only)
 // Channels past C_in in the last word carry bit 0 in input and weight (XOR 0, adds nothing).
 // Padded positions are packed as +1 (bit 0); the popcount then counts +1 * w_b there, which the
-// caller's per-border-class table subtracts (`corr`), and an interior zero (sign(0) = 0 of the
-// float model) is packed as +1 too and its taps' weights subtracted per output (`extra`).
+// caller's per-border-class table subtracts (`corr`, in `table`), and an interior zero
+// (sign(0) = 0 of the float model) is packed as +1 too and its taps' weights subtracted per
+// output (`extra`).
 // Inputs with many zeros (a ReLU's output) take the masked mode instead: a second bit plane
 // marks the nonzero inputs (padding and zeros 0) and dot = popcount(m) - 2 * popcount((x^w) & m).
+// A binary weight exactly 0 (torch.sign of a latent 0) is packed as +1 and what it added, the
+// input its tap reads, subtracted per output (`extra` again, bnas_xnor_zero_weights).
 // The result, an exact integer, is multiplied by alpha[o] once: the float model's
 // conv(sign(x), sign(W)) * alpha.
 //
@@ -18,15 +22,17 @@
 // n x words x hp x wrow 64-bit words: word j of a pixel holds channels 64j..64j+63; rows carry
 // the zero padding; for a consumer of stride s a row's columns are split in s phases
 // (column c at (c % s) * wc + c / s, wc = ceil(wp / s)), so that the inputs of consecutive
-// outputs are consecutive words whatever the stride and dilation. Weights are
-// O_pad x words x taps words (O_pad a multiple of 8, extra rows zero).
+// outputs are consecutive words whatever the stride and dilation. Weights come as
+// O_pad x words x taps words (O_pad a multiple of 8, extra rows zero) and are laid out for each
+// path's register blocks by bnas_xnor_weights.
 //
 // Paths, chosen at run time by the caller (bnas.deploy.kernels): AVX-512 with VPOPCNTDQ
 // (8 output positions in the 64-bit lanes of a zmm register, 8 output channels x 3 such vectors
-// of accumulators), AVX2 (4 positions per ymm, popcount by two nibble lookups per byte, bytes
-// summed per lane with vpsadbw) and portable C++. Each path is compiled for its instruction set
-// with function target attributes only: the library itself assumes the x86-64 (or any) base
-// ISA, and nothing runs an instruction the CPU check did not find.
+// of accumulators), AVX2 (4 positions per ymm, 4 output channels x 2 such vectors; popcount by
+// two nibble lookups per byte, bytes summed per lane with vpsadbw) and portable C++. Each path
+// is compiled for its instruction set with function target attributes only: the library itself
+// assumes the x86-64 (or any) base ISA, and nothing runs an instruction the CPU check did not
+// find.
 //
 // Every kernel runs on `threads` OpenMP threads (libgomp: the runtime torch has loaded).
 #include <algorithm>
@@ -197,7 +203,8 @@ struct Avx2Rows {
                                                              int64_t left, float a, float sh,
                                                              float t, int cc, int zero_is_zero) {
     const __m256 tv = _mm256_set1_ps(t);
-    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(left, 8))),
+    const int lanes = static_cast<int>(std::min<int64_t>(left, 8));
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256 z = left >= 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, live);
     if (BN) {
@@ -776,10 +783,11 @@ void bnas_xnor_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g,
 }
 
 // extra[b, o, oh, ow] += w_b[o, ch, i, j] for every recorded sign(0) at (b, ch, y, x) and
-// every tap (i, j) through which output (oh, ow) reads it (padded coordinates y + pt, x + pl).
+// every tap (i, j) through which output (oh, ow) reads it (padded coordinates y + pt, x + pl);
+// w_b = 0 where zero_bits (the weights' layout, or null) marks a binary weight exactly 0.
 void bnas_xnor_zero_fix(const int64_t* zeros, int64_t count, const int64_t* g, int64_t c,
                         int64_t h, int64_t w, int64_t pt, int64_t pl, const uint64_t* weights,
-                        int32_t* extra) {
+                        const uint64_t* zero_bits, int32_t* extra) {
   const int64_t words = g[1], s = g[5], o = g[6], kh = g[7], kw = g[8], d = g[9], oy = g[10],
                 ox = g[11], ho = g[12], wo = g[13], taps = kh * kw;
   for (int64_t z = 0; z < count; ++z) {
@@ -792,11 +800,44 @@ void bnas_xnor_zero_fix(const int64_t* zeros, int64_t count, const int64_t* g, i
         const int64_t q = xx + pl - ox - j * d;
         if (q < 0 || q % s || q / s >= wo) continue;
         for (int64_t oc = 0; oc < o; ++oc) {
-          const uint64_t word = weights[(oc * words + ch / 64) * taps + i * kw + j];
-          extra[((b * o + oc) * ho + r / s) * wo + q / s] += 1 - 2 * int32_t((word >> (ch % 64)) & 1);
+          const int64_t at = (oc * words + ch / 64) * taps + i * kw + j;
+          if (zero_bits && (zero_bits[at] >> (ch % 64)) & 1) continue;
+          extra[((b * o + oc) * ho + r / s) * wo + q / s] +=
+              1 - 2 * static_cast<int32_t>((weights[at] >> (ch % 64)) & 1);
         }
       }
     }
+  }
+}
+
+// extra[b, o, oh, ow] += x_b[b, ch, tap (i, j) of (oh, ow)] for every binary weight (o, ch, i, j)
+// exactly 0 (list: flat indices into O x C x kh x kw). The weights' bits hold such a weight as
+// +1, so the popcount added x_b there; this takes it back. x_b is the packed input's +-1, 0 in
+// the padding and, masked (nz), where the input is 0; unmasked, a sign(0) reads +1, which
+// bnas_xnor_zero_fix's zero_bits balance (a zero weight counts 0 there, not +1).
+void bnas_xnor_zero_weights(const uint64_t* in, const uint64_t* nz, const int64_t* g, int64_t c,
+                            int64_t h, int64_t w, int64_t pt, int64_t pl, const int64_t* list,
+                            int64_t count, int32_t* extra) {
+  const int64_t n = g[0], words = g[1], hp = g[2], wrow = g[3], wc = g[4], s = g[5], o = g[6],
+                kh = g[7], kw = g[8], d = g[9], oy = g[10], ox = g[11], ho = g[12], wo = g[13];
+  const int64_t plane = hp * wrow;
+  for (int64_t z = 0; z < count; ++z) {
+    const int64_t idx = list[z], j = idx % kw, i = (idx / kw) % kh, ch = (idx / (kw * kh)) % c,
+                  oc = idx / (kw * kh * c);
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t oh = 0; oh < ho; ++oh) {
+        const int64_t y = oy + oh * s + i * d;
+        if (y < pt || y >= pt + h) continue;
+        const int64_t row = (b * words + ch / 64) * plane + y * wrow;
+        int32_t* out = extra + ((b * o + oc) * ho + oh) * wo;
+        for (int64_t ow = 0; ow < wo; ++ow) {
+          const int64_t col = ox + ow * s + j * d;
+          if (col < pl || col >= pl + w) continue;
+          const int64_t at = row + (col % s) * wc + col / s;
+          if (nz && !((nz[at] >> (ch % 64)) & 1)) continue;
+          out[ow] += 1 - 2 * static_cast<int32_t>((in[at] >> (ch % 64)) & 1);
+        }
+      }
   }
 }
 
@@ -815,7 +856,8 @@ namespace {
 // fields, in this order (pointers stored as 64-bit integers).
 enum Field {
   F_N, F_C, F_H, F_W, F_PT, F_PL, F_HP, F_WROW, F_WC, F_S, F_O, F_HO, F_WO, F_FMA, F_ZERO_IS_ZERO,
-  F_MASKED, F_GEOMETRY, F_WEIGHTS, F_LAYOUT, F_ROWCLASS, F_TABLE, F_ALPHA, F_BIAS, F_FIELDS
+  F_MASKED, F_GEOMETRY, F_WEIGHTS, F_LAYOUT, F_ROWCLASS, F_TABLE, F_ALPHA, F_BIAS,
+  F_ZERO_BITS, F_ZERO_LIST, F_ZERO_COUNT, F_FIELDS
 };
 
 template <typename T>
@@ -881,10 +923,17 @@ int bnas_xnor_binconv(int64_t* r, const float* x, const float* scale, const floa
   const uint64_t* weights = field_ptr<const uint64_t>(r, F_WEIGHTS);
   const int64_t outputs = r[F_N] * r[F_O] * r[F_HO] * r[F_WO];
   const int32_t* extra = nullptr;
-  if (!masked && count > 0) {
+  const bool fix = !masked && count > 0, zero_weights = r[F_ZERO_COUNT] > 0;
+  if (fix || zero_weights) {
     s.extra.assign(outputs, 0);
-    bnas_xnor_zero_fix(s.zeros.data(), count, g, r[F_C], r[F_H], r[F_W], r[F_PT], r[F_PL],
-                       weights, s.extra.data());
+    if (fix)
+      bnas_xnor_zero_fix(s.zeros.data(), count, g, r[F_C], r[F_H], r[F_W], r[F_PT], r[F_PL],
+                         weights, field_ptr<const uint64_t>(r, F_ZERO_BITS), s.extra.data());
+    if (zero_weights)
+      bnas_xnor_zero_weights(s.words.data(), masked ? s.nonzero.data() : nullptr, g, r[F_C],
+                             r[F_H], r[F_W], r[F_PT], r[F_PL],
+                             field_ptr<const int64_t>(r, F_ZERO_LIST), r[F_ZERO_COUNT],
+                             s.extra.data());
     extra = s.extra.data();
   }
   bnas_xnor_conv(s.words.data(), masked ? s.nonzero.data() : nullptr, g,

@@ -1,5 +1,6 @@
 """A search killed after its first epoch and resumed ends exactly where an uninterrupted one does
-(same final alphas, bit for bit, and the same genotypes)."""
+(the same final supernet, alphas, weights and BatchNorm statistics, and the same state of both
+optimizers, bit for bit; the same records and genotypes)."""
 import json
 import os
 import signal
@@ -22,12 +23,12 @@ def bnas(*args, env):
 
 
 def final_state(out, name):
-    alphas = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
     genotypes = {n: json.loads((out / f"{n}.json").read_text()) for n in (name, name + "_imagenet")}
     for g in genotypes.values():
         g["provenance"] = {k: v for k, v in g["provenance"].items() if k not in ("date", "run")}
     records = (out / "alphas.jsonl").read_text()
-    return {k: v for k, v in alphas.items() if k.startswith("alphas")}, genotypes, records
+    return saved, genotypes, records
 
 
 def test_killed_search_resumes_to_the_same_result(tmp_path):
@@ -51,10 +52,21 @@ def test_killed_search_resumes_to_the_same_result(tmp_path):
 
     straight = tmp_path / "straight"
     assert main(["search", *SETTINGS, "--save", "straight", "--out", str(straight)]) == 0
-    alphas_a, genotypes_a, records_a = final_state(killed, "res")
-    alphas_b, genotypes_b, records_b = final_state(straight, "straight")
-    for name, tensor in alphas_a.items():
-        assert torch.equal(tensor, alphas_b[name]), name
+    saved_a, genotypes_a, records_a = final_state(killed, "res")
+    saved_b, genotypes_b, records_b = final_state(straight, "straight")
+    assert saved_a["epoch"] == saved_b["epoch"] == 3
+    model_a, model_b = saved_a["model"], saved_b["model"]
+    assert model_a.keys() == model_b.keys() and any(k.startswith("alphas") for k in model_a)
+    for name, tensor in model_a.items():
+        assert torch.equal(tensor, model_b[name]), name
+    for optimizer in ("weight_optimizer", "arch_optimizer"):  # SGD's momenta, Adam's moments
+        state_a, state_b = saved_a[optimizer]["state"], saved_b[optimizer]["state"]
+        assert state_a.keys() == state_b.keys() and state_a
+        for index, entries in state_a.items():
+            assert entries.keys() == state_b[index].keys()
+            for key, value in entries.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[index][key])), \
+                    (optimizer, index, key)
     assert records_a == records_b
     for (_, a), (_, b) in zip(sorted(genotypes_a.items()), sorted(genotypes_b.items())):
         assert (a["normal"], a["reduce"], a["provenance"]) == (b["normal"], b["reduce"], b["provenance"])

@@ -87,25 +87,35 @@ def test_every_scheme_on_a_genotype_with_every_operation(scheme):
 
 @pytest.mark.parametrize("scheme", ["plain", "rbnn"])
 def test_every_kernel_path_runs_the_network_bit_for_bit(scheme, monkeypatch):
-    """Each path this CPU runs (``BNAS_XNOR_ISA``), through the network's one-call operations,
-    with sign thresholds and per-sample means."""
+    """Each path this CPU runs (``BNAS_XNOR_ISA``), through the network's one-call operations
+    and cells run in steps, with sign thresholds and per-sample means."""
+    from bnas.deploy.cell import PackedEvalCell
+
     torch.manual_seed(5)
     model = bnas.build_model(from_json(EVERY_OP), binarizer=scheme, layers=3, init_channels=8)
-    on_every_path(model, torch.randn(2, 3, 16, 16), monkeypatch)
+    _, packed = on_every_path(model, torch.randn(2, 3, 16, 16), monkeypatch)
+    assert all(type(c) is PackedEvalCell for c in packed.cells)
 
 
 def on_every_path(model: nn.Module, x: torch.Tensor, monkeypatch) -> tuple[torch.Tensor, nn.Module]:
     """The calibrated float model's output on ``x``, checked equal to the packed model's on each
-    kernel path this CPU runs, and the packed model (of the last path)."""
+    kernel path this CPU runs, on one thread and on two (a cell step's convolutions then run
+    side by side, one per thread), and the packed model (of the last path)."""
     from bnas.deploy.kernels import supported_isas
 
     calibrated(model, x)
+    threads = torch.get_num_threads()
     with torch.no_grad():
         expected = model(x)
         for isa in supported_isas():
             monkeypatch.setenv("BNAS_XNOR_ISA", isa)
             packed = pack(model)
-            assert_same(expected, packed(x))
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                try:
+                    assert_same(expected, packed(x))
+                finally:
+                    torch.set_num_threads(threads)
     return expected, packed
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from ..binarize.base import BinaryConv2d
 from ..errors import BnasError
 from ..registry import Registry
+from .cell import PackedEvalCell
 from .kernels import Geometry
 from .layers import (SHIFTED, Activation, PackedBinConvOp, PackedConv2d, PackedFactorizedReduce,
                      PackedMaxPool2d)
@@ -56,6 +57,11 @@ FLOAT_MODULES: frozenset[str] = frozenset({
     "Sequential1w1a", "BiRealNet", "BiRealUnit", "ShiftBatchNorm", "ChannelLayerNorm",
     "BinaryLinear",
 })
+
+
+#: Modules of :data:`FLOAT_MODULES` that run in a packed model with an inference ``forward`` of
+#: their own: the class set on them once their children are converted.
+PACKED_FORWARD: dict[str, type[nn.Module]] = {"EvalCell": PackedEvalCell}
 
 
 def _float_conv(conv: nn.Module) -> bool:
@@ -158,6 +164,8 @@ def _replace(module: nn.Module, original: nn.Module, empty: bool, prefix: str) -
             setattr(module, name, CONVERTERS.get(kind)(source, empty))
         elif kind in FLOAT_MODULES:
             _replace(child, source, empty, f"{where}.")
+            if kind in PACKED_FORWARD:
+                child.__class__ = PACKED_FORWARD[kind]
         else:
             raise BnasError(f"the packed engine cannot run {where} ({kind}); it runs "
                             f"{', '.join(CONVERTERS.names())} packed and "

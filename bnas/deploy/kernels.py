@@ -19,8 +19,10 @@ import ctypes
 import functools
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,10 +49,10 @@ _SIGNATURES = {
     "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
     "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P, _P],
     "bnas_xnor_zero_weights": [_P, _P, _P, _I, _I, _I, _I, _I, _P, _I, _P],
-    "bnas_xnor_binconv": [_P, _P, _P, _P, _P, _C, _I, _P, _C, _C],
+    "bnas_xnor_binconvs": [_P, _I, _I, _C, _C],
     "bnas_xnor_maxpool": [_P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _C],
 }
-#: The fields of ``bnas_xnor_binconv``'s record of one convolution and input size, in order
+#: The fields of ``bnas_xnor_binconvs``'s record of one convolution and input size, in order
 #: (from "geometry" to "zero_list": addresses of its tensors, 0 for none; then the number of
 #: binary weights exactly 0).
 RECORD = ("n", "c", "h", "w", "pt", "pl", "hp", "wrow", "wc", "stride", "o", "ho", "wo", "fma",
@@ -170,7 +172,6 @@ def _load(isa_request: str | None) -> tuple[Kernels | None, str]:
     except OSError as e:
         return None, f"off ({e})"
     lib.bnas_xnor_isas.restype = ctypes.c_int
-    lib.bnas_xnor_binconv.restype = ctypes.c_int
     lib.bnas_xnor_weights_size.argtypes = [_I, _I, _C]
     lib.bnas_xnor_weights_size.restype = ctypes.c_int64
     supported = [name for i, name in enumerate(ISAS) if lib.bnas_xnor_isas() >> i & 1]
@@ -363,22 +364,14 @@ class BinaryConvPlan:
                  zero_is_zero: bool = True, relu: bool = False) -> torch.Tensor:
         """``relu?(conv(b(x), sign W) * alpha + bias)`` in one call of the kernels: the packing
         (see :meth:`Kernels.pack`), its corrections and the convolution (as :meth:`run`), the
-        bias and, with ``relu``, the ReLU, as torch computes them. An input with many signs 0
-        (a ReLU's output, say) switches this convolution to the masked mode for good: the
-        corrections would cost more than the masked popcounts."""
-        n, c, h, w = x.shape
-        if c != self.in_channels:
-            raise BnasError(f"a packed binary convolution of {self.in_channels} input channels "
-                            f"got {c}")
-        record, shape = self.record(k, n, h, w, zero_is_zero)
-        out = torch.empty(shape)
-        if k.lib.bnas_xnor_binconv(record.data_ptr(), x.data_ptr(), _ptr(scale), _ptr(shift),
-                                   _ptr(thresh), int(relu), MASKED_ABOVE, out.data_ptr(),
-                                   k._isa, torch.get_num_threads()):
-            self.masked = True
-            for r, _ in self._records.values():
-                r[RECORD.index("masked")] = 1
-        return out
+        bias and, with ``relu``, the ReLU, as torch computes them (:func:`convolve_all`)."""
+        return convolve_all(k, [ConvCall(self, x, scale, shift, thresh, zero_is_zero, relu)])[0]
+
+    def set_masked(self) -> None:
+        """Run in the masked mode from now on, for every input size."""
+        self.masked = True
+        for r, _ in self._records.values():
+            r[RECORD.index("masked")] = 1
 
     def run(self, k: Kernels, x: torch.Tensor, packed: Packed) -> torch.Tensor:
         """The convolution of the input ``x`` (only its shape is read) that :meth:`Kernels.pack`
@@ -422,3 +415,42 @@ class BinaryConvPlan:
         rowclass, table = self.borders(h, w)
         return ((n, self.out_channels, ho, wo), geo,
                 (self.layout(k).data_ptr(), rowclass.data_ptr(), table.data_ptr()))
+
+
+class ConvCall(NamedTuple):
+    """One binary convolution of a network step: ``plan`` on input ``x`` (float32 NCHW,
+    contiguous), packed with the BatchNorm terms ``scale`` and ``shift`` and the per-sample
+    threshold ``thresh`` (each or None) and the scheme's ``zero_is_zero``, followed by a ReLU
+    with ``relu``."""
+
+    plan: BinaryConvPlan
+    x: torch.Tensor
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    thresh: torch.Tensor | None = None
+    zero_is_zero: bool = True
+    relu: bool = False
+
+
+def convolve_all(k: Kernels, calls: Sequence[ConvCall]) -> list[torch.Tensor]:
+    """The outputs of independent binary convolutions (none reads another's output), in one
+    call of the kernels (``bnas_xnor_binconvs``: on several threads several run at once, each on
+    one thread). A convolution whose input has many signs 0 (a ReLU's output, say) switches to
+    the masked mode for good: the corrections would cost more than the masked popcounts."""
+    table = (ctypes.c_int64 * (8 * len(calls)))()
+    outs = []
+    for i, (plan, x, scale, shift, thresh, zero_is_zero, relu) in enumerate(calls):
+        n, c, h, w = x.shape
+        if c != plan.in_channels:
+            raise BnasError(f"a packed binary convolution of {plan.in_channels} input channels "
+                            f"got {c}")
+        record, shape = plan.record(k, n, h, w, zero_is_zero)
+        out = torch.empty(shape)
+        outs.append(out)
+        table[8 * i:8 * i + 7] = (record.data_ptr(), x.data_ptr(), _ptr(scale) or 0,
+                                  _ptr(shift) or 0, _ptr(thresh) or 0, int(relu), out.data_ptr())
+    k.lib.bnas_xnor_binconvs(table, len(calls), MASKED_ABOVE, k._isa, torch.get_num_threads())
+    for i, call in enumerate(calls):
+        if table[8 * i + 7]:
+            call.plan.set_masked()
+    return outs

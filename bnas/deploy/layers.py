@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BnasError
-from .kernels import BinaryConvPlan, Geometry, kernels
+from .kernels import BinaryConvPlan, ConvCall, Geometry, convolve_all, kernels
 
 
 @dataclass(frozen=True)
@@ -111,17 +111,22 @@ class PackedConv2d(nn.Module):
                                         self.zero())
         return self._plan
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    def call(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+             shift: torch.Tensor | None = None, relu: bool = False) -> ConvCall:
         """The convolution of ``x`` (of ``x * scale + shift`` per channel, torch's eval
-        BatchNorm arithmetic, when given), plus the bias; with ``relu``, the ReLU of that (one
-        call of the kernels, :meth:`BinaryConvPlan.__call__`)."""
+        BatchNorm arithmetic, when given), plus the bias; with ``relu``, the ReLU of that: as
+        :func:`~bnas.deploy.kernels.convolve_all` runs it."""
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise BnasError(f"the packed engine runs float32 tensors on the CPU, got "
                             f"{x.dtype} on {x.device.type}")
         x = x.contiguous()
-        return self.plan()(kernels(), x, scale, shift, self.activation.threshold(x),
-                           self.activation.zero_is_zero, relu)
+        return ConvCall(self.plan(), x, scale, shift, self.activation.threshold(x),
+                        self.activation.zero_is_zero, relu)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+        """:meth:`call`'s convolution, run (one call of the kernels)."""
+        return convolve_all(kernels(), [self.call(x, scale, shift, relu)])[0]
 
     def extra_repr(self) -> str:
         g = self.geo
@@ -134,7 +139,13 @@ class PackedConv2d(nn.Module):
 class _BatchNormSign(nn.Module):
     """A BatchNorm whose output feeds packed convolutions only: the packing computes
     ``x * scale + shift`` itself, as torch's eval BatchNorm does, when the kernels' probe found
-    torch's arithmetic (and the activation is a plain sign); otherwise torch normalises."""
+    torch's arithmetic (and the activation is a plain sign); otherwise torch normalises.
+
+    A subclass is one binary operation in two halves, so that a network step can run the
+    convolutions of several operations in one call of the kernels
+    (:class:`bnas.deploy.cell.PackedEvalCell`):
+    :meth:`calls` (the convolutions of an input) and :meth:`finish` (the operation's output from
+    theirs)."""
 
     train = _inference_only
 
@@ -148,16 +159,27 @@ class _BatchNormSign(nn.Module):
         """Forget the BatchNorm's terms (after its buffers changed)."""
         self._terms = None
 
-    def convolve(self, x: torch.Tensor, *convs: PackedConv2d, relu: bool = False
-                 ) -> list[torch.Tensor]:
+    def normalised(self, x: torch.Tensor, *convs: PackedConv2d, relu: bool = False
+                   ) -> list[ConvCall]:
         """Each convolution of the normalised ``x`` (followed by a ReLU with ``relu``)."""
         k = kernels()
         if k.fma is None or any(c.activation.centred for c in convs):
             z = self.bn(x)
-            return [c(z, relu=relu) for c in convs]
+            return [c.call(z, relu=relu) for c in convs]
         if self._terms is None:
             self._terms = k.bn_terms(self.bn)
-        return [c(x, *self._terms, relu=relu) for c in convs]
+        return [c.call(x, *self._terms, relu=relu) for c in convs]
+
+    def calls(self, x: torch.Tensor) -> list[ConvCall]:
+        """The operation's binary convolutions of input ``x``."""
+        raise NotImplementedError
+
+    def finish(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        """The operation's output from its convolutions' outputs."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.finish(convolve_all(kernels(), self.calls(x)))
 
 
 class PackedBinConvOp(_BatchNormSign):
@@ -167,8 +189,14 @@ class PackedBinConvOp(_BatchNormSign):
         super().__init__(bn)
         self.conv = conv
 
+    def calls(self, x: torch.Tensor) -> list[ConvCall]:
+        return self.normalised(x, self.conv, relu=True)
+
+    def finish(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        return outs[0]
+
     def forward(self, x: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.convolve(x, self.conv, relu=True)[0]
+        y = super().forward(x)
         return y if factor is None else y * factor
 
 
@@ -178,18 +206,22 @@ class PackedFactorizedReduce(_BatchNormSign):
     fills the shift with zeros before binarizing; for a sign with sign(0) = 0 that is zero
     padding, so the second convolution reads the same input from origin (1, 1)
     (:data:`SHIFTED`); other binarizers (a per-sample mean) see the zeros as values, so the
-    shifted input is built as the float model builds it."""
+    shifted input is built as the float model builds it. The ReLU, elementwise, is each
+    convolution's."""
 
     def __init__(self, bn: nn.BatchNorm2d, conv_a: PackedConv2d, conv_b: PackedConv2d) -> None:
         super().__init__(bn)
         self.conv_a, self.conv_b = conv_a, conv_b
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def calls(self, x: torch.Tensor) -> list[ConvCall]:
         if self.conv_b.geo == SHIFTED:
-            return torch.cat(self.convolve(x, self.conv_a, self.conv_b, relu=True), dim=1)
+            return self.normalised(x, self.conv_a, self.conv_b, relu=True)
         z = self.bn(x)
         shifted = F.pad(z[:, :, 1:, 1:], (0, 1, 0, 1))
-        return torch.relu_(torch.cat([self.conv_a(z), self.conv_b(shifted)], dim=1))
+        return [self.conv_a.call(z, relu=True), self.conv_b.call(shifted, relu=True)]
+
+    def finish(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(outs, dim=1)
 
 
 class PackedMaxPool2d(nn.MaxPool2d):

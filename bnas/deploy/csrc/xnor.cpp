@@ -844,12 +844,12 @@ void bnas_xnor_zero_weights(const uint64_t* in, const uint64_t* nz, const int64_
 }  // extern "C"
 
 // ---------------------------------------------------------------------------------------------
-// Network level (bnas.deploy.layers): a whole binary operation in one call. At batch 1 a small
-// network's binary convolutions take tens of microseconds each, so what surrounds the kernels
-// (allocating and zeroing the packed input, a call each for packing, corrections and
-// convolution, the ReLU after it) costs as much as they do; here it is one call from Python,
-// through the entry points above, on a packed input that lives in a buffer of the calling thread
-// reused from call to call.
+// Network level (bnas.deploy.layers, bnas.deploy.cell): whole binary operations, those of one
+// network step together, in one call. At batch 1 a small network's binary convolutions take tens
+// of microseconds each, so what surrounds the kernels (allocating and zeroing the packed input, a
+// call each for packing, corrections and convolution, the ReLU after it) costs as much as they
+// do; here it is one call from Python, through the entry points above, on a packed input that
+// lives in a buffer of the thread running it, reused from call to call.
 namespace {
 
 // What stays fixed for one convolution and one input size: bnas.deploy.kernels.RECORD names the
@@ -898,17 +898,13 @@ int64_t pack_into(Scratch& s, const int64_t* r, const float* x, const float* sca
   }
 }
 
-}  // namespace
-
-extern "C" {
-
 // out = relu?(conv(b(x), sign W) * alpha + bias) for record r (see enum Field), x packed with
 // the BatchNorm terms and threshold given (each nullable). An unmasked record whose input has
 // more than 1 in masked_above signs 0 is run in the masked mode and set to it for good
 // (r[F_MASKED] = 1), as bnas.deploy.kernels.BinaryConvPlan decides: returns 1 then, else 0.
-int bnas_xnor_binconv(int64_t* r, const float* x, const float* scale, const float* shift,
-                      const float* thresh, int relu, int64_t masked_above, float* out, int isa,
-                      int threads) {
+int binconv(int64_t* r, const float* x, const float* scale, const float* shift,
+            const float* thresh, int relu, int64_t masked_above, float* out, int isa,
+            int threads) {
   Scratch& s = scratch();
   bool masked = r[F_MASKED] != 0;
   int switched = 0;
@@ -953,6 +949,34 @@ int bnas_xnor_binconv(int64_t* r, const float* x, const float* scale, const floa
     }
   }
   return switched;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The binary convolutions of one step of a network, independent of each other: task i is
+// tasks[8 i .. 8 i + 7] = (record, x, scale, shift, thresh, relu, out, switched), addresses as
+// 64-bit integers (0: none), each as binconv above, which sets switched to its result. On
+// several threads several tasks run at once, each on one thread (at batch 1 a task is too small
+// to share well: the threads would meet at every packing and convolution); otherwise one after
+// the other on all threads.
+void bnas_xnor_binconvs(int64_t* tasks, int64_t count, int64_t masked_above, int isa,
+                        int threads) {
+  const auto run = [&](int64_t i, int inner) {
+    int64_t* t = tasks + 8 * i;
+    t[7] = binconv(reinterpret_cast<int64_t*>(t[0]), reinterpret_cast<const float*>(t[1]),
+                   reinterpret_cast<const float*>(t[2]), reinterpret_cast<const float*>(t[3]),
+                   reinterpret_cast<const float*>(t[4]), static_cast<int>(t[5]), masked_above,
+                   reinterpret_cast<float*>(t[6]), isa, inner);
+  };
+  if (threads > 1 && count > 1) {
+#pragma omp parallel for num_threads(static_cast<int>(std::min<int64_t>(threads, count))) \
+    schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) run(i, 1);
+  } else {
+    for (int64_t i = 0; i < count; ++i) run(i, threads);
+  }
 }
 
 }  // extern "C"

@@ -637,12 +637,15 @@ __attribute__((target("avx2"))) void block_avx2(const Conv& c, int64_t b, int64_
 
 using BlockFn = void (*)(const Conv&, int64_t, int64_t, const Tile*, int);
 
-// Work items of (sample, block of PV tiles, group of output-channel blocks) on the OpenMP
+// Work items of (sample, group of output-channel blocks, block of PV tiles) on the OpenMP
 // threads: each item computes its tiles' bases once and runs them through its group's blocks of
-// OB output channels; groups are split finer only when there are too few tile blocks to keep
-// every thread busy (small images at batch 1).
+// OB output channels (blocks[tn - 1]: the kernel of tn tiles, so that a last, partial tile block
+// computes only its own); groups are split finer only when there are too few tile blocks to
+// keep every thread busy (small images at batch 1). The tile blocks vary fastest, so that a
+// thread's share of the items holds whole groups (each with the cheaper partial tile block)
+// and the weights of a group serve its tiles one after the other.
 template <int V, int OB, int PV>
-void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
+void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]) {
   const int64_t per_row = (c.wo + V - 1) / V, tiles = c.ho * per_row;
   const int64_t tblocks = (tiles + PV - 1) / PV, oblocks = (c.o + OB - 1) / OB;
   const int64_t want = 8 * static_cast<int64_t>(threads);
@@ -652,7 +655,7 @@ void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
   const int64_t total = n * tblocks * groups;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < total; ++i) {
-    const int64_t g = i % groups, tb = (i / groups) % tblocks, b = i / (groups * tblocks);
+    const int64_t tb = i % tblocks, g = (i / tblocks) % groups, b = i / (groups * tblocks);
     Tile tile[PV];
     int tn = 0;
     for (int p = 0; p < PV && tb * PV + p < tiles; ++p, ++tn) {
@@ -661,6 +664,7 @@ void conv_run(const Conv& c, int64_t n, int threads, BlockFn block) {
                  static_cast<int>(std::min<int64_t>(V, c.wo - ow0))};
     }
     const int64_t last = std::min(oblocks, (g + 1) * per_group);
+    const BlockFn block = blocks[tn - 1];
     for (int64_t ob = g * per_group; ob < last; ++ob) block(c, b, ob, tile, tn);
   }
 }
@@ -769,17 +773,27 @@ void bnas_xnor_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g,
   const Conv c{in, nz, words * plane, weights, words * taps, o, off.data(), oy, s, wrow, ho,
                wo, rowclass, table, extra, alpha, out};
 #if BNAS_X86
-  if (isa == AVX512)
-    return conv_run<8, AVX512_OB, AVX512_PV>(
-        c, n, threads, nz ? block_avx512<AVX512_OB, AVX512_PV, true>
-                          : block_avx512<AVX512_OB, AVX512_PV, false>);
+  if (isa == AVX512) {
+    static const BlockFn plain[] = {block_avx512<AVX512_OB, 1, false>,
+                                    block_avx512<AVX512_OB, 2, false>,
+                                    block_avx512<AVX512_OB, 3, false>};
+    static const BlockFn masked[] = {block_avx512<AVX512_OB, 1, true>,
+                                     block_avx512<AVX512_OB, 2, true>,
+                                     block_avx512<AVX512_OB, 3, true>};
+    static_assert(AVX512_PV == 3);
+    return conv_run<8, AVX512_OB, AVX512_PV>(c, n, threads, nz ? masked : plain);
+  }
   if (isa == AVX2) {
-    if (nz) return conv_run<4, AVX2_OB, 1>(c, n, threads, block_avx2<AVX2_OB, 1, true>);
-    return conv_run<4, AVX2_OB, AVX2_PV>(c, n, threads, block_avx2<AVX2_OB, AVX2_PV, false>);
+    static const BlockFn plain[] = {block_avx2<AVX2_OB, 1, false>, block_avx2<AVX2_OB, 2, false>};
+    static const BlockFn masked[] = {block_avx2<AVX2_OB, 1, true>};
+    static_assert(AVX2_PV == 2);
+    if (nz) return conv_run<4, AVX2_OB, 1>(c, n, threads, masked);
+    return conv_run<4, AVX2_OB, AVX2_PV>(c, n, threads, plain);
   }
 #endif
-  conv_run<4, PORTABLE_OB, 1>(c, n, threads, nz ? block_portable<PORTABLE_OB, 1, true>
-                                                : block_portable<PORTABLE_OB, 1, false>);
+  static const BlockFn plain[] = {block_portable<PORTABLE_OB, 1, false>};
+  static const BlockFn masked[] = {block_portable<PORTABLE_OB, 1, true>};
+  conv_run<4, PORTABLE_OB, 1>(c, n, threads, nz ? masked : plain);
 }
 
 // extra[b, o, oh, ow] += w_b[o, ch, i, j] for every recorded sign(0) at (b, ch, y, x) and

@@ -28,6 +28,29 @@ class PackedEvalCell(EvalCell):
 
     train = _inference_only
 
+    def steps(self) -> list[list[tuple[int, list[tuple[nn.Module, int]]]]]:
+        """The nodes in steps, each node with its edges ``(operation, source state)`` but
+        ``zeroise``'s: a step holds every live node whose sources earlier steps computed
+        (cached: the cell's structure does not change)."""
+        cached = self.__dict__.get("_steps")
+        if cached is not None:
+            return cached
+        edges, ops = [], iter(self.ops)
+        for inputs in self.nodes:
+            edges.append([(op, j) for op, j in ((next(ops), j) for j in inputs)
+                          if not isinstance(op, Zero)])
+        done = {j for j in (0, 1) if j in self.live}
+        waiting, steps = [i for i in range(len(self.nodes)) if i + 2 in self.live], []
+        while waiting:
+            ready = [i for i in waiting if all(j in done for _, j in edges[i])]
+            if not ready:
+                raise BnasError(f"cell nodes {waiting} read states that are never computed")
+            steps.append([(i, edges[i]) for i in ready])
+            done.update(i + 2 for i in ready)
+            waiting = [i for i in waiting if i not in ready]
+        self.__dict__["_steps"] = steps
+        return steps
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
         n, _, h, w = s1.shape  # preprocess0 brings s0 to s1's size
         shape = (n, self.node_channels, -(-h // self.stride), -(-w // self.stride))
@@ -37,25 +60,16 @@ class PackedEvalCell(EvalCell):
                  if j in self.live]
         for (j, _, _), y in zip(first, run_step([(op, x) for _, op, x in first], shared)):
             states[j] = y
-        edges, ops = [], iter(self.ops)
-        for inputs in self.nodes:
-            edges.append([(op, j) for op, j in ((next(ops), j) for j in inputs)
-                          if not isinstance(op, Zero)])
-        waiting = [i for i in range(len(self.nodes)) if i + 2 in self.live]
-        while waiting:
-            ready = [i for i in waiting if all(j in states for _, j in edges[i])]
-            if not ready:
-                raise BnasError(f"cell nodes {waiting} read states that are never computed")
+        for step in self.steps():
             items = [(op, states[j] if states[j] is not None else s1.new_zeros(shape))
-                     for i in ready for op, j in edges[i]]
-            outs = iter(run_step(items, shared, [j for i in ready for _, j in edges[i]]))
-            for i in ready:
+                     for _, edges in step for op, j in edges]
+            outs = iter(run_step(items, shared, [j for _, edges in step for _, j in edges]))
+            for i, edges in step:
                 total = None
-                for _ in edges[i]:
+                for _ in edges:
                     y = next(outs)
                     total = y if total is None else total + y
                 states[i + 2] = total
-            waiting = [i for i in waiting if i not in ready]
         residual = None if self.residual is None else self.residual(s1)
         return CellOutput.apply(s1, shape, residual, 0, *(states.get(i) for i in self.concat))
 

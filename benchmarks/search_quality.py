@@ -96,21 +96,26 @@ class Job:
 
 
 def plan(p: Protocol, variants: dict[str, dict[str, Any]] | None = None) -> list[Job]:
-    """The jobs of a protocol and its search variants, in the order they run (every retraining
-    after what it needs)."""
+    """The jobs of a protocol, in the order they run (every retraining after what it needs),
+    then each search variant's searches and retrainings."""
     searches = [Job(f"search-s{k}", "search", "searched", f"searched_s{k}", k)
                 for k in range(p.search_seeds)]
-    searches += [Job(f"search-{name}-s{k}", "search", f"searched+{name}",
-                     f"searched-{name}_s{k}", k, search=tuple(settings.items()))
-                 for name, settings in (variants or {}).items() for k in range(p.search_seeds)]
-    archs = ([(s.group, s.arch, s.id) for s in searches]
-             + [("random", f"random_{i}", "draw") for i in range(p.random)]
-             + [("shipped", p.shipped, None), ("fixed", p.fixed, None)])
-    jobs = [*searches[:p.search_seeds], Job("draw", "draw"), *searches[p.search_seeds:]]
-    for seed in range(p.train_seeds):
-        jobs += [Job(f"train-{arch}-t{seed}", "train", group, arch, seed, needs)
-                 for group, arch, needs in archs]
+    jobs = [*searches, Job("draw", "draw")]
+    jobs += _trains(p, [(s.group, s.arch, s.id) for s in searches]
+                    + [("random", f"random_{i}", "draw") for i in range(p.random)]
+                    + [("shipped", p.shipped, None), ("fixed", p.fixed, None)])
+    for name, settings in (variants or {}).items():
+        searches = [Job(f"search-{name}-s{k}", "search", f"searched+{name}",
+                        f"searched-{name}_s{k}", k, search=tuple(settings.items()))
+                    for k in range(p.search_seeds)]
+        jobs += [*searches, *_trains(p, [(s.group, s.arch, s.id) for s in searches])]
     return jobs
+
+
+def _trains(p: Protocol, archs: list[tuple[str, str, str | None]]) -> list[Job]:
+    """The retrainings of ``(group, arch, needs)``, seed by seed."""
+    return [Job(f"train-{arch}-t{seed}", "train", group, arch, seed, needs)
+            for seed in range(p.train_seeds) for group, arch, needs in archs]
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:

@@ -152,19 +152,19 @@ def test_aggregation_of_a_toy_run_with_a_variant(tmp_path):
     _cache(results, tmp_path)
     sq.describe(results, tmp_path)
     rows = sq.summarise(results)
-    assert list(rows) == ["searched", "searched+pc4", "random", "shipped", "fixed"]
-    # plan: search-s0, draw, search-pc4-s0, then per seed searched, pc4, random x2, shipped,
-    # fixed: searched runs 3 and 9 (53, 59), the variant's 4 and 10 (54, 60), random 5, 6, 11,
-    # 12 (55, 56, 61, 62: mean 58.5, std sqrt(37 / 3) = 3.51)
+    assert list(rows) == ["searched", "random", "shipped", "fixed", "searched+pc4"]
+    # plan: search-s0, draw, per seed searched, random x2, shipped, fixed, then search-pc4-s0
+    # and its two retrainings: searched runs 2 and 7 (52, 57), random 3, 4, 8, 9 (53, 54, 58,
+    # 59: mean 56, std sqrt(26 / 3) = 2.94), the variant's 13 and 14 (63, 64)
     pc4 = rows["searched+pc4"]
-    assert (pc4["runs"], pc4["top1_mean"], pc4["param_free"]) == (2, 57.0, 6 / 8)
+    assert (pc4["runs"], pc4["top1_mean"], pc4["param_free"]) == (2, 63.5, 6 / 8)
     assert pc4["alpha_range"] == pytest.approx(0.6)
-    assert rows["random"]["top1_std"] == pytest.approx((37 / 3) ** 0.5)
+    assert rows["random"]["top1_std"] == pytest.approx((26 / 3) ** 0.5)
     assert sq.verdict(rows).splitlines() == [
-        "searched does not beat random beyond the spread: -2.50 points, spread 4.24",
-        "searched+pc4 does not beat random beyond the spread: -1.50 points, spread 4.24",
-        "searched+pc4 does not beat searched beyond the spread: +1.00 points, spread 4.24"]
-    assert "| searched+pc4 | 1 | 2 | 57.00 +- 4.24 |" in sq.table(rows)
+        "searched does not beat random beyond the spread: -1.50 points, spread 3.54",
+        "searched+pc4 beats random: +7.50 points, more than the spread (2.94)",
+        "searched+pc4 beats searched: +9.00 points, more than the spread (3.54)"]
+    assert "| searched+pc4 | 1 | 2 | 63.50 +- 0.71 |" in sq.table(rows)
 
 
 @pytest.mark.parametrize("searched, random, expected", [
@@ -220,7 +220,7 @@ def test_a_variant_added_to_a_finished_run_runs_only_its_own_jobs(tmp_path, caps
     assert done == ["search-pc4-s0", "train-searched-pc4_s0-t0", "train-searched-pc4_s0-t1"]
     assert json.loads((out / "protocol.json").read_text()) == asdict(TOY)
     assert json.loads((out / "variants.json").read_text()) == PC4
-    assert "| searched+pc4 | 1 | 2 | 57.00 +- 4.24 |" in capsys.readouterr().out
+    assert "| searched+pc4 | 1 | 2 | 63.50 +- 0.71 |" in capsys.readouterr().out
     assert sq.main(args) == 0 and len(done) == 3  # the saved variant stays part of the run
     assert "searched+pc4" in json.loads((out / "summary.json").read_text())["groups"]
     assert sq.main([*args, "--variant", "pc4=partial_channels:2"]) == 2

@@ -12,7 +12,8 @@ Two implementations compute the same function: ``"reference"`` (:class:`Referenc
 :class:`~bnas.search.mixed.MixedOp` per edge, node by node) and ``"fast"``
 (:class:`FastCell`, one :class:`~bnas.search.fanout.FanOut` per node). With partial channels
 (PC-DARTS, :mod:`bnas.search.partial`) both build their mixed operations for ``C/K`` channels
-and add the bypassed channels, the shuffle and the edge-normalisation weights around them.
+and add the bypassed channels, the shuffle and the edge-normalisation weights around them: the
+reference path edge by edge, the fast path once per node (:meth:`FastCell._partial_nodes`).
 """
 from __future__ import annotations
 
@@ -59,15 +60,6 @@ class SearchCell(nn.Module):
         """The channels an edge's mixed operation sees (all, or ``C/K`` with partial channels)."""
         return self.preprocess1.conv.out_channels // self.partial
 
-    def through(self, x: torch.Tensor, source: int):
-        """The part of node ``x`` that enters the mixed operations leaving ``source``, and a
-        function completing one edge's output (bypassed channels and shuffle; PC-DARTS)."""
-        if self.partial == 1:
-            return x, lambda out: out
-        inner, rest = pc.split(x, self.partial)
-        rest = pc.bypass(rest, self.stride(source))
-        return inner, lambda out: pc.combine(out, rest, self.partial)
-
     def nodes(self, states: list[torch.Tensor], weights: torch.Tensor,
               edge_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The intermediate nodes, given the two preprocessed inputs; ``edge_weights``
@@ -96,6 +88,15 @@ class ReferenceCell(SearchCell):
         super().__init__(*args, space=space, binarizer=binarizer, steps=steps, **kwargs)
         self.edges = nn.ModuleList(MixedOp(self.edge_channels, self.stride(j), space, binarizer)
                                    for _, j in topology.edges(steps))
+
+    def through(self, x: torch.Tensor, source: int):
+        """The part of node ``x`` that enters the mixed operations leaving ``source``, and a
+        function completing one edge's output (bypassed channels and shuffle; PC-DARTS)."""
+        if self.partial == 1:
+            return x, lambda out: out
+        inner, rest = pc.split(x, self.partial)
+        rest = pc.bypass(rest, self.stride(source))
+        return inner, lambda out: pc.combine(out, rest, self.partial)
 
     def nodes(self, states: list[torch.Tensor], weights: torch.Tensor,
               edge_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -132,16 +133,50 @@ class FastCell(SearchCell):
 
     def nodes(self, states: list[torch.Tensor], weights: torch.Tensor,
               edge_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
+        if self.partial > 1:
+            return self._partial_nodes(states, weights, edge_weights)
         pending: dict[int, torch.Tensor] = {}
         for source, fanout in enumerate(self.fanouts):
             if source >= 2:
                 states.append(pending.pop(source))
-            inner, complete = self.through(states[source], source)
-            out = fanout(inner, weights.index_select(0, getattr(self, f"rows{source}")))
+            out = fanout(states[source], weights.index_select(0, getattr(self, f"rows{source}")))
             for (row, target), part in zip(topology.outgoing(self.steps, source), out.unbind(1)):
-                part = complete(part)
                 if edge_weights is not None:
                     part = edge_weights[row] * part
                 pending[target] = part if target not in pending else pending[target] + part
         states.append(pending.pop(self.steps + 1))
+        return states[2:]
+
+    def _partial_nodes(self, states: list[torch.Tensor], weights: torch.Tensor,
+                       edge_weights: torch.Tensor | None) -> list[torch.Tensor]:
+        """The nodes with partial channels, edge by edge what the reference path computes, but
+        summed per node before the shuffle: ``shuffle(cat(., .))`` is linear and the same for
+        every edge, so node ``i`` is ``shuffle(cat(sum_j b_ij m_ij, sum_j b_ij r_j))`` with
+        ``m_ij`` the mixed operation's ``C/K`` channels and ``r_j`` the bypassed channels of
+        node ``j``. Each beta multiplies its edge's operation weights (the mixed operation is
+        linear in them), so no edge's output is materialised at ``C`` channels, nothing at
+        ``C`` channels is kept for the backward pass but the bypassed channels of each node (for
+        the betas' gradients), and each node is shuffled once."""
+        mixed: dict[int, torch.Tensor] = {}
+        bypassed: dict[int, torch.Tensor] = {}
+
+        def add(sums: dict[int, torch.Tensor], target: int, term: torch.Tensor) -> None:
+            sums[target] = term if target not in sums else sums[target] + term
+
+        def node(target: int) -> torch.Tensor:
+            return pc.combine(mixed.pop(target), bypassed.pop(target), self.partial)
+
+        for source, fanout in enumerate(self.fanouts):
+            if source >= 2:
+                states.append(node(source))
+            inner, rest = pc.split(states[source], self.partial)
+            rest = pc.bypass(rest, self.stride(source))
+            rows = getattr(self, f"rows{source}")
+            w = weights.index_select(0, rows)
+            betas = None if edge_weights is None else edge_weights.index_select(0, rows)
+            out = fanout(inner, w if betas is None else w * betas.unsqueeze(1))
+            for e, (_, target) in enumerate(topology.outgoing(self.steps, source)):
+                add(mixed, target, out[:, e])
+                add(bypassed, target, rest if betas is None else betas[e] * rest)
+        states.append(node(self.steps + 1))
         return states[2:]

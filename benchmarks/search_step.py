@@ -14,7 +14,10 @@ the median of ``--steps`` steps after two warm-up steps (``cpu s``: the process'
 step, all threads, which other processes disturb less than the wall time). ``import GB`` is
 the resident memory after importing torch and bnas, before anything is built; ``set-up GB``
 after building the supernet, its weight optimizer and the architect (which imports the rest
-of PyTorch's optimizer machinery, about 0.15 GB of code); the peak includes both.
+of PyTorch's optimizer machinery, about 0.15 GB of code); the peak includes both. ``saved MB``:
+what one forward pass keeps for the backward pass in the architecture step and in the weight
+step (every tensor autograd saves, each storage once, the weights left out), measured after the
+timed steps.
 
 The reference figures are those of ``benchmarks.md``: BNAS's own code on the same kind of
 2-core machine (14.2 s and 3.9 GB per step at batch 32; 25.9 s and 7.2 GB at batch 64).
@@ -82,8 +85,30 @@ def measure(workload: Workload, steps: int, threads: int) -> dict[str, float]:
         search_step(net, net, architect, optimizer, batches[0], batches[1], 0)
         times.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
+    peak = peak_rss_gb()
     return {"step_s": statistics.median(times[2:]), "cpu_s": statistics.median(cpu[2:]),
-            "import_gb": imported, "setup_gb": set_up, "peak_gb": peak_rss_gb()}
+            "import_gb": imported, "setup_gb": set_up, "peak_gb": peak,
+            "saved_mb": [saved_mb(net, batches[0][0], mode) for mode in ("arch", "weights")]}
+
+
+def saved_mb(net, x, mode: str) -> float:
+    """MB (2**20 bytes) that a forward pass of ``net`` under ``grads_for(mode)`` saves for its
+    backward pass: the storages of every tensor autograd saves, each once, weights excluded."""
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with net.grads_for(mode):
+            net(x)
+    return sum(storages.values()) / 2**20
 
 
 def main() -> int:
@@ -96,11 +121,12 @@ def main() -> int:
         w = WORKLOADS[index]
         return (f"{w.name:48} {r['step_s']:7.2f}{ratio(r['step_s'], w.reference_s):>10} "
                 f"{r['cpu_s']:6.2f} {r['peak_gb']:6.2f}{ratio(r['peak_gb'], w.reference_gb):>10} "
-                f"{r['import_gb']:9.2f} {r['setup_gb']:9.2f}")
+                f"{r['import_gb']:9.2f} {r['setup_gb']:9.2f} "
+                f"{r['saved_mb'][0]:9.0f} / {r['saved_mb'][1]:.0f}")
 
     return run(__file__, args, [w.name for w in WORKLOADS],
                f"{'workload':48} {'step s':>17} {'cpu s':>6} {'peak GB':>16} {'import GB':>9} "
-               f"{'set-up GB':>9}",
+               f"{'set-up GB':>9} {'saved MB arch / weights':>23}",
                lambda index: measure(WORKLOADS[index], args.steps, args.threads), row,
                skip=lambda index: WORKLOADS[index].impl == "reference" and not args.reference_path)
 

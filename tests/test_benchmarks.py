@@ -18,9 +18,10 @@ WORKLOADS = [
     # import GB
     ("train_step.py", "resnet20_1w1a rbnn", ["fused CPU kernels: "],
      rf"resnet20_1w1a rbnn\s+128\s+{NUMBER}\s+{RATIO}\s+{RATIO}\s+{NUMBER}"),
-    # step s (ratio), CPU s, peak GB (ratio), import GB, set-up GB
+    # step s (ratio), CPU s, peak GB (ratio), import GB, set-up GB, saved MB arch / weights
     ("search_step.py", "fast path, batch 32", [],
-     rf"search step, fast path, batch 32\s+{RATIO}\s+{NUMBER}\s+{RATIO}\s+{NUMBER}\s+{NUMBER}"),
+     rf"search step, fast path, batch 32\s+{RATIO}\s+{NUMBER}\s+{RATIO}\s+{NUMBER}\s+{NUMBER}"
+     rf"\s+{NUMBER} / {NUMBER}"),
     # pytorch ms, onnxrt ms (none for a single convolution), packed ms, ratio, packing ms (the
     # binary, real-valued and other shares of a network: none)
     ("deploy.py", "conv 512->512 7x7 s1 [portable]", ["cpu: "],

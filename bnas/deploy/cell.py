@@ -3,9 +3,10 @@
 The cell's preprocessing and its nodes run in steps: a step takes every operation whose input
 is computed (the two preprocessings first; then each node whose inputs are), and runs the
 binary convolutions of all its binary operations with one call of the kernels
-(:func:`~bnas.deploy.kernels.convolve_all`), on two or more threads several at once, each on
-one thread: at batch 1 a cell's convolutions are tens of microseconds each, too small for the
-threads to share one well. States whose values never reach the cell's output (they feed only
+(:func:`~bnas.deploy.kernels.convolve_all`), several at once, each on one thread, when the step
+has at least as many as there are threads (two preprocessings on two threads): at batch 1 a
+cell's convolutions are tens of microseconds each, too small for the threads to share one
+well. States whose values never reach the cell's output (they feed only
 ``zeroise``) are not computed. The values are the float cell's: each node sums its edges in
 the same order, the output is written as the float cell writes it (:class:`CellOutput`).
 """

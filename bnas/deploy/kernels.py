@@ -434,8 +434,8 @@ class ConvCall(NamedTuple):
 
 def convolve_all(k: Kernels, calls: Sequence[ConvCall]) -> list[torch.Tensor]:
     """The outputs of independent binary convolutions (none reads another's output), in one
-    call of the kernels (``bnas_xnor_binconvs``: on several threads several run at once, each on
-    one thread). A convolution whose input has many signs 0 (a ReLU's output, say) switches to
+    call of the kernels (``bnas_xnor_binconvs``: with at least as many convolutions as threads,
+    several run at once, each on one thread). A convolution whose input has many signs 0 (a ReLU's output, say) switches to
     the masked mode for good: the corrections would cost more than the masked popcounts."""
     table = (ctypes.c_int64 * (8 * len(calls)))()
     outs = []

@@ -971,10 +971,10 @@ extern "C" {
 
 // The binary convolutions of one step of a network, independent of each other: task i is
 // tasks[8 i .. 8 i + 7] = (record, x, scale, shift, thresh, relu, out, switched), addresses as
-// 64-bit integers (0: none), each as binconv above, which sets switched to its result. On
-// several threads several tasks run at once, each on one thread (at batch 1 a task is too small
-// to share well: the threads would meet at every packing and convolution); otherwise one after
-// the other on all threads.
+// 64-bit integers (0: none), each as binconv above, which sets switched to its result. With at
+// least as many tasks as threads, several run at once, each on one thread (at batch 1 a task is
+// too small to share well: the threads would meet at every packing and convolution); otherwise
+// (fewer tasks than threads: some would idle) one after the other on all threads.
 void bnas_xnor_binconvs(int64_t* tasks, int64_t count, int64_t masked_above, int isa,
                         int threads) {
   const auto run = [&](int64_t i, int inner) {
@@ -984,9 +984,8 @@ void bnas_xnor_binconvs(int64_t* tasks, int64_t count, int64_t masked_above, int
                    reinterpret_cast<const float*>(t[4]), static_cast<int>(t[5]), masked_above,
                    reinterpret_cast<float*>(t[6]), isa, inner);
   };
-  if (threads > 1 && count > 1) {
-#pragma omp parallel for num_threads(static_cast<int>(std::min<int64_t>(threads, count))) \
-    schedule(dynamic, 1)
+  if (threads > 1 && count >= threads) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t i = 0; i < count; ++i) run(i, 1);
   } else {
     for (int64_t i = 0; i < count; ++i) run(i, threads);

@@ -17,7 +17,7 @@ from bnas.binarize.ste import bireal_slope_, masked, pack_mask, unpack_mask
 from binarize_formulas import assert_close, seeded
 
 
-def composed_standardize(x: torch.Tensor, eps: float, center: bool) -> torch.Tensor:
+def reference_standardize(x: torch.Tensor, eps: float, center: bool) -> torch.Tensor:
     """The same standardisation from elementary autograd operations."""
     dims = tuple(range(1, x.dim()))
     numerator = x - x.mean(dim=dims, keepdim=True) if center else x
@@ -58,7 +58,7 @@ def test_standardize_matches_composition(center, eps, shape):
     x = seeded(*shape, seed=1) * 0.8 + 0.3
     g = seeded(*shape, seed=2)
     y, dx = grads(lambda v: standardize(v, eps, center), x, g)
-    y_ref, dx_ref = grads(lambda v: composed_standardize(v, eps, center), x, g)
+    y_ref, dx_ref = grads(lambda v: reference_standardize(v, eps, center), x, g)
     assert_close(y, y_ref)
     assert_close(dx, dx_ref)
 
@@ -72,7 +72,7 @@ def test_standardized_sign_matches_composition(monkeypatch, slope, center, chunk
     g = seeded(5, 3, 4, 4, seed=4)
     fn = SLOPES[slope]
     y, dx = grads(lambda v: standardized_sign(v, fn, 1e-5, center), x, g)
-    y_ref, dx_ref = grads(lambda v: _SurrogateSign.apply(composed_standardize(v, 1e-5, center),
+    y_ref, dx_ref = grads(lambda v: _SurrogateSign.apply(reference_standardize(v, 1e-5, center),
                                                          fn), x, g)
     assert torch.equal(y, y_ref)
     assert_close(dx, dx_ref)

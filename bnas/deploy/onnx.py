@@ -17,7 +17,7 @@ sign depends on them:
   (onnxruntime's ``BatchNormalization`` rounds differently, and the inputs of a binarization
   cluster on a few values: a cluster within rounding of zero would flip as a whole);
 * everything else (stems, poolings, shortcuts, cells, classifier) is exported as PyTorch runs it
-  in eval mode, through the composed modules (not the lean training path).
+  in eval mode, through the reference-path modules (not the lean training path).
 
 The batch dimension is dynamic. :func:`compare_onnx` runs the file in onnxruntime next to the
 PyTorch model (max abs difference, top-1 agreement), with the graph rewrites that would fold a
@@ -191,7 +191,7 @@ def exportable(model: nn.Module) -> nn.Module:
     """A float32 CPU copy of ``model`` in eval mode whose forward uses standard operators only:
     each binary convolution replaced by an :class:`ExportedBinaryConv` whose weights are read
     from ``model`` itself in eval mode (``model``'s own mode is restored; a copied plain-scheme
-    convolution would project its weights again), composed modules instead of the lean training
+    convolution would project its weights again), the reference-path modules instead of the lean training
     path."""
     convs = {name: m for name, m in model.named_modules() if isinstance(m, BinaryConv2d)}
     parts = {}

@@ -2,7 +2,8 @@
 
 NAS results are only meaningful against a random baseline retrained exactly like the searched
 architectures (DARTS, Liu et al., ICLR 2019, Table 1; Li and Talwalkar, UAI 2019; Yang et al.,
-"NAS Evaluation is Frustratingly Hard", ICLR 2020). Four groups, one identical recipe:
+"NAS Evaluation is Frustratingly Hard", ICLR 2020). Four groups and any search variants, one
+identical recipe:
 
 - ``searched``: ``bnas search`` with K seeds, each genotype retrained;
 - ``random``: N genotypes drawn uniformly from the same space (``bnas search --strategy
@@ -28,13 +29,17 @@ Resumable: every finished run (a search, a draw, a retraining) is a JSON file in
 from its checkpoint. ``OUT/protocol.json`` holds the settings, and another invocation must use
 the same ones. Variants are kept apart in ``OUT/variants.json``: adding one to a finished run
 adds its searches and retrainings and reuses every other cached result; a name keeps its
-settings, and every later invocation runs the variants saved there. Several processes may share one ``OUT`` (one per core): each claims a job with a
-lock file holding its process id (a dead holder's lock is taken over), and ``--reverse`` starts
-a second one at the other end of the plan. ``OUT/table.md`` and ``OUT/summary.json`` are
+settings, and every later invocation runs the variants saved there. Several processes may
+share one ``OUT`` (one per core): each claims a job with a lock file holding its process id (a
+dead holder's lock is taken over), and ``--reverse`` starts a second one at the other end of
+the plan (the last variant first). ``OUT/table.md`` and ``OUT/summary.json`` are
 rewritten by whichever process ends last with every run done.
 
     nice python benchmarks/search_quality.py --out runs/search-quality --threads 1 &
     nice python benchmarks/search_quality.py --out runs/search-quality --threads 1 --reverse
+    # later, the collapse controls on the same run (its other results are reused)
+    nice python benchmarks/search_quality.py --out runs/search-quality --threads 1 \
+        --variant arch-warmup=arch_warmup:1 --variant max-param-free=max_param_free:2
 """
 from __future__ import annotations
 

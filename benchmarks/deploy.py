@@ -20,9 +20,12 @@ portable), each in a fresh process with ``torch.set_num_threads(threads)``:
   real-valued layers (run by torch as in the float model, max pooling by the kernels) and
   ``other ms`` the rest (Python and the glue between layers: concatenations, additions).
 
-Times are medians of ``--steps`` runs after two warm-up runs, by the wall clock or, with
-``--clock cpu`` (one thread only), by the thread's CPU time, which other processes sharing the
-cores do not inflate. Machines are noisy: compare figures measured side by side (the ratios).
+Times are medians of ``--steps`` runs after two warm-up runs (``--stat min``: the fastest run),
+by the wall clock or, with ``--clock cpu`` (one thread only), by the thread's CPU time, which
+other processes sharing the cores do not inflate. Machines are noisy: compare figures measured
+side by side (the ratios). On a machine other jobs keep busy, two threads' wall-clock medians
+measure the scheduler (a thread descheduled mid-operation stalls the other for a time slice);
+``--stat min`` gives each engine's uncontended time.
 """
 from __future__ import annotations
 
@@ -60,9 +63,12 @@ def workloads() -> list[tuple[str, str, Any]]:
 #: The clock of every measurement (``--clock``): wall time, or this thread's CPU time.
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 clock = CLOCKS["wall"]
+#: What a workload's runs are summed up by (``--stat``).
+STATS = {"median": statistics.median, "min": min}
+stat = STATS["median"]
 
 
-def median_ms(fn, steps: int) -> float:
+def time_ms(fn, steps: int) -> float:
     import torch
 
     with torch.inference_mode():
@@ -73,7 +79,7 @@ def median_ms(fn, steps: int) -> float:
             t = clock()
             fn()
             times.append(clock() - t)
-    return 1e3 * statistics.median(times)
+    return 1e3 * stat(times)
 
 
 def measure_conv(shape: tuple[int, int, int, int], steps: int) -> dict[str, Any]:
@@ -89,9 +95,9 @@ def measure_conv(shape: tuple[int, int, int, int], steps: int) -> dict[str, Any]
     geo = Geometry(3, 3, s, 1, (1, 1, 1, 1))
     plan = BinaryConvPlan(w < 0, w.abs().mean(dim=(1, 2, 3)), geo)
     packed = k.pack(x, geo)
-    return {"pytorch_ms": median_ms(lambda: F.conv2d(x, w, stride=s, padding=1), steps),
-            "packed_ms": median_ms(lambda: plan.run(k, x, packed), steps),
-            "packing_ms": median_ms(lambda: k.pack(x, geo), steps)}
+    return {"pytorch_ms": time_ms(lambda: F.conv2d(x, w, stride=s, padding=1), steps),
+            "packed_ms": time_ms(lambda: plan.run(k, x, packed), steps),
+            "packing_ms": time_ms(lambda: k.pack(x, geo), steps)}
 
 
 class TimedLibrary:
@@ -132,10 +138,10 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
     with torch.inference_mode():
         if not torch.equal(packed(x), model(x)):
             raise SystemExit(f"{name}: the packed model's output differs from the float model's")
-    result = {"pytorch_ms": median_ms(lambda: model(x), steps),
-              "packed_ms": median_ms(lambda: packed(x), steps)}
+    result = {"pytorch_ms": time_ms(lambda: model(x), steps),
+              "packed_ms": time_ms(lambda: packed(x), steps)}
     runner, note = onnx_runner(model, tuple(x.shape), threads)
-    result["onnxruntime_ms"] = None if runner is None else median_ms(runner, steps)
+    result["onnxruntime_ms"] = None if runner is None else time_ms(runner, steps)
     result["note"] = note
     # Where the packed model's time goes. Real-valued layers: their modules' times. Binary
     # operations: the time inside the kernels' calls, of which packing is what packing each
@@ -180,14 +186,17 @@ def main() -> int:
     p = parser(__doc__.split("\n\n")[0], steps=20)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or the thread's CPU time (with --threads 1)")
+    p.add_argument("--stat", choices=sorted(STATS), default="median",
+                   help="the runs' median, or the fastest run")
     args = p.parse_args()
-    if args.child is None:  # the workload processes inherit the choice
-        os.environ["BNAS_BENCH_CLOCK"] = args.clock
+    if args.child is None:  # the workload processes inherit the choices
+        os.environ["BNAS_BENCH_CLOCK"], os.environ["BNAS_BENCH_STAT"] = args.clock, args.stat
     args.clock = os.environ.get("BNAS_BENCH_CLOCK", args.clock)
+    args.stat = os.environ.get("BNAS_BENCH_STAT", args.stat)
     if args.clock == "cpu" and args.threads != 1:
         p.error("--clock cpu measures one thread: add --threads 1")
-    global clock
-    clock = CLOCKS[args.clock]
+    global clock, stat
+    clock, stat = CLOCKS[args.clock], STATS[args.stat]
     if args.child is not None:  # the path must be chosen before the kernels load
         os.environ["BNAS_XNOR_ISA"] = workloads()[args.child][1]
     items = workloads()
@@ -216,7 +225,8 @@ def main() -> int:
         from bnas.deploy.bench import cpu_name
         from bnas.deploy.kernels import describe
 
-        return [f"cpu: {cpu_name()}, {args.threads} threads, {args.clock} clock; paths: "
+        return [f"cpu: {cpu_name()}, {args.threads} threads, {args.clock} clock, {args.stat} "
+                f"of {args.steps} runs; paths: "
                 f"{', '.join(paths())}; default: {describe()}"]
 
     header = (f"{'workload':40} {'pytorch ms':>10} {'onnxrt ms':>10} {'packed ms':>10} "

@@ -27,6 +27,11 @@ WORKLOADS = [
     ("deploy.py", "conv 512->512 7x7 s1 [portable]", ["cpu: "],
      rf"conv 512->512 7x7 s1 \[portable\]\s+{NUMBER}\s+-\s+{NUMBER}\s+{NUMBER}x\s+-\s+"
      rf"{NUMBER}\s+-\s+-\s+-"),
+    # a network: also onnxruntime's time and its ratio, and the binary, real-valued and other
+    # shares of the packed time (from the same forwards: none negative)
+    ("deploy.py", "resnet20_1w1a cifar 32 [portable]", ["cpu: "],
+     rf"resnet20_1w1a cifar 32 \[portable\]\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+"
+     rf"{NUMBER}x(\s+{NUMBER}){{4}}"),
 ]
 
 

@@ -188,6 +188,14 @@ void row_portable(const Pack& p, int64_t b, int64_t j, int64_t y) {
 }
 
 #if BNAS_X86
+// affine() on the 8 pixels of a group (the AVX2 and AVX-512 rows both compare 8 at a time).
+template <bool FMA>
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 affine8(__m256 z, float a,
+                                                                         float sh) {
+  const __m256 sc = _mm256_set1_ps(a), sv = _mm256_set1_ps(sh);
+  return FMA ? _mm256_fmadd_ps(z, sc, sv) : _mm256_add_ps(_mm256_mul_ps(z, sc), sv);
+}
+
 // AVX2: 32 pixels in 8 registers of 4 sign words and 8 of nonzero words; per group of 8 pixels
 // one compare, each half of whose lanes, widened to 64 bits, selects the channel's bit.
 struct Avx2Rows {
@@ -207,10 +215,7 @@ struct Avx2Rows {
     const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256 z = left >= 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, live);
-    if (BN) {
-      const __m256 sc = _mm256_set1_ps(a), sv = _mm256_set1_ps(sh);
-      z = FMA ? _mm256_fmadd_ps(z, sc, sv) : _mm256_add_ps(_mm256_mul_ps(z, sc), sv);
-    }
+    if (BN) z = affine8<FMA>(z, a, sh);
     if (left < 8) z = _mm256_blendv_ps(tv, z, _mm256_castsi256_ps(live));
     const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(z, tv, _CMP_LT_OQ));
     const __m256i ne = zero_is_zero ? _mm256_castps_si256(_mm256_cmp_ps(z, tv, _CMP_NEQ_UQ))
@@ -253,10 +258,7 @@ struct Avx512Rows {
     const __m256 tv = _mm256_set1_ps(t);
     const __mmask8 live = left >= 8 ? 0xff : static_cast<__mmask8>((1u << left) - 1u);
     __m256 z = _mm256_maskz_loadu_ps(live, src);
-    if (BN) {
-      const __m256 sc = _mm256_set1_ps(a), sv = _mm256_set1_ps(sh);
-      z = FMA ? _mm256_fmadd_ps(z, sc, sv) : _mm256_add_ps(_mm256_mul_ps(z, sc), sv);
-    }
+    if (BN) z = affine8<FMA>(z, a, sh);
     const __mmask8 lt = _mm256_mask_cmp_ps_mask(live, z, tv, _CMP_LT_OQ);
     const __mmask8 ne = zero_is_zero ? _mm256_mask_cmp_ps_mask(live, z, tv, _CMP_NEQ_UQ) : live;
     const __m512i bit = _mm512_set1_epi64(static_cast<long long>(uint64_t(1) << cc));

@@ -16,13 +16,16 @@ portable), each in a fresh process with ``torch.set_num_threads(threads)``:
   (CIFAR) in eval mode, the packed model (checked equal to the float model on the input) against
   the float model in PyTorch and, where ``bnas.deploy.onnx`` and onnxruntime are installed, in
   onnxruntime; where the packed engine's time goes: ``binary ms`` inside the kernels' calls for
-  the binary operations, of which ``packing ms`` packing their inputs, ``real ms`` in the
-  real-valued layers (run by torch as in the float model, max pooling by the kernels) and
+  the binary operations (with the layers fused after them: a residual block's BatchNorms,
+  shortcut additions and activations), of which ``packing ms`` packing their inputs, ``real
+  ms`` in the real-valued layers (run by torch as in the float model, max pooling by the
+  kernels) and
   ``other ms`` the rest (Python and the glue between layers: concatenations, additions), all
   three from the same forwards, timed with hooks (their sum is a little over ``packed ms``).
 
-Times are medians of ``--steps`` runs after two warm-up runs (``--stat min``: the fastest run),
-by the wall clock or, with ``--clock cpu`` (one thread only), by the thread's CPU time, which
+Times are medians of ``--steps`` runs (``--stat min``: the fastest run), a workload's engines
+taking turns every few runs (so that a noisy spell of the machine falls on all of them, not on
+whichever was being timed, while each runs with warm caches), by the wall clock or, with ``--clock cpu`` (one thread only), by the thread's CPU time, which
 other processes sharing the cores do not inflate. Machines are noisy: compare figures measured
 side by side (the ratios). On a machine other jobs keep busy, two threads' wall-clock medians
 measure the scheduler (a thread descheduled mid-operation stalls the other for a time slice);
@@ -69,18 +72,27 @@ STATS = {"median": statistics.median, "min": min}
 stat = STATS["median"]
 
 
-def time_ms(fn, steps: int) -> float:
+#: Timed runs of one engine in a row (after one untimed run that warms its caches again).
+ROUND = 5
+
+
+def time_ms(fns: dict[str, Any], steps: int) -> dict[str, float]:
+    """Each function's time in ms: ``stat`` of its ``steps`` runs (at least one round), taken in
+    rounds of ``ROUND`` runs after an untimed one, the functions taking turns round by round, so
+    that every engine meets the machine's changing load alike (timed one after the other, a
+    noisy spell falls on one engine only) and still runs with warm caches, as it would alone."""
     import torch
 
+    times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.inference_mode():
-        fn()
-        fn()
-        times = []
-        for _ in range(steps):
-            t = clock()
-            fn()
-            times.append(clock() - t)
-    return 1e3 * stat(times)
+        for _ in range(max(1, -(-steps // ROUND))):
+            for name, fn in fns.items():
+                fn()
+                for _ in range(ROUND):
+                    t = clock()
+                    fn()
+                    times[name].append(clock() - t)
+    return {name: 1e3 * stat(runs) for name, runs in times.items()}
 
 
 def measure_conv(shape: tuple[int, int, int, int], steps: int) -> dict[str, Any]:
@@ -96,9 +108,9 @@ def measure_conv(shape: tuple[int, int, int, int], steps: int) -> dict[str, Any]
     geo = Geometry(3, 3, s, 1, (1, 1, 1, 1))
     plan = BinaryConvPlan(w < 0, w.abs().mean(dim=(1, 2, 3)), geo)
     packed = k.pack(x, geo)
-    return {"pytorch_ms": time_ms(lambda: F.conv2d(x, w, stride=s, padding=1), steps),
-            "packed_ms": time_ms(lambda: plan.run(k, x, packed), steps),
-            "packing_ms": time_ms(lambda: k.pack(x, geo), steps)}
+    return time_ms({"pytorch_ms": lambda: F.conv2d(x, w, stride=s, padding=1),
+                    "packed_ms": lambda: plan.run(k, x, packed),
+                    "packing_ms": lambda: k.pack(x, geo)}, steps)
 
 
 class TimedLibrary:
@@ -123,9 +135,9 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
 
     import bnas
     from bnas.deploy import pack
-    from bnas.deploy.bench import layer_names, layer_times, onnx_runner
+    from bnas.deploy.bench import layer_times, onnx_runner, real_layers
     from bnas.deploy.kernels import kernels
-    from bnas.deploy.layers import PackedConv2d, _BatchNormSign
+    from bnas.deploy.layers import PackedConv2d
 
     settings, size = NETWORKS[name]
     torch.manual_seed(0)
@@ -139,19 +151,17 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
     with torch.inference_mode():
         if not torch.equal(packed(x), model(x)):
             raise SystemExit(f"{name}: the packed model's output differs from the float model's")
-    result = {"pytorch_ms": time_ms(lambda: model(x), steps),
-              "packed_ms": time_ms(lambda: packed(x), steps)}
     runner, note = onnx_runner(model, tuple(x.shape), threads)
-    result["onnxruntime_ms"] = None if runner is None else time_ms(runner, steps)
-    result["note"] = note
+    engines = {"pytorch_ms": lambda: model(x), "packed_ms": lambda: packed(x)}
+    if runner is not None:
+        engines["onnxruntime_ms"] = runner
+    result = {"onnxruntime_ms": None, **time_ms(engines, steps), "note": note}
     # Where the packed model's time goes, all parts from the same timed forwards (hooks on the
     # real-valued layers, the kernels' calls timed): their mean time, of which the real-valued
     # layers, the binary operations (inside the kernels' calls) and the rest (Python and the
     # glue between layers: concatenations, additions). Packing: what packing each binary
     # convolution's inputs of one forward (recorded) takes again.
-    names = layer_names(packed)
-    modules = dict(packed.named_modules())
-    real = [n for n in names if not isinstance(modules[n], (PackedConv2d, _BatchNormSign))]
+    real = real_layers(packed)
     k = kernels()
     calls = []  # one forward's binary convolutions, as the packed operations describe them
     describe = PackedConv2d.call

@@ -165,8 +165,57 @@ def test_one_call_equals_its_steps(kern, case, relu):
         expected, steps = torch.relu(expected), torch.relu(steps)
     assert torch.equal(steps, expected)
     for _ in range(2):
-        assert torch.equal(plan(kern, x, scale, shift, relu=relu), expected)
+        assert torch.equal(plan(kern, x, scale, shift, epilogue=K.RELU if relu else None),
+                           expected)
         assert not plan.masked
+
+
+EPILOGUE_ACTS = {"none": torch.nn.Identity(), "relu": torch.nn.ReLU(),
+                  "hardtanh": torch.nn.Hardtanh(-0.5, 0.75), "prelu": torch.nn.PReLU(13)}
+
+
+@pytest.mark.parametrize("act", sorted(EPILOGUE_ACTS))
+@pytest.mark.parametrize("size", [(9, 11), (4, 4), (1, 3)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_the_epilogue_is_torchs_layers(kern, act, size):
+    """BatchNorm, residual addition and activation after the convolution (and its bias) in the
+    same call are torch's eval layers bit for bit, including a NaN in the residual, planes
+    whose size is no multiple of the vector width, and a BatchNorm with gamma < 0 and 0."""
+    if kern.fma is None:
+        pytest.skip("the kernels' BatchNorm arithmetic differs from this torch build's")
+    h, w = size
+    gen = torch.Generator().manual_seed(h * w)
+    x = torch.randn(2, 37, h, w, generator=gen)
+    negative = torch.rand(13, 37, 3, 3, generator=gen) < 0.5
+    alpha, bias = torch.rand(13, generator=gen), torch.randn(13, generator=gen)
+    bn = torch.nn.BatchNorm2d(13).eval()
+    module = EPILOGUE_ACTS[act]
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(13, generator=gen))
+        bn.running_var.copy_(torch.rand(13, generator=gen) + 0.1)
+        bn.weight.copy_(torch.randn(13, generator=gen))
+        bn.weight[:2] = torch.tensor([0.0, -1.5])
+        bn.bias.copy_(torch.randn(13, generator=gen))
+        if act == "prelu":
+            module.weight.copy_(torch.randn(13, generator=gen))
+    residual = torch.randn(2, 13, h, w, generator=gen)
+    residual[1, 3, 0, 0] = float("nan")
+    from bnas.deploy.blocks import ACTIVATIONS
+
+    name, params = ACTIVATIONS.get(type(module).__name__)(module, 13)
+    epilogue = K.Epilogue(*kern.bn_terms(bn), residual=residual, act=name, params=params)
+    plan = K.BinaryConvPlan(negative, alpha, sym(3), bias)
+    with torch.no_grad():
+        conv = reference(torch.sign(x), negative, alpha, sym(3)) + bias.view(1, -1, 1, 1)
+        expected = module(bn(conv) + residual)
+    got = plan(kern, x, epilogue=epilogue)
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+
+
+def test_a_residual_of_another_shape_is_refused(kern):
+    plan = K.BinaryConvPlan(torch.zeros(4, 8, 3, 3, dtype=torch.bool), None, sym(3))
+    with pytest.raises(BnasError, match="residual"):
+        plan(kern, torch.randn(1, 8, 5, 5), epilogue=K.Epilogue(residual=torch.zeros(1, 4, 5, 4)))
 
 
 def test_zeros_as_plus_one_when_the_scheme_says_so(kern):

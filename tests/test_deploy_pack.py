@@ -4,6 +4,7 @@ scheme; real data (Fashion-MNIST) with identical top-1; the .bnx file round trip
 size, and every kind of bad input."""
 from __future__ import annotations
 
+import copy
 import gzip
 import struct
 from pathlib import Path
@@ -117,6 +118,30 @@ def on_every_path(model: nn.Module, x: torch.Tensor, monkeypatch) -> tuple[torch
                 finally:
                     torch.set_num_threads(threads)
     return expected, packed
+
+
+@pytest.mark.parametrize("arch, act", [("resnet20_1w1a", "hardtanh"),
+                                       ("resnet20_bireal_1w1a", "prelu"),
+                                       ("resnet20_1w1a", "relu")])
+def test_residual_blocks_run_fused_on_every_path(arch, act, monkeypatch):
+    """The residual blocks run each convolution's BatchNorm, shortcut addition and activation
+    in its kernels' call (Basic and Bi-Real blocks, Hardtanh, PReLU and ReLU, shortcuts that
+    pad channels), bit for bit on every path and thread count; a block with a convolution left
+    in float runs layer by layer."""
+    from bnas.deploy.blocks import _FusedBlock, fused
+
+    torch.manual_seed(4)
+    network = {**load_genotype(arch).network["cifar"], "act": act}
+    model = bnas.build_model(from_json({"format": 1, "name": f"{arch}_{act}", "kind": "fixed",
+                                        "network": {"cifar": network}}), binarizer="plain")
+    _, packed = on_every_path(model, torch.randn(2, 3, 32, 32), monkeypatch)
+    blocks = [m for m in packed.modules() if isinstance(m, _FusedBlock)]
+    assert len(blocks) == 9 and all(fused(b) for b in blocks)
+    blocks[0].conv2 = copy.deepcopy(model.stages[0][0].conv2)  # a float convolution: unfused
+    blocks[0].reset()
+    assert not fused(blocks[0])
+    with torch.no_grad():
+        assert_same(model(torch.ones(1, 3, 32, 32)), packed(torch.ones(1, 3, 32, 32)))
 
 
 def balanced(n: int) -> torch.Tensor:

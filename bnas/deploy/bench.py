@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .blocks import fused
 from .layers import PackedConv2d, _BatchNormSign
 
 
@@ -113,18 +114,43 @@ def model_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
 
 
+def packed_unit(module: nn.Module) -> bool:
+    """Whether ``module`` runs as one unit on the kernels: a packed binary operation, or a
+    residual block whose convolutions and the layers after them run fused."""
+    return isinstance(module, (PackedConv2d, _BatchNormSign)) or fused(module)
+
+
+def _leaf(module: nn.Module) -> bool:
+    """A real-valued leaf that does something (has parameters, or is not an identity)."""
+    return not list(module.children()) and (
+        any(True for _ in module.parameters(recurse=False))
+        or not isinstance(module, (nn.Identity, nn.Dropout)))
+
+
 def layer_names(packed: nn.Module) -> list[str]:
-    """The layers a per-layer table lists: the packed operations and the real-valued leaves
-    (the float model has a module of the same name for each)."""
-    names = []
+    """The layers a per-layer table lists: the packed units (:func:`packed_unit`) and the
+    real-valued leaves outside them (the float model has a module of the same name for
+    each)."""
+    names: list[str] = []
     for name, module in packed.named_modules():
-        if isinstance(module, (PackedConv2d, _BatchNormSign)):
-            if not any(name.startswith(n + ".") for n in names):
-                names.append(name)
-        elif not list(module.children()) and not any(name.startswith(n + ".") for n in names):
-            if any(True for _ in module.parameters(recurse=False)) or not isinstance(
-                    module, (nn.Identity, nn.Dropout)):
-                names.append(name)
+        if any(name.startswith(n + ".") for n in names):
+            continue
+        if packed_unit(module) or _leaf(module):
+            names.append(name)
+    return names
+
+
+def real_layers(packed: nn.Module) -> list[str]:
+    """The real-valued leaves torch runs in a packed model: those outside its packed units and
+    those of the fused blocks' shortcuts (whose time is inside their block's)."""
+    names: list[str] = []
+    for name in layer_names(packed):
+        module = packed.get_submodule(name)
+        if not packed_unit(module):
+            names.append(name)
+        elif fused(module):
+            names += [f"{name}.shortcut.{n}" if n else f"{name}.shortcut"
+                      for n, m in module.shortcut.named_modules() if _leaf(m)]
     return names
 
 
@@ -221,12 +247,12 @@ def bench(float_model: nn.Module, packed: nn.Module, image_size: int,
     names = layer_names(packed)
     one = torch.randn(1, 3, image_size, image_size)
     times_float, times_packed = layer_times(float_model, one, names), layer_times(packed, one, names)
-    kinds = {n: type(m).__name__ for n, m in packed.named_modules() if n in times_packed}
-    result["layers"] = [{"name": n, "kind": kinds.get(n, ""), "pytorch_ms": 1e3 * times_float.get(n, 0.0),
+    modules = dict(packed.named_modules())
+    result["layers"] = [{"name": n, "kind": type(modules[n]).__name__,
+                         "pytorch_ms": 1e3 * times_float.get(n, 0.0),
                          "packed_ms": 1e3 * times_packed.get(n, 0.0)} for n in names
                         if n in times_packed]
-    binary = sum(r["packed_ms"] for r in result["layers"]
-                 if r["kind"] in ("PackedConv2d", "PackedBinConvOp", "PackedFactorizedReduce"))
+    binary = sum(r["packed_ms"] for r in result["layers"] if packed_unit(modules[r["name"]]))
     result["packed_split_ms"] = {"binary operations": binary,
                                  "real-valued layers": sum(r["packed_ms"] for r in result["layers"]) - binary}
     return result

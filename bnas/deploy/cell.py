@@ -29,6 +29,11 @@ class PackedEvalCell(EvalCell):
 
     train = _inference_only
 
+    @classmethod
+    def adopt(cls, cell: nn.Module) -> None:
+        """Make a converted float cell (its operations packed) one of this class."""
+        cell.__class__ = cls
+
     def steps(self) -> list[list[tuple[int, list[tuple[nn.Module, int]]]]]:
         """The nodes in steps, each node with its edges ``(operation, source state)`` but
         ``zeroise``'s: a step holds every live node whose sources earlier steps computed

@@ -23,6 +23,7 @@ from torch import nn
 from ..binarize.base import BinaryConv2d
 from ..errors import BnasError
 from ..registry import Registry
+from .blocks import PackedBasicBlock, PackedBiRealBlock
 from .cell import PackedEvalCell
 from .kernels import Geometry
 from .layers import (SHIFTED, Activation, PackedBinConvOp, PackedConv2d, PackedFactorizedReduce,
@@ -60,8 +61,10 @@ FLOAT_MODULES: frozenset[str] = frozenset({
 
 
 #: Modules of :data:`FLOAT_MODULES` that run in a packed model with an inference ``forward`` of
-#: their own: the class set on them once their children are converted.
-PACKED_FORWARD: dict[str, type[nn.Module]] = {"EvalCell": PackedEvalCell}
+#: their own: the class whose ``adopt`` makes them one once their children are converted.
+PACKED_FORWARD: dict[str, type[nn.Module]] = {"EvalCell": PackedEvalCell,
+                                              "BasicBlock": PackedBasicBlock,
+                                              "BiRealBlock": PackedBiRealBlock}
 
 
 def _float_conv(conv: nn.Module) -> bool:
@@ -165,7 +168,7 @@ def _replace(module: nn.Module, original: nn.Module, empty: bool, prefix: str) -
         elif kind in FLOAT_MODULES:
             _replace(child, source, empty, f"{where}.")
             if kind in PACKED_FORWARD:
-                child.__class__ = PACKED_FORWARD[kind]
+                PACKED_FORWARD[kind].adopt(child)
         else:
             raise BnasError(f"the packed engine cannot run {where} ({kind}); it runs "
                             f"{', '.join(CONVERTERS.names())} packed and "

@@ -361,11 +361,13 @@ class BinaryConvPlan:
 
     def __call__(self, k: Kernels, x: torch.Tensor, scale: torch.Tensor | None = None,
                  shift: torch.Tensor | None = None, thresh: torch.Tensor | None = None,
-                 zero_is_zero: bool = True, relu: bool = False) -> torch.Tensor:
-        """``relu?(conv(b(x), sign W) * alpha + bias)`` in one call of the kernels: the packing
-        (see :meth:`Kernels.pack`), its corrections and the convolution (as :meth:`run`), the
-        bias and, with ``relu``, the ReLU, as torch computes them (:func:`convolve_all`)."""
-        return convolve_all(k, [ConvCall(self, x, scale, shift, thresh, zero_is_zero, relu)])[0]
+                 zero_is_zero: bool = True, epilogue: "Epilogue | None" = None) -> torch.Tensor:
+        """``epilogue(conv(b(x), sign W) * alpha + bias)`` in one call of the kernels: the
+        packing (see :meth:`Kernels.pack`), its corrections and the convolution (as
+        :meth:`run`), the bias and the :class:`Epilogue`, as torch computes them
+        (:func:`convolve_all`)."""
+        call = ConvCall(self, x, scale, shift, thresh, zero_is_zero, epilogue or Epilogue())
+        return convolve_all(k, [call])[0]
 
     def set_masked(self) -> None:
         """Run in the masked mode from now on, for every input size."""
@@ -417,11 +419,36 @@ class BinaryConvPlan:
                 (self.layout(k).data_ptr(), rowclass.data_ptr(), table.data_ptr()))
 
 
+#: The fields of one task of ``bnas_xnor_binconvs`` (``csrc/xnor.cpp``, enum TaskField), in order.
+TASK = ("record", "x", "scale", "shift", "thresh", "out", "switched", "post_scale", "post_shift",
+        "residual", "act", "params")
+#: The activations an :class:`Epilogue` applies (``csrc/xnor.cpp``, enum Act), by name.
+ACTS = ("none", "relu", "hardtanh", "prelu")
+
+
+class Epilogue(NamedTuple):
+    """What follows a binary convolution and its bias in the same call of the kernels, in one
+    pass over its output, as the float model's layers compute it: torch's eval BatchNorm with
+    the terms ``scale`` and ``shift`` (:meth:`Kernels.bn_terms`), the addition of ``residual``
+    (a float32 tensor of the output's shape), then the activation ``act`` (:data:`ACTS`) with its
+    ``params`` (Hardtanh: its min and max; PReLU: one slope per output channel)."""
+
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
+    act: str = "none"
+    params: torch.Tensor | None = None
+
+
+#: A ReLU after the convolution.
+RELU = Epilogue(act="relu")
+
+
 class ConvCall(NamedTuple):
     """One binary convolution of a network step: ``plan`` on input ``x`` (float32 NCHW,
     contiguous), packed with the BatchNorm terms ``scale`` and ``shift`` and the per-sample
-    threshold ``thresh`` (each or None) and the scheme's ``zero_is_zero``, followed by a ReLU
-    with ``relu``."""
+    threshold ``thresh`` (each or None) and the scheme's ``zero_is_zero``, followed by
+    ``epilogue``."""
 
     plan: BinaryConvPlan
     x: torch.Tensor
@@ -429,28 +456,38 @@ class ConvCall(NamedTuple):
     shift: torch.Tensor | None = None
     thresh: torch.Tensor | None = None
     zero_is_zero: bool = True
-    relu: bool = False
+    epilogue: Epilogue = Epilogue()
 
 
 def convolve_all(k: Kernels, calls: Sequence[ConvCall]) -> list[torch.Tensor]:
     """The outputs of independent binary convolutions (none reads another's output), in one
     call of the kernels (``bnas_xnor_binconvs``: with at least as many convolutions as threads,
-    several run at once, each on one thread). A convolution whose input has many signs 0 (a ReLU's output, say) switches to
-    the masked mode for good: the corrections would cost more than the masked popcounts."""
-    table = (ctypes.c_int64 * (8 * len(calls)))()
+    several run at once, each on one thread). A convolution whose input has many signs 0 (a
+    ReLU's output, say) switches to the masked mode for good: the corrections would cost more
+    than the masked popcounts."""
+    fields = len(TASK)
+    table = (ctypes.c_int64 * (fields * len(calls)))()
     outs = []
-    for i, (plan, x, scale, shift, thresh, zero_is_zero, relu) in enumerate(calls):
+    for i, (plan, x, scale, shift, thresh, zero_is_zero, post) in enumerate(calls):
         n, c, h, w = x.shape
         if c != plan.in_channels:
             raise BnasError(f"a packed binary convolution of {plan.in_channels} input channels "
                             f"got {c}")
         record, shape = plan.record(k, n, h, w, zero_is_zero)
+        residual = post.residual
+        if residual is not None and (tuple(residual.shape) != shape or residual.dtype !=
+                                     torch.float32 or not residual.is_contiguous()):
+            raise BnasError(f"a packed binary convolution's residual must be a contiguous "
+                            f"float32 tensor of its output's shape {shape}, got "
+                            f"{tuple(residual.shape)} {residual.dtype}")
         out = torch.empty(shape)
         outs.append(out)
-        table[8 * i:8 * i + 7] = (record.data_ptr(), x.data_ptr(), _ptr(scale) or 0,
-                                  _ptr(shift) or 0, _ptr(thresh) or 0, int(relu), out.data_ptr())
+        table[fields * i:fields * (i + 1)] = (
+            record.data_ptr(), x.data_ptr(), _ptr(scale) or 0, _ptr(shift) or 0,
+            _ptr(thresh) or 0, out.data_ptr(), 0, _ptr(post.scale) or 0, _ptr(post.shift) or 0,
+            _ptr(residual) or 0, ACTS.index(post.act), _ptr(post.params) or 0)
     k.lib.bnas_xnor_binconvs(table, len(calls), MASKED_ABOVE, k._isa, torch.get_num_threads())
     for i, call in enumerate(calls):
-        if table[8 * i + 7]:
+        if table[fields * i + TASK.index("switched")]:
             call.plan.set_masked()
     return outs

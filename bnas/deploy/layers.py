@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BnasError
-from .kernels import BinaryConvPlan, ConvCall, Geometry, convolve_all, kernels
+from .kernels import RELU, BinaryConvPlan, ConvCall, Epilogue, Geometry, convolve_all, kernels
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,11 @@ class PackedConv2d(nn.Module):
         """Forget the kernels' weights (after the buffers changed)."""
         self._plan = None
 
+    def __getstate__(self) -> dict:
+        """A pickled copy (``torch.save`` of the module) leaves the kernels' plan out: its
+        records hold this process's addresses."""
+        return {**self.__dict__, "_plan": None}
+
     #: Buffers a saved model holds only when they are not None (read by bnas.deploy.fileio).
     optional_buffers = ("zero_weights",)
 
@@ -112,21 +117,22 @@ class PackedConv2d(nn.Module):
         return self._plan
 
     def call(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-             shift: torch.Tensor | None = None, relu: bool = False) -> ConvCall:
+             shift: torch.Tensor | None = None, epilogue: Epilogue = Epilogue()) -> ConvCall:
         """The convolution of ``x`` (of ``x * scale + shift`` per channel, torch's eval
-        BatchNorm arithmetic, when given), plus the bias; with ``relu``, the ReLU of that: as
+        BatchNorm arithmetic, when given), plus the bias, then ``epilogue``: as
         :func:`~bnas.deploy.kernels.convolve_all` runs it."""
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise BnasError(f"the packed engine runs float32 tensors on the CPU, got "
                             f"{x.dtype} on {x.device.type}")
         x = x.contiguous()
         return ConvCall(self.plan(), x, scale, shift, self.activation.threshold(x),
-                        self.activation.zero_is_zero, relu)
+                        self.activation.zero_is_zero, epilogue)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+                shift: torch.Tensor | None = None, epilogue: Epilogue = Epilogue()
+                ) -> torch.Tensor:
         """:meth:`call`'s convolution, run (one call of the kernels)."""
-        return convolve_all(kernels(), [self.call(x, scale, shift, relu)])[0]
+        return convolve_all(kernels(), [self.call(x, scale, shift, epilogue)])[0]
 
     def extra_repr(self) -> str:
         g = self.geo
@@ -159,16 +165,16 @@ class _BatchNormSign(nn.Module):
         """Forget the BatchNorm's terms (after its buffers changed)."""
         self._terms = None
 
-    def normalised(self, x: torch.Tensor, *convs: PackedConv2d, relu: bool = False
-                   ) -> list[ConvCall]:
-        """Each convolution of the normalised ``x`` (followed by a ReLU with ``relu``)."""
+    def normalised(self, x: torch.Tensor, *convs: PackedConv2d,
+                   epilogue: Epilogue = Epilogue()) -> list[ConvCall]:
+        """Each convolution of the normalised ``x``, followed by ``epilogue``."""
         k = kernels()
         if k.fma is None or any(c.activation.centred for c in convs):
             z = self.bn(x)
-            return [c.call(z, relu=relu) for c in convs]
+            return [c.call(z, epilogue=epilogue) for c in convs]
         if self._terms is None:
             self._terms = k.bn_terms(self.bn)
-        return [c.call(x, *self._terms, relu=relu) for c in convs]
+        return [c.call(x, *self._terms, epilogue) for c in convs]
 
     def calls(self, x: torch.Tensor) -> list[ConvCall]:
         """The operation's binary convolutions of input ``x``."""
@@ -190,7 +196,7 @@ class PackedBinConvOp(_BatchNormSign):
         self.conv = conv
 
     def calls(self, x: torch.Tensor) -> list[ConvCall]:
-        return self.normalised(x, self.conv, relu=True)
+        return self.normalised(x, self.conv, epilogue=RELU)
 
     def finish(self, outs: list[torch.Tensor]) -> torch.Tensor:
         return outs[0]
@@ -215,10 +221,10 @@ class PackedFactorizedReduce(_BatchNormSign):
 
     def calls(self, x: torch.Tensor) -> list[ConvCall]:
         if self.conv_b.geo == SHIFTED:
-            return self.normalised(x, self.conv_a, self.conv_b, relu=True)
+            return self.normalised(x, self.conv_a, self.conv_b, epilogue=RELU)
         z = self.bn(x)
         shifted = F.pad(z[:, :, 1:, 1:], (0, 1, 0, 1))
-        return [self.conv_a.call(z, relu=True), self.conv_b.call(shifted, relu=True)]
+        return [self.conv_a.call(z, epilogue=RELU), self.conv_b.call(shifted, epilogue=RELU)]
 
     def finish(self, outs: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(outs, dim=1)

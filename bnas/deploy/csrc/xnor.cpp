@@ -860,11 +860,12 @@ void bnas_xnor_zero_weights(const uint64_t* in, const uint64_t* nz, const int64_
 }  // extern "C"
 
 // ---------------------------------------------------------------------------------------------
-// Network level (bnas.deploy.layers, bnas.deploy.cell): whole binary operations, those of one
-// network step together, in one call. At batch 1 a small network's binary convolutions take tens
-// of microseconds each, so what surrounds the kernels (allocating and zeroing the packed input, a
-// call each for packing, corrections and convolution, the ReLU after it) costs as much as they
-// do; here it is one call from Python, through the entry points above, on a packed input that
+// Network level (bnas.deploy.layers, bnas.deploy.cell, bnas.deploy.blocks): whole binary
+// operations, those of one network step together, in one call. At batch 1 a small network's
+// binary convolutions take tens of microseconds each, so what surrounds the kernels (allocating
+// and zeroing the packed input, a call each for packing, corrections and convolution, the
+// BatchNorm, shortcut addition and activation after it) costs as much as they do; here it is one
+// call from Python, through the entry points above, on a packed input that
 // lives in a buffer of the thread running it, reused from call to call.
 namespace {
 
@@ -914,12 +915,97 @@ int64_t pack_into(Scratch& s, const int64_t* r, const float* x, const float* sca
   }
 }
 
-// out = relu?(conv(b(x), sign W) * alpha + bias) for record r (see enum Field), x packed with
+// What follows a convolution's scale, in one pass over its output, as the float model's layers
+// compute it (torch, elementwise): + bias (the record's), an eval BatchNorm z * scale + shift
+// (affine(), fused as torch's is: the packing's probe), + residual (a tensor of the output's
+// shape), then the activation: ReLU (v < 0 ? 0 : v), Hardtanh (clamped to params[0..1]) or PReLU
+// (v > 0 ? v : params[o] * v); a NaN stays NaN in each. Each step is one IEEE operation, so the
+// result is torch's bit for bit, whichever path computes it.
+enum Act { ACT_NONE = 0, ACT_RELU = 1, ACT_HARDTANH = 2, ACT_PRELU = 3 };
+
+struct Epilogue {
+  const float* bias;
+  const float* scale;  // with shift: the BatchNorm, or null
+  const float* shift;
+  const float* residual;
+  int act;
+  const float* params;
+  bool fma;
+};
+
+inline float activate(float v, int act, const float* params, int64_t o) {
+  if (act == ACT_RELU) return v < 0.0f ? 0.0f : v;
+  if (act == ACT_HARDTANH) return v < params[0] ? params[0] : (v > params[1] ? params[1] : v);
+  if (act == ACT_PRELU) return v > 0.0f ? v : params[o] * v;
+  return v;
+}
+
+// Elements q0 .. len - 1 of output plane `plane` (channel o), one at a time.
+inline void finish_scalar(const Epilogue& e, float* y, const float* r, int64_t o, int64_t q0,
+                          int64_t len) {
+  for (int64_t q = q0; q < len; ++q) {
+    float v = y[q];
+    if (e.bias) v = v + e.bias[o];
+    if (e.scale) v = affine(v, e.scale[o], e.shift[o], e.fma);
+    if (r) v = v + r[q];
+    y[q] = activate(v, e.act, e.params, o);
+  }
+}
+
+void finish_plane_portable(const Epilogue& e, float* y, const float* r, int64_t o, int64_t len) {
+  finish_scalar(e, y, r, o, 0, len);
+}
+
+#if BNAS_X86
+// The same, 8 elements at a time (the last few one at a time, with the same operations).
+__attribute__((target("avx2,fma"))) void finish_plane_avx2(const Epilogue& e, float* y,
+                                                           const float* r, int64_t o,
+                                                           int64_t len) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 b = _mm256_set1_ps(e.bias ? e.bias[o] : 0.0f);
+  const float lo = e.act == ACT_HARDTANH ? e.params[0] : 0.0f,
+              hi = e.act == ACT_HARDTANH ? e.params[1] : 0.0f,
+              slope = e.act == ACT_PRELU ? e.params[o] : 0.0f;
+  const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), vslope = _mm256_set1_ps(slope);
+  int64_t q = 0;
+  for (; q + 8 <= len; q += 8) {
+    __m256 v = _mm256_loadu_ps(y + q);
+    if (e.bias) v = _mm256_add_ps(v, b);
+    if (e.scale) v = e.fma ? affine8<true>(v, e.scale[o], e.shift[o])
+                           : affine8<false>(v, e.scale[o], e.shift[o]);
+    if (r) v = _mm256_add_ps(v, _mm256_loadu_ps(r + q));
+    if (e.act == ACT_RELU) {
+      v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+    } else if (e.act == ACT_HARDTANH) {
+      v = _mm256_blendv_ps(v, vhi, _mm256_cmp_ps(v, vhi, _CMP_GT_OQ));
+      v = _mm256_blendv_ps(v, vlo, _mm256_cmp_ps(v, vlo, _CMP_LT_OQ));
+    } else if (e.act == ACT_PRELU) {
+      v = _mm256_blendv_ps(_mm256_mul_ps(v, vslope), v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+    }
+    _mm256_storeu_ps(y + q, v);
+  }
+  finish_scalar(e, y, r, o, q, len);
+}
+#endif
+
+// The epilogue over the n x o planes of an output.
+void finish_all(const Epilogue& e, float* out, int64_t planes, int64_t o, int64_t plane,
+                int isa, int threads) {
+  auto* fn = finish_plane_portable;
+#if BNAS_X86
+  if (isa != PORTABLE) fn = finish_plane_avx2;
+#endif
+#pragma omp parallel for num_threads(threads) schedule(static) if (planes * plane > (1 << 16))
+  for (int64_t i = 0; i < planes; ++i)
+    fn(e, out + i * plane, e.residual ? e.residual + i * plane : nullptr, i % o, plane);
+}
+
+// out = epilogue(conv(b(x), sign W) * alpha) for record r (see enum Field), x packed with
 // the BatchNorm terms and threshold given (each nullable). An unmasked record whose input has
 // more than 1 in masked_above signs 0 is run in the masked mode and set to it for good
 // (r[F_MASKED] = 1), as bnas.deploy.kernels.BinaryConvPlan decides: returns 1 then, else 0.
 int binconv(int64_t* r, const float* x, const float* scale, const float* shift,
-            const float* thresh, int relu, int64_t masked_above, float* out, int isa,
+            const float* thresh, Epilogue e, int64_t masked_above, float* out, int isa,
             int threads) {
   Scratch& s = scratch();
   bool masked = r[F_MASKED] != 0;
@@ -952,39 +1038,41 @@ int binconv(int64_t* r, const float* x, const float* scale, const float* shift,
                  field_ptr<const uint64_t>(r, F_LAYOUT), field_ptr<const int32_t>(r, F_ROWCLASS),
                  field_ptr<const int32_t>(r, F_TABLE), extra, field_ptr<const float>(r, F_ALPHA),
                  out, isa, threads);
-  const float* bias = field_ptr<const float>(r, F_BIAS);
-  if (!bias && !relu) return switched;
-  const int64_t plane = r[F_HO] * r[F_WO], planes = r[F_N] * r[F_O];
-#pragma omp parallel for num_threads(threads) schedule(static) if (outputs > (1 << 16))
-  for (int64_t i = 0; i < planes; ++i) {  // as torch: y + bias, then relu (NaN kept)
-    float* y = out + i * plane;
-    const float b = bias ? bias[i % r[F_O]] : 0.0f;
-    for (int64_t q = 0; q < plane; ++q) {
-      const float v = bias ? y[q] + b : y[q];
-      y[q] = relu && v < 0.0f ? 0.0f : v;
-    }
-  }
+  e.bias = field_ptr<const float>(r, F_BIAS);
+  e.fma = r[F_FMA] != 0;
+  if (e.bias || e.scale || e.residual || e.act != ACT_NONE)
+    finish_all(e, out, r[F_N] * r[F_O], r[F_O], r[F_HO] * r[F_WO], isa, threads);
   return switched;
 }
+
+// The fields of a task of bnas_xnor_binconvs (bnas.deploy.kernels.TASK names them, in this
+// order): addresses as 64-bit integers, 0 for none.
+enum TaskField {
+  T_RECORD, T_X, T_SCALE, T_SHIFT, T_THRESH, T_OUT, T_SWITCHED, T_POST_SCALE, T_POST_SHIFT,
+  T_RESIDUAL, T_ACT, T_PARAMS, T_FIELDS
+};
 
 }  // namespace
 
 extern "C" {
 
 // The binary convolutions of one step of a network, independent of each other: task i is
-// tasks[8 i .. 8 i + 7] = (record, x, scale, shift, thresh, relu, out, switched), addresses as
-// 64-bit integers (0: none), each as binconv above, which sets switched to its result. With at
-// least as many tasks as threads, several run at once, each on one thread (at batch 1 a task is
-// too small to share well: the threads would meet at every packing and convolution); otherwise
-// (fewer tasks than threads: some would idle) one after the other on all threads.
+// tasks[T_FIELDS i ..] (enum TaskField): the record, the input x, the packing's BatchNorm terms
+// and threshold, the output, then the epilogue's BatchNorm terms, residual, activation and its
+// parameters; each runs as binconv above, which sets `switched` to its result. With at least as
+// many tasks as threads, several run at once, each on one thread (at batch 1 a task is too small
+// to share well: the threads would meet at every packing and convolution); otherwise (fewer
+// tasks than threads: some would idle) one after the other on all threads.
 void bnas_xnor_binconvs(int64_t* tasks, int64_t count, int64_t masked_above, int isa,
                         int threads) {
   const auto run = [&](int64_t i, int inner) {
-    int64_t* t = tasks + 8 * i;
-    t[7] = binconv(reinterpret_cast<int64_t*>(t[0]), reinterpret_cast<const float*>(t[1]),
-                   reinterpret_cast<const float*>(t[2]), reinterpret_cast<const float*>(t[3]),
-                   reinterpret_cast<const float*>(t[4]), static_cast<int>(t[5]), masked_above,
-                   reinterpret_cast<float*>(t[6]), isa, inner);
+    int64_t* t = tasks + T_FIELDS * i;
+    const auto f = [t](TaskField k) { return reinterpret_cast<const float*>(t[k]); };
+    const Epilogue e{nullptr, f(T_POST_SCALE), f(T_POST_SHIFT), f(T_RESIDUAL),
+                     static_cast<int>(t[T_ACT]), f(T_PARAMS), false};
+    t[T_SWITCHED] = binconv(reinterpret_cast<int64_t*>(t[T_RECORD]), f(T_X), f(T_SCALE),
+                            f(T_SHIFT), f(T_THRESH), e, masked_above,
+                            reinterpret_cast<float*>(t[T_OUT]), isa, inner);
   };
   if (threads > 1 && count >= threads) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)

@@ -8,7 +8,8 @@ has at least as many as there are threads (two preprocessings on two threads): a
 cell's convolutions are tens of microseconds each, too small for the threads to share one
 well. States whose values never reach the cell's output (they feed only
 ``zeroise``) are not computed. The values are the float cell's: each node sums its edges in
-the same order, the output is written as the float cell writes it (:class:`CellOutput`).
+the same order, the output is written as the float cell writes it (:func:`cell_output`, without
+the autograd function around it).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch import nn
 from ..errors import BnasError
 from ..model.cell import PURE_OPS, EvalCell
 from ..ops import Zero
-from ..ops.lean import CellOutput
+from ..ops.lean import cell_output
 from .kernels import convolve_all, kernels
 from .layers import _BatchNormSign, _inference_only
 
@@ -77,7 +78,7 @@ class PackedEvalCell(EvalCell):
                     total = y if total is None else total + y
                 states[i + 2] = total
         residual = None if self.residual is None else self.residual(s1)
-        return CellOutput.apply(s1, shape, residual, 0, *(states.get(i) for i in self.concat))
+        return cell_output(s1, shape, residual, [states.get(i) for i in self.concat])
 
 
 def run_step(items: list[tuple[nn.Module, torch.Tensor]], shared: dict[tuple, torch.Tensor],

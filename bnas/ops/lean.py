@@ -249,28 +249,34 @@ def lean_capable(bn: nn.BatchNorm2d, conv: nn.Module) -> bool:
             and (bn.weight is None) == (bn.bias is None))
 
 
-class CellOutput(torch.autograd.Function):
+def cell_output(like: torch.Tensor, shape: Sequence[int], residual: torch.Tensor | None,
+                nodes: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """``cat(nodes, dim=1) + residual`` written straight into one tensor of ``shape`` per node
-    (dtype and device of ``like``); a node given as None is all zeros (it costs
-    nothing). Parameters in ``dead`` (those of operations whose output
-    only ever meets ``zeroise``) get the zero gradient the reference path gives them."""
+    (dtype and device of ``like``); a node given as None is all zeros (it costs nothing)."""
+    channels = shape[1]
+    out = like.new_empty(shape[0], channels * len(nodes), *shape[2:])
+    for i, node in enumerate(nodes):
+        part = out[:, i * channels:(i + 1) * channels]
+        r = None if residual is None else residual[:, i * channels:(i + 1) * channels]
+        if node is None:
+            part.zero_() if r is None else part.copy_(r)
+        elif r is None:
+            part.copy_(node)
+        else:
+            torch.add(r, node, out=part)
+    return out
+
+
+class CellOutput(torch.autograd.Function):
+    """:func:`cell_output` with its gradient. Parameters in ``dead`` (those of operations whose
+    output only ever meets ``zeroise``) get the zero gradient the reference path gives them."""
 
     @staticmethod
     def forward(ctx, like: torch.Tensor, shape: Sequence[int], residual: torch.Tensor | None,
                 n_dead: int, *tensors: torch.Tensor | None) -> torch.Tensor:
         nodes = tensors[n_dead:]
-        channels = shape[1]
-        out = like.new_empty(shape[0], channels * len(nodes), *shape[2:])
-        for i, node in enumerate(nodes):
-            part = out[:, i * channels:(i + 1) * channels]
-            r = None if residual is None else residual[:, i * channels:(i + 1) * channels]
-            if node is None:
-                part.zero_() if r is None else part.copy_(r)
-            elif r is None:
-                part.copy_(node)
-            else:
-                torch.add(r, node, out=part)
-        ctx.channels, ctx.n_dead = channels, n_dead
+        out = cell_output(like, shape, residual, nodes)
+        ctx.channels, ctx.n_dead = shape[1], n_dead
         ctx.present = [t is not None for t in nodes]
         ctx.save_for_backward(*tensors[:n_dead])
         return out

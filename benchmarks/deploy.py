@@ -9,27 +9,28 @@ Workloads, each on every kernel path this CPU runs (``BNAS_XNOR_ISA``: avx512, a
 portable), each in a fresh process with ``torch.set_num_threads(threads)``:
 
 * every 3x3 binary convolution shape of resnet18_1w1a's ImageNet stages: the packed
-  convolution of an already packed input (in a network the packing is fused with the layer
-  before; its own time is the ``packing ms`` column) against ``torch.nn.functional.conv2d`` of
-  the same shape in float32;
+  convolution of an already packed input against ``torch.nn.functional.conv2d`` of the same
+  shape in float32; ``packing ms``: the time packing the input takes inside the network's
+  one-call operation (packing and convolution), as the kernels count it;
 * whole networks: resnet18_1w1a (ImageNet, 224x224), BNAS-A (CIFAR, 32x32) and ResNet-20
   (CIFAR) in eval mode, the packed model (checked equal to the float model on the input) against
   the float model in PyTorch and, where ``bnas.deploy.onnx`` and onnxruntime are installed, in
   onnxruntime; where the packed engine's time goes: ``binary ms`` inside the kernels' calls for
   the binary operations (with the layers fused after them: a residual block's BatchNorms,
-  shortcut additions and activations), of which ``packing ms`` packing their inputs, ``real
-  ms`` in the real-valued layers (run by torch as in the float model, max pooling by the
-  kernels) and
-  ``other ms`` the rest (Python and the glue between layers: concatenations, additions), all
-  three from the same forwards, timed with hooks (their sum is a little over ``packed ms``).
+  shortcut additions and activations), of which ``packing ms`` packing their inputs (the
+  kernels count its share of their calls' time), ``real ms`` in the real-valued layers (run by
+  torch as in the float model, max pooling by the kernels) and ``other ms`` the rest (Python
+  and the glue between layers: concatenations, additions), all three from the same forwards,
+  timed with hooks (their sum is a little over ``packed ms``).
 
 Times are medians of ``--steps`` runs (``--stat min``: the fastest run), a workload's engines
 taking turns every few runs (so that a noisy spell of the machine falls on all of them, not on
-whichever was being timed, while each runs with warm caches), by the wall clock or, with ``--clock cpu`` (one thread only), by the thread's CPU time, which
-other processes sharing the cores do not inflate. Machines are noisy: compare figures measured
-side by side (the ratios). On a machine other jobs keep busy, two threads' wall-clock medians
-measure the scheduler (a thread descheduled mid-operation stalls the other for a time slice);
-``--stat min`` gives each engine's uncontended time.
+whichever was being timed, while each runs with warm caches), by the wall clock or, with
+``--clock cpu`` (one thread only), by the thread's CPU time, which other processes sharing the
+cores do not inflate. Machines are noisy: compare figures measured side by side (the ratios).
+On a machine other jobs keep busy, two threads' wall-clock medians measure the scheduler (a
+thread descheduled mid-operation stalls the other for a time slice); ``--stat min`` gives each
+engine's uncontended time.
 """
 from __future__ import annotations
 
@@ -108,9 +109,16 @@ def measure_conv(shape: tuple[int, int, int, int], steps: int) -> dict[str, Any]
     geo = Geometry(3, 3, s, 1, (1, 1, 1, 1))
     plan = BinaryConvPlan(w < 0, w.abs().mean(dim=(1, 2, 3)), geo)
     packed = k.pack(x, geo)
-    return time_ms({"pytorch_ms": lambda: F.conv2d(x, w, stride=s, padding=1),
-                    "packed_ms": lambda: plan.run(k, x, packed),
-                    "packing_ms": lambda: k.pack(x, geo)}, steps)
+    result = time_ms({"pytorch_ms": lambda: F.conv2d(x, w, stride=s, padding=1),
+                      "packed_ms": lambda: plan.run(k, x, packed)}, steps)
+    # the packing: its time inside the network's one-call operation (packing and convolution)
+    with torch.inference_mode():
+        plan(k, x)
+        k.count_packing(True)
+        for _ in range(steps):
+            plan(k, x)
+        result["packing_ms"] = 1e3 * k.count_packing(False)[0] / steps
+    return result
 
 
 class TimedLibrary:
@@ -137,7 +145,6 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
     from bnas.deploy import pack
     from bnas.deploy.bench import layer_times, onnx_runner, real_layers
     from bnas.deploy.kernels import kernels
-    from bnas.deploy.layers import PackedConv2d
 
     settings, size = NETWORKS[name]
     torch.manual_seed(0)
@@ -158,40 +165,24 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
     result = {"onnxruntime_ms": None, **time_ms(engines, steps), "note": note}
     # Where the packed model's time goes, all parts from the same timed forwards (hooks on the
     # real-valued layers, the kernels' calls timed): their mean time, of which the real-valued
-    # layers, the binary operations (inside the kernels' calls) and the rest (Python and the
-    # glue between layers: concatenations, additions). Packing: what packing each binary
-    # convolution's inputs of one forward (recorded) takes again.
+    # layers, the binary operations (inside the kernels' calls: of which packing, the share the
+    # kernels count) and the rest (Python and the glue between layers: concatenations,
+    # additions).
     real = real_layers(packed)
     k = kernels()
-    calls = []  # one forward's binary convolutions, as the packed operations describe them
-    describe = PackedConv2d.call
-
-    def recording(self: PackedConv2d, *args: Any, **kwargs: Any) -> Any:
-        calls.append(describe(self, *args, **kwargs))
-        return calls[-1]
-
-    PackedConv2d.call = recording
-    try:
-        with torch.inference_mode():
-            packed(x)
-    finally:
-        PackedConv2d.call = describe
     k.lib = timed = TimedLibrary(k.lib)
     try:
+        k.count_packing(True)
         started = clock()
         layers = layer_times(packed, x, real, runs=steps, clock=clock)  # and one warm-up forward
         forwards = steps + 1
         result["instrumented_ms"] = 1e3 * (clock() - started) / forwards
-        result["binary_ms"] = 1e3 * timed.spent.get("bnas_xnor_binconvs", 0.0) / forwards
-        with torch.inference_mode():
-            for _ in range(steps):
-                for c in calls:
-                    k.pack(c.x, c.plan.geo, c.scale, c.shift, c.thresh, c.zero_is_zero,
-                           c.plan.masked)
+        packing, calls = k.count_packing(False)
     finally:
         k.lib = timed.lib
+    result["binary_ms"] = 1e3 * timed.spent.get("bnas_xnor_binconvs", 0.0) / forwards
+    result["packing_ms"] = result["binary_ms"] * packing / calls
     result["real_ms"] = 1e3 * sum(layers.values())
-    result["packing_ms"] = 1e3 * timed.spent.get("bnas_xnor_pack", 0.0) / steps
     result["other_ms"] = result["instrumented_ms"] - result["binary_ms"] - result["real_ms"]
     return result
 

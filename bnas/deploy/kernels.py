@@ -51,6 +51,7 @@ _SIGNATURES = {
     "bnas_xnor_zero_weights": [_P, _P, _P, _I, _I, _I, _I, _I, _P, _I, _P],
     "bnas_xnor_binconvs": [_P, _I, _I, _C, _C],
     "bnas_xnor_maxpool": [_P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _C],
+    "bnas_xnor_timing": [_C, _P],
 }
 #: The fields of ``bnas_xnor_binconvs``'s record of one convolution and input size, in order
 #: (from "geometry" to "zero_list": addresses of its tensors, 0 for none; then the number of
@@ -101,6 +102,15 @@ class Kernels:
             cap = int(count)
             out.zero_()
 
+
+    def count_packing(self, on: bool) -> tuple[float, float]:
+        """Start counting (from zero) or stop counting the seconds the network's kernel calls
+        (:func:`convolve_all`) spend packing their inputs and in all, summed over calls (and over
+        threads where calls run side by side; their ratio is the packing's share); returns the
+        two sums counted since the last start."""
+        seconds = (ctypes.c_double * 2)()
+        self.lib.bnas_xnor_timing(int(on), seconds)
+        return seconds[0], seconds[1]
 
     def maxpool(self, x: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
         """torch's ``max_pool2d(x, k, stride, pad)`` (float32 NCHW, contiguous; dilation 1,

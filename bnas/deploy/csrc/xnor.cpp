@@ -36,6 +36,8 @@
 //
 // Every kernel runs on `threads` OpenMP threads (libgomp: the runtime torch has loaded).
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -1000,6 +1002,16 @@ void finish_all(const Epilogue& e, float* out, int64_t planes, int64_t o, int64_
     fn(e, out + i * plane, e.residual ? e.residual + i * plane : nullptr, i % o, plane);
 }
 
+// Where binconv's time goes, for benchmarks (bnas_xnor_timing): nanoseconds spent packing and in
+// the whole call, summed over calls (over threads when tasks run side by side), while counting.
+std::atomic<bool> counting{false};
+std::atomic<int64_t> packing_ns{0}, binconv_ns{0};
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 // out = epilogue(conv(b(x), sign W) * alpha) for record r (see enum Field), x packed with
 // the BatchNorm terms and threshold given (each nullable). An unmasked record whose input has
 // more than 1 in masked_above signs 0 is run in the masked mode and set to it for good
@@ -1010,6 +1022,8 @@ int binconv(int64_t* r, const float* x, const float* scale, const float* shift,
   Scratch& s = scratch();
   bool masked = r[F_MASKED] != 0;
   int switched = 0;
+  const bool timed = counting.load(std::memory_order_relaxed);
+  const int64_t started = timed ? now_ns() : 0;
   const int64_t count = pack_into(s, r, x, scale, shift, thresh, masked, isa, threads);
   const int64_t inputs = r[F_N] * r[F_C] * r[F_H] * r[F_W];
   if (!masked && count * masked_above > inputs) {
@@ -1017,6 +1031,7 @@ int binconv(int64_t* r, const float* x, const float* scale, const float* shift,
     masked = switched = 1;
     pack_into(s, r, x, scale, shift, thresh, true, isa, threads);
   }
+  if (timed) packing_ns += now_ns() - started;
   const int64_t* g = field_ptr<const int64_t>(r, F_GEOMETRY);
   const uint64_t* weights = field_ptr<const uint64_t>(r, F_WEIGHTS);
   const int64_t outputs = r[F_N] * r[F_O] * r[F_HO] * r[F_WO];
@@ -1042,6 +1057,7 @@ int binconv(int64_t* r, const float* x, const float* scale, const float* shift,
   e.fma = r[F_FMA] != 0;
   if (e.bias || e.scale || e.residual || e.act != ACT_NONE)
     finish_all(e, out, r[F_N] * r[F_O], r[F_O], r[F_HO] * r[F_WO], isa, threads);
+  if (timed) binconv_ns += now_ns() - started;
   return switched;
 }
 
@@ -1063,6 +1079,15 @@ extern "C" {
 // many tasks as threads, several run at once, each on one thread (at batch 1 a task is too small
 // to share well: the threads would meet at every packing and convolution); otherwise (fewer
 // tasks than threads: some would idle) one after the other on all threads.
+// Counting binconv's time on (from zero) or off; seconds[0..1]: the packing's and the calls'
+// sums so far (their ratio: the packing's share of the calls' time).
+void bnas_xnor_timing(int on, double* seconds) {
+  seconds[0] = 1e-9 * static_cast<double>(packing_ns.load());
+  seconds[1] = 1e-9 * static_cast<double>(binconv_ns.load());
+  if (on) packing_ns = binconv_ns = 0;
+  counting = on != 0;
+}
+
 void bnas_xnor_binconvs(int64_t* tasks, int64_t count, int64_t masked_above, int isa,
                         int threads) {
   const auto run = [&](int64_t i, int inner) {

@@ -9,6 +9,7 @@ summed counts of all processes cover every sample exactly once.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,14 +72,19 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int, r
     """Batches of ``batch_size`` (per process) from this process's shard of ``dataset``.
 
     Datasets held in memory as tensors are read in the main process (workers would only add
-    copies). A training shard whose last batch would hold a single sample drops it:
-    BatchNorm cannot take training statistics from one value per channel.
+    copies). Validation uses at most one worker per CPU this process may run on (its batches
+    do not depend on the number of workers; a training loader keeps ``workers``, whose
+    augmentation streams do). A training shard whose last batch would hold a single sample
+    drops it: BatchNorm cannot take training statistics from one value per channel.
     """
     if len(dataset) == 0:
         raise BnasError("the dataset is empty")
     if isinstance(dataset, TensorDataset) or (isinstance(dataset, Subset)
                                               and isinstance(dataset.dataset, TensorDataset)):
         workers = 0
+    if not train:
+        workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1)
     if train:
         sampler: Sampler[int] = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                    shuffle=True, seed=seed)

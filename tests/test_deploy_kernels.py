@@ -212,10 +212,17 @@ def test_the_epilogue_is_torchs_layers(kern, act, size):
     assert torch.equal(got.nan_to_num(), expected.nan_to_num())
 
 
-def test_a_residual_of_another_shape_is_refused(kern):
+@pytest.mark.parametrize("epilogue, message", [
+    (K.Epilogue(residual=torch.zeros(1, 4, 5, 4)), "residual"),
+    (K.Epilogue(act="gelu"), "unknown epilogue activation"),
+    (K.Epilogue(act="prelu", params=torch.ones(3)), "needs 4 contiguous"),
+    (K.Epilogue(act="hardtanh"), "needs 2 contiguous"),
+    (K.Epilogue(scale=torch.ones(4)), "both terms"),
+], ids=["residual", "activation", "prelu", "hardtanh", "batchnorm"])
+def test_an_epilogue_that_does_not_fit_is_refused(kern, epilogue, message):
     plan = K.BinaryConvPlan(torch.zeros(4, 8, 3, 3, dtype=torch.bool), None, sym(3))
-    with pytest.raises(BnasError, match="residual"):
-        plan(kern, torch.randn(1, 8, 5, 5), epilogue=K.Epilogue(residual=torch.zeros(1, 4, 5, 4)))
+    with pytest.raises(BnasError, match=message):
+        plan(kern, torch.randn(1, 8, 5, 5), epilogue=epilogue)
 
 
 def test_zeros_as_plus_one_when_the_scheme_says_so(kern):

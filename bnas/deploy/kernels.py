@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import subprocess
 from collections.abc import Sequence
@@ -101,7 +102,6 @@ class Kernels:
                 return Packed(out, nz, zeros[:0] if masked else zeros[:int(count)])
             cap = int(count)
             out.zero_()
-
 
     def count_packing(self, on: bool) -> tuple[float, float]:
         """Start counting (from zero) or stop counting the seconds the network's kernel calls
@@ -469,6 +469,34 @@ class ConvCall(NamedTuple):
     epilogue: Epilogue = Epilogue()
 
 
+#: How many parameters each activation of an epilogue reads (None: one per output channel).
+_ACT_PARAMS = {"none": 0, "relu": 0, "hardtanh": 2, "prelu": None}
+
+
+def _check_epilogue(post: Epilogue, shape: tuple[int, ...]) -> None:
+    """Raise :class:`BnasError` unless ``post`` fits a convolution output of ``shape``."""
+    def fits(t: torch.Tensor | None, numel: int) -> bool:
+        return (t is not None and t.dtype == torch.float32 and t.is_contiguous()
+                and t.numel() == numel)
+
+    if post.act not in _ACT_PARAMS:
+        raise BnasError(f"unknown epilogue activation {post.act!r} (known: {', '.join(ACTS)})")
+    wanted = _ACT_PARAMS[post.act]
+    wanted = shape[1] if wanted is None else wanted
+    if wanted and not fits(post.params, wanted):
+        raise BnasError(f"the {post.act} epilogue needs {wanted} contiguous float32 parameters")
+    if (post.scale is None) != (post.shift is None) or (
+            post.scale is not None and not (fits(post.scale, shape[1])
+                                            and fits(post.shift, shape[1]))):
+        raise BnasError(f"an epilogue's BatchNorm needs both terms, {shape[1]} contiguous "
+                        f"float32 values each")
+    if post.residual is not None and not (fits(post.residual, math.prod(shape))
+                                          and tuple(post.residual.shape) == shape):
+        raise BnasError(f"a packed binary convolution's residual must be a contiguous float32 "
+                        f"tensor of its output's shape {shape}, got "
+                        f"{tuple(post.residual.shape)} {post.residual.dtype}")
+
+
 def convolve_all(k: Kernels, calls: Sequence[ConvCall]) -> list[torch.Tensor]:
     """The outputs of independent binary convolutions (none reads another's output), in one
     call of the kernels (``bnas_xnor_binconvs``: with at least as many convolutions as threads,
@@ -484,12 +512,8 @@ def convolve_all(k: Kernels, calls: Sequence[ConvCall]) -> list[torch.Tensor]:
             raise BnasError(f"a packed binary convolution of {plan.in_channels} input channels "
                             f"got {c}")
         record, shape = plan.record(k, n, h, w, zero_is_zero)
+        _check_epilogue(post, shape)
         residual = post.residual
-        if residual is not None and (tuple(residual.shape) != shape or residual.dtype !=
-                                     torch.float32 or not residual.is_contiguous()):
-            raise BnasError(f"a packed binary convolution's residual must be a contiguous "
-                            f"float32 tensor of its output's shape {shape}, got "
-                            f"{tuple(residual.shape)} {residual.dtype}")
         out = torch.empty(shape)
         outs.append(out)
         table[fields * i:fields * (i + 1)] = (

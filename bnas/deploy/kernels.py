@@ -432,8 +432,11 @@ class BinaryConvPlan:
 #: The fields of one task of ``bnas_xnor_binconvs`` (``csrc/xnor.cpp``, enum TaskField), in order.
 TASK = ("record", "x", "scale", "shift", "thresh", "out", "switched", "post_scale", "post_shift",
         "residual", "act", "params")
-#: The activations an :class:`Epilogue` applies (``csrc/xnor.cpp``, enum Act), by name.
-ACTS = ("none", "relu", "hardtanh", "prelu")
+#: The activations an :class:`Epilogue` applies, in the order of their codes (``csrc/xnor.cpp``,
+#: enum Act), with the number of parameters each reads (None: one per output channel).
+ACTS: dict[str, int | None] = {"none": 0, "relu": 0, "hardtanh": 2, "prelu": None}
+_ACT_CODES = {name: code for code, name in enumerate(ACTS)}
+_SWITCHED = TASK.index("switched")
 
 
 class Epilogue(NamedTuple):
@@ -469,19 +472,15 @@ class ConvCall(NamedTuple):
     epilogue: Epilogue = Epilogue()
 
 
-#: How many parameters each activation of an epilogue reads (None: one per output channel).
-_ACT_PARAMS = {"none": 0, "relu": 0, "hardtanh": 2, "prelu": None}
-
-
 def _check_epilogue(post: Epilogue, shape: tuple[int, ...]) -> None:
     """Raise :class:`BnasError` unless ``post`` fits a convolution output of ``shape``."""
     def fits(t: torch.Tensor | None, numel: int) -> bool:
         return (t is not None and t.dtype == torch.float32 and t.is_contiguous()
                 and t.numel() == numel)
 
-    if post.act not in _ACT_PARAMS:
+    if post.act not in ACTS:
         raise BnasError(f"unknown epilogue activation {post.act!r} (known: {', '.join(ACTS)})")
-    wanted = _ACT_PARAMS[post.act]
+    wanted = ACTS[post.act]
     wanted = shape[1] if wanted is None else wanted
     if wanted and not fits(post.params, wanted):
         raise BnasError(f"the {post.act} epilogue needs {wanted} contiguous float32 parameters")
@@ -519,9 +518,9 @@ def convolve_all(k: Kernels, calls: Sequence[ConvCall]) -> list[torch.Tensor]:
         table[fields * i:fields * (i + 1)] = (
             record.data_ptr(), x.data_ptr(), _ptr(scale) or 0, _ptr(shift) or 0,
             _ptr(thresh) or 0, out.data_ptr(), 0, _ptr(post.scale) or 0, _ptr(post.shift) or 0,
-            _ptr(residual) or 0, ACTS.index(post.act), _ptr(post.params) or 0)
+            _ptr(residual) or 0, _ACT_CODES[post.act], _ptr(post.params) or 0)
     k.lib.bnas_xnor_binconvs(table, len(calls), MASKED_ABOVE, k._isa, torch.get_num_threads())
     for i, call in enumerate(calls):
-        if table[fields * i + TASK.index("switched")]:
+        if table[fields * i + _SWITCHED]:
             call.plan.set_masked()
     return outs

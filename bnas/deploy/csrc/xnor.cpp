@@ -1072,13 +1072,6 @@ enum TaskField {
 
 extern "C" {
 
-// The binary convolutions of one step of a network, independent of each other: task i is
-// tasks[T_FIELDS i ..] (enum TaskField): the record, the input x, the packing's BatchNorm terms
-// and threshold, the output, then the epilogue's BatchNorm terms, residual, activation and its
-// parameters; each runs as binconv above, which sets `switched` to its result. With at least as
-// many tasks as threads, several run at once, each on one thread (at batch 1 a task is too small
-// to share well: the threads would meet at every packing and convolution); otherwise (fewer
-// tasks than threads: some would idle) one after the other on all threads.
 // Counting binconv's time on (from zero) or off; seconds[0..1]: the packing's and the calls'
 // sums so far (their ratio: the packing's share of the calls' time).
 void bnas_xnor_timing(int on, double* seconds) {
@@ -1088,6 +1081,13 @@ void bnas_xnor_timing(int on, double* seconds) {
   counting = on != 0;
 }
 
+// The binary convolutions of one step of a network, independent of each other: task i is
+// tasks[T_FIELDS i ..] (enum TaskField): the record, the input x, the packing's BatchNorm terms
+// and threshold, the output, then the epilogue's BatchNorm terms, residual, activation and its
+// parameters; each runs as binconv above, which sets `switched` to its result. With at least as
+// many tasks as threads, several run at once, each on one thread (at batch 1 a task is too small
+// to share well: the threads would meet at every packing and convolution); otherwise (fewer
+// tasks than threads: some would idle) one after the other on all threads.
 void bnas_xnor_binconvs(int64_t* tasks, int64_t count, int64_t masked_above, int isa,
                         int threads) {
   const auto run = [&](int64_t i, int inner) {

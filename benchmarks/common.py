@@ -10,7 +10,7 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -51,10 +51,12 @@ def child_environment() -> dict[str, str]:
 def run(script: str, args: argparse.Namespace, names: Sequence[str], header: str,
         measure: Callable[[int], dict[str, Any]], row: Callable[[int, dict[str, Any]], str],
         skip: Callable[[int], bool] = lambda index: False,
-        settings: Callable[[], Sequence[str]] = tuple) -> int:
+        settings: Callable[[], Sequence[str]] = tuple,
+        variables: Callable[[int], Mapping[str, str]] = lambda index: {}) -> int:
     """In a child (``--child I``): print workload I's measurements as JSON. Otherwise run each
-    workload that ``--only`` selects and ``skip`` keeps in a child process of ``script``, and
-    print the allocator, the lines of ``settings``, ``header`` and one ``row`` per workload."""
+    workload that ``--only`` selects and ``skip`` keeps in a child process of ``script`` (its
+    environment with workload I's ``variables`` added), and print the allocator, the lines of
+    ``settings``, ``header`` and one ``row`` per workload."""
     if args.child is not None:
         print(json.dumps(measure(args.child)))
         return 0
@@ -70,7 +72,8 @@ def run(script: str, args: argparse.Namespace, names: Sequence[str], header: str
             continue
         proc = subprocess.run([sys.executable, script, "--child", str(index), "--steps",
                                str(args.steps), "--threads", str(args.threads)],
-                              capture_output=True, text=True, env=environment)
+                              capture_output=True, text=True,
+                              env={**environment, **variables(index)})
         if proc.returncode:
             lines = proc.stderr.strip().splitlines() or ["no output"]
             print(f"{name:48} failed: {lines[-1]}", flush=True)

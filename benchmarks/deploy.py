@@ -23,6 +23,14 @@ portable), each in a fresh process with ``torch.set_num_threads(threads)``:
   and the glue between layers: concatenations, additions), all three from the same forwards,
   timed with hooks (their sum is a little over ``packed ms``).
 
+A path's float baselines run on that path's instruction set (``--baseline matched``, the
+default): the AVX2 path is the one a CPU without AVX-512 runs, so on its workloads torch's
+oneDNN convolutions and ATen kernels are held to AVX2 as well (``ONEDNN_MAX_CPU_ISA=AVX2``,
+``ATEN_CPU_CAPABILITY=avx2``), and on the portable path's to SSE4.1 and unvectorized ATen
+kernels, the machine each path stands for (``torch isa``: its ATen kernels'). onnxruntime has
+no such setting: it runs its own best kernels on every path. ``--baseline native`` leaves torch
+its own choice everywhere (the AVX2 kernels against this machine's AVX-512 torch).
+
 Times are medians of ``--steps`` runs (``--stat min``: the fastest run), a workload's engines
 taking turns every few runs (so that a noisy spell of the machine falls on all of them, not on
 whichever was being timed, while each runs with warm caches), by the wall clock or, with
@@ -63,6 +71,32 @@ def workloads() -> list[tuple[str, str, Any]]:
                   for ci, co, h, s in CONVS]
         items += [(f"{name} [{isa}]", isa, name) for name in NETWORKS]
     return items
+
+
+#: Environment settings that hold torch to the instruction set a CPU running the kernel path
+#: has (``--baseline matched``); the fastest path needs none.
+BASELINE_ISA = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+                "portable": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}}
+
+
+def baseline_variables(isa: str, baseline: str) -> dict[str, str]:
+    """The settings of a workload on path ``isa``: none with ``native``, none on the machine's
+    fastest path, else ``BASELINE_ISA[isa]``."""
+    if baseline == "native" or isa == paths()[0]:
+        return {}
+    return BASELINE_ISA[isa]
+
+
+def torch_isa() -> str:
+    """The instruction set of torch's ATen kernels in this process (``AVX512``, ``AVX2``,
+    ``DEFAULT``); stops if torch ignored the ``ATEN_CPU_CAPABILITY`` it was given."""
+    import torch
+
+    wanted = os.environ.get("ATEN_CPU_CAPABILITY")
+    found = torch.backends.cpu.get_cpu_capability()
+    if wanted is not None and found.lower() != wanted.lower():
+        raise SystemExit(f"torch runs {found} kernels, not the {wanted} asked for")
+    return found
 
 
 #: The clock of every measurement (``--clock``): wall time, or this thread's CPU time.
@@ -193,6 +227,8 @@ def main() -> int:
                    help="wall time, or the thread's CPU time (with --threads 1)")
     p.add_argument("--stat", choices=sorted(STATS), default="median",
                    help="the runs' median, or the fastest run")
+    p.add_argument("--baseline", choices=("matched", "native"), default="matched",
+                   help="torch held to each kernel path's instruction set, or its own choice")
     args = p.parse_args()
     if args.child is None:  # the workload processes inherit the choices
         os.environ["BNAS_BENCH_CLOCK"], os.environ["BNAS_BENCH_STAT"] = args.clock, args.stat
@@ -209,11 +245,12 @@ def main() -> int:
     def measure(index: int) -> dict[str, Any]:
         import torch
 
+        isa = torch_isa()
         torch.set_num_threads(args.threads)
         _, _, what = items[index]
         if isinstance(what, tuple):
-            return measure_conv(what, args.steps)
-        return measure_network(what, args.steps, args.threads)
+            return {**measure_conv(what, args.steps), "torch_isa": isa}
+        return {**measure_network(what, args.steps, args.threads), "torch_isa": isa}
 
     def cell(value: float | None, width: int = 10) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
@@ -224,7 +261,7 @@ def main() -> int:
         return (f"{items[index][0]:40} {cell(r['pytorch_ms'])} {cell(onnx)} "
                 f"{cell(r['packed_ms'])} {r['pytorch_ms'] / r['packed_ms']:9.2f}x {vs_onnx} "
                 f"{cell(r['packing_ms'])} {cell(r.get('binary_ms'))} {cell(r.get('real_ms'))} "
-                f"{cell(r.get('other_ms'))}")
+                f"{cell(r.get('other_ms'))} {r['torch_isa']:>9}")
 
     def settings() -> list[str]:
         from bnas.deploy.bench import cpu_name
@@ -232,13 +269,17 @@ def main() -> int:
 
         return [f"cpu: {cpu_name()}, {args.threads} threads, {args.clock} clock, {args.stat} "
                 f"of {args.steps} runs; paths: "
-                f"{', '.join(paths())}; default: {describe()}"]
+                f"{', '.join(paths())}; default: {describe()}",
+                f"float baselines: {args.baseline}"
+                + (" (torch held to each path's instruction set)" if args.baseline == "matched"
+                   else " (torch's own kernels on every path)")]
 
     header = (f"{'workload':40} {'pytorch ms':>10} {'onnxrt ms':>10} {'packed ms':>10} "
               f"{'vs pytorch':>10} {'vs onnxrt':>10} {'packing ms':>10} {'binary ms':>10} "
-              f"{'real ms':>10} {'other ms':>10}")
+              f"{'real ms':>10} {'other ms':>10} {'torch isa':>9}")
     return run(__file__, args, [name for name, _, _ in items], header, measure, row,
-               settings=settings)
+               settings=settings,
+               variables=lambda index: baseline_variables(items[index][1], args.baseline))
 
 
 if __name__ == "__main__":

@@ -401,20 +401,20 @@ void block_portable(const Conv& c, int64_t b, int64_t ob, const Tile* tiles, int
 }
 
 #if BNAS_X86
-// The epilogue of the AVX-512 blocks for `lanes` outputs from tile p (up to 8 lanes) or tiles
-// p and q (16): the counts' 64-bit lanes as 32-bit ones, to the output.
-template <int OB, bool MASKED, int PV>
+// The epilogue of the AVX-512 blocks for `lanes` outputs from tile P (up to 8 lanes) or tiles
+// P and Q (16): the counts' 64-bit lanes as 32-bit ones, to the output.
+template <int OB, bool MASKED, int P, int Q, int PV>
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))) inline void finish_avx512(
     const Conv& c, int64_t b, int64_t ob, const Tile& tile, int lanes,
-    const __m512i (&acc)[OB][PV], int p, int q, const __m512i (&nonzero)[PV]) {
+    const __m512i (&acc)[OB][PV], const __m512i (&nonzero)[PV]) {
   const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
                                           28, 30);
   const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
-  const __m512i nzc = MASKED ? _mm512_permutex2var_epi32(nonzero[p], evens, nonzero[q])
+  const __m512i nzc = MASKED ? _mm512_permutex2var_epi32(nonzero[P], evens, nonzero[Q])
                              : _mm512_setzero_si512();
   const Dest d = dest(c, b, ob * OB, OB, tile);
   for (int o = 0; o < OB && o < d.count; ++o) {
-    const __m512i cnt = _mm512_permutex2var_epi32(acc[o][p], evens, acc[o][q]);
+    const __m512i cnt = _mm512_permutex2var_epi32(acc[o][P], evens, acc[o][Q]);
     const __m512i base = MASKED ? nzc : _mm512_maskz_loadu_epi32(mask, d.table + o * d.wo);
     __m512i dot = _mm512_sub_epi32(base, _mm512_add_epi32(cnt, cnt));
     if (d.extra)
@@ -422,6 +422,26 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))) inline void finish
     __m512 f = _mm512_cvtepi32_ps(dot);
     if (d.alpha) f = _mm512_mul_ps(f, _mm512_set1_ps(d.alpha[o]));
     _mm512_mask_storeu_ps(d.out + o * d.plane, mask, f);
+  }
+}
+
+// The epilogues of a block's tiles from tile P on: one per tile, or per two adjacent ones (16
+// outputs), the tiles' indices known at compile time: 5-7% faster than a loop over them on 64
+// input channels (9 steps, where the epilogue weighs most).
+template <int OB, bool MASKED, int P, int PV>
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"))) inline void finish_tiles(
+    const Conv& c, int64_t b, int64_t ob, const Tile* tiles, int tn,
+    const __m512i (&acc)[OB][PV], const __m512i (&nonzero)[PV]) {
+  if constexpr (P < PV) {
+    if (P >= tn) return;
+    if constexpr (P + 1 < PV) {
+      if (adjacent(tiles, tn, P, 8)) {
+        finish_avx512<OB, MASKED, P, P + 1>(c, b, ob, tiles[P], 16, acc, nonzero);
+        return finish_tiles<OB, MASKED, P + 2, PV>(c, b, ob, tiles, tn, acc, nonzero);
+      }
+    }
+    finish_avx512<OB, MASKED, P, P>(c, b, ob, tiles[P], tiles[P].lanes, acc, nonzero);
+    finish_tiles<OB, MASKED, P + 1, PV>(c, b, ob, tiles, tn, acc, nonzero);
   }
 }
 
@@ -460,16 +480,7 @@ void block_avx512(const Conv& c, int64_t b, int64_t ob, const Tile* tiles, int t
       }
     }
   }
-  // The counts as 32-bit lanes: of one tile, or of two adjacent ones (16 outputs).
-  for (int p = 0; p < PV; ++p) {
-    if (p >= tn) break;
-    if (p + 1 < PV && adjacent(tiles, tn, p, 8)) {
-      finish_avx512<OB, MASKED>(c, b, ob, tiles[p], 16, acc, p, p + 1, nonzero);
-      ++p;
-    } else {
-      finish_avx512<OB, MASKED>(c, b, ob, tiles[p], tiles[p].lanes, acc, p, p, nonzero);
-    }
-  }
+  finish_tiles<OB, MASKED, 0, PV>(c, b, ob, tiles, tn, acc, nonzero);
 }
 
 

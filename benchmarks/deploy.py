@@ -248,9 +248,9 @@ def main() -> int:
         isa = torch_isa()
         torch.set_num_threads(args.threads)
         _, _, what = items[index]
-        if isinstance(what, tuple):
-            return {**measure_conv(what, args.steps), "torch_isa": isa}
-        return {**measure_network(what, args.steps, args.threads), "torch_isa": isa}
+        result = (measure_conv(what, args.steps) if isinstance(what, tuple)
+                  else measure_network(what, args.steps, args.threads))
+        return {**result, "torch_isa": isa}
 
     def cell(value: float | None, width: int = 10) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"

@@ -82,9 +82,6 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int, r
     if isinstance(dataset, TensorDataset) or (isinstance(dataset, Subset)
                                               and isinstance(dataset.dataset, TensorDataset)):
         workers = 0
-    if not train:
-        workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1)
     if train:
         sampler: Sampler[int] = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                    shuffle=True, seed=seed)
@@ -95,6 +92,8 @@ def build_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int, r
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
         drop_last = False
+        workers = min(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=pin_memory, drop_last=drop_last,
                         generator=torch.Generator().manual_seed(seed))

@@ -4,18 +4,26 @@
 A library is compiled with the system's C++ compiler (``$CXX``, else ``g++`` or ``c++``) into
 ``$BNAS_CACHE_DIR`` (default ``~/.cache/bnas``) under a name keyed by a hash of its source, the
 compiler and the flags, written atomically (a half-built library is never left behind), and
-loaded with :mod:`ctypes`.
+loaded with :mod:`ctypes`. The cache keeps the :data:`KEEP` most recently used builds of each
+source: using a build sets its file time, and writing a new one deletes the older rest (edits of
+the source, other compilers and flags otherwise pile up, one library each).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+#: Builds of one source kept in the cache (the most recently used): a process may use two builds
+#: of a source (the fused kernels try two sets of flags) and another environment two more.
+KEEP = 4
 
 
 def cache_dir() -> Path:
@@ -41,18 +49,41 @@ def build(source: Path, compiler_name: str, flags: Sequence[str]) -> Path:
     flags = list(flags)
     key = hashlib.sha256(source.read_bytes() + " ".join([compiler_name, *flags]).encode())
     target = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            subprocess.run([compiler_name, *flags, str(source), "-o", tmp], check=True,
-                           capture_output=True, text=True)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    if target.exists():
+        with contextlib.suppress(OSError):  # a read-only cache still serves its builds
+            os.utime(target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([compiler_name, *flags, str(source), "-o", tmp], check=True,
+                       capture_output=True, text=True)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    prune(target.parent, source.stem)
     return target
+
+
+def prune(directory: Path, stem: str, keep: int = KEEP) -> list[Path]:
+    """Delete all but the ``keep`` most recently used builds of source ``stem`` in
+    ``directory`` (by file time; a library a running process has loaded stays mapped there);
+    the deleted paths. Files that are not such builds are left alone."""
+    name = re.compile(rf"{re.escape(stem)}-[0-9a-f]{{16}}\.so")
+    builds = []
+    for path in directory.iterdir():
+        if name.fullmatch(path.name):
+            with contextlib.suppress(OSError):  # deleted meanwhile by another process
+                builds.append((path.stat().st_mtime, path))
+    builds.sort(reverse=True)
+    deleted = []
+    for _, path in builds[keep:]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            deleted.append(path)
+    return deleted
 
 
 def load(path: Path, signatures: dict[str, list]) -> ctypes.CDLL:

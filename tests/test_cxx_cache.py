@@ -11,7 +11,7 @@ def fake_builds(directory, stem, count, start=1_000_000):
     """``count`` files named like builds of ``stem``, the i-th used at time start + i."""
     paths = []
     for i in range(count):
-        path = directory / f"{stem}-{i:016x}.so"
+        path = directory / f"{stem}-{i:0{cxx.KEY_DIGITS}x}.so"
         path.write_bytes(b"")
         os.utime(path, (start + i, start + i))
         paths.append(path)
@@ -28,7 +28,7 @@ def test_prune_keeps_the_most_recently_used_builds_of_its_source_only(tmp_path):
     os.utime(builds[0], (2_000_000, 2_000_000))  # the oldest build, used last
     deleted = cxx.prune(tmp_path, "xnor", keep=3)
     assert sorted(deleted) == sorted(builds[1:4])
-    assert {p for p in tmp_path.iterdir()} == {builds[0], *builds[4:], *others}
+    assert set(tmp_path.iterdir()) == {builds[0], *builds[4:], *others}
 
 
 @pytest.mark.skipif(cxx.compiler() is None, reason="no C++ compiler")

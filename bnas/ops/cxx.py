@@ -24,6 +24,8 @@ from pathlib import Path
 #: Builds of one source kept in the cache (the most recently used): a process may use two builds
 #: of a source (the fused kernels try two sets of flags) and another environment two more.
 KEEP = 4
+#: Hex digits of the source, compiler and flags' hash in a build's name (``{stem}-{hash}.so``).
+KEY_DIGITS = 16
 
 
 def cache_dir() -> Path:
@@ -48,7 +50,7 @@ def build(source: Path, compiler_name: str, flags: Sequence[str]) -> Path:
     and :class:`OSError` when the cache cannot be written."""
     flags = list(flags)
     key = hashlib.sha256(source.read_bytes() + " ".join([compiler_name, *flags]).encode())
-    target = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
+    target = cache_dir() / f"{source.stem}-{key.hexdigest()[:KEY_DIGITS]}.so"
     if target.exists():
         with contextlib.suppress(OSError):  # a read-only cache still serves its builds
             os.utime(target)
@@ -71,7 +73,7 @@ def prune(directory: Path, stem: str, keep: int = KEEP) -> list[Path]:
     """Delete all but the ``keep`` most recently used builds of source ``stem`` in
     ``directory`` (by file time; a library a running process has loaded stays mapped there);
     the deleted paths. Files that are not such builds are left alone."""
-    name = re.compile(rf"{re.escape(stem)}-[0-9a-f]{{16}}\.so")
+    name = re.compile(rf"{re.escape(stem)}-[0-9a-f]{{{KEY_DIGITS}}}\.so")
     builds = []
     for path in directory.iterdir():
         if name.fullmatch(path.name):

@@ -2,10 +2,10 @@
 """The bit-packed CPU engine against float32 PyTorch (and onnxruntime), batch 1, per path.
 
     python benchmarks/deploy.py                     # every workload on every path (minutes)
-    python benchmarks/deploy.py --only avx512       # one path
+    python benchmarks/deploy.py --only "[avx512"      # one path
     python benchmarks/deploy.py --only "conv 64->64" --steps 50
 
-Workloads, each on every kernel path this CPU runs (``BNAS_XNOR_ISA``: avx512, avx2,
+Workloads, each on every kernel path this CPU runs (``BNAS_XNOR_ISA``: amx, avx512, avx2,
 portable), each in a fresh process with ``torch.set_num_threads(threads)``:
 
 * every 3x3 binary convolution shape of resnet18_1w1a's ImageNet stages: the packed
@@ -75,7 +75,8 @@ def workloads() -> list[tuple[str, str, Any]]:
 
 #: Environment settings that hold torch to the instruction set a CPU running the kernel path
 #: has (``--baseline matched``); the fastest path needs none.
-BASELINE_ISA = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+BASELINE_ISA = {"avx512": {},  # the amx path's machine: torch has no float32 AMX kernels
+                "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
                 "portable": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}}
 
 
@@ -107,22 +108,32 @@ STATS = {"median": statistics.median, "min": min}
 stat = STATS["median"]
 
 
-#: Timed runs of one engine in a row (after one untimed run that warms its caches again).
+#: Timed runs of one engine in a row (after untimed ones that bring it back to its own pace).
 ROUND = 5
+#: Untimed runs of an engine before its timed ones in each round last at least this long (and
+#: are at least one). A core's pace lags the work it ran: on a Xeon with AMX (2 threads), a
+#: 70 us packed convolution run just after torch's float convolutions took 141, 82, 85, 79, 76,
+#: 74 us ... reaching 71 us only after about 20 runs (1.5 ms), and an 800 KB tensor fill did
+#: the same (58, 12, 12, 10, 10 ... 9 us). One warm-up run would time a short engine on the
+#: pace the other left behind.
+WARM_S = 0.002
 
 
 def time_ms(fns: dict[str, Any], steps: int) -> dict[str, float]:
     """Each function's time in ms: ``stat`` of its ``steps`` runs (at least one round), taken in
-    rounds of ``ROUND`` runs after an untimed one, the functions taking turns round by round, so
-    that every engine meets the machine's changing load alike (timed one after the other, a
-    noisy spell falls on one engine only) and still runs with warm caches, as it would alone."""
+    rounds of ``ROUND`` runs after untimed ones (``WARM_S``), the functions taking turns round
+    by round, so that every engine meets the machine's changing load alike (timed one after the
+    other, a noisy spell falls on one engine only) and still runs warm, as it would alone."""
     import torch
 
     times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.inference_mode():
         for _ in range(max(1, -(-steps // ROUND))):
             for name, fn in fns.items():
+                start = time.perf_counter()
                 fn()
+                while time.perf_counter() - start < WARM_S:
+                    fn()
                 for _ in range(ROUND):
                     t = clock()
                     fn()

@@ -3,7 +3,8 @@ independently computed float64 convolution of the signs (and against each other)
 where bit-packed convolutions go wrong: zero padding at every border class, stride, dilation,
 1x1, a shifted origin (factorized reduce), input channels not a multiple of 64, output channels
 not a multiple of the register block, interior zeros (sign(0) = 0), BatchNorm folded into the
-packing (gamma < 0, gamma = 0) and per-sample thresholds."""
+packing (gamma < 0, gamma = 0) and per-sample thresholds. On the amx path every convolution
+runs as tile products here (see the ``amx_everywhere`` fixture)."""
 from __future__ import annotations
 
 import pytest
@@ -14,6 +15,8 @@ from bnas.deploy import kernels as K
 from bnas.errors import BnasError
 
 ISAS = K.supported_isas()
+#: On the amx path, every convolution here runs as tile products.
+pytestmark = pytest.mark.usefixtures("amx_everywhere")
 
 
 @pytest.fixture(params=K.ISAS)
@@ -333,3 +336,29 @@ def test_max_pooling_equals_torchs(k, stride, pad, size):
     assert torch.equal(out.isnan(), F.max_pool2d(x, k, stride, pad).isnan())
     expected = F.max_pool2d(x, k, stride, pad)
     assert torch.equal(out.nan_to_num(), expected.nan_to_num())
+
+
+@pytest.mark.skipif("amx" not in ISAS, reason="this CPU does not run the amx path")
+def test_amx_runs_as_tiles_the_convolutions_where_they_are_faster(monkeypatch):
+    """By default the amx path lays out tile weights (and runs tiles) only for up to 128 input
+    channels with at least 320 channels x taps, and on outputs at least 16 wide; its popcount
+    kernel runs the rest. Both give the same outputs."""
+    monkeypatch.setenv("BNAS_XNOR_ISA", "amx")
+    k = K.kernels()
+    forced = k.amx_rule((2, 320, 16))
+    try:
+        def tiles(c_in: int, kernel: int) -> bool:
+            plan = K.BinaryConvPlan(torch.zeros(32, c_in, kernel, kernel, dtype=torch.bool), None,
+                                    sym(kernel))
+            return int(plan.layout(k)[0]) != 0
+
+        assert tiles(64, 3) and tiles(128, 3) and tiles(36, 3) and tiles(36, 5)
+        assert not tiles(129, 3) and not tiles(32, 3) and not tiles(64, 1)
+        gen = torch.Generator().manual_seed(9)
+        negative = torch.rand(40, 64, 3, 3, generator=gen) < 0.5
+        for width in (20, 15):  # tiles, popcount
+            x = torch.randn(1, 64, 16, width, generator=gen)
+            out = run(k, x, negative, None, sym(3))
+            assert torch.equal(out, reference(torch.sign(x), negative, None, sym(3)))
+    finally:
+        k.amx_rule(forced)

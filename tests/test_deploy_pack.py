@@ -23,6 +23,8 @@ from bnas.errors import BnasError
 from bnas.genotype import from_json, load as load_genotype, names
 
 SCHEMES = ["plain", "rbnn", "recu", "siman", "bop", "bop2"]
+#: On the amx path, every convolution here runs as tile products.
+pytestmark = pytest.mark.usefixtures("amx_everywhere")
 
 
 def assert_same(y: torch.Tensor, z: torch.Tensor) -> None:

@@ -1,8 +1,9 @@
 """The packed engine's XNOR / popcount kernels (``csrc/xnor.cpp``) on torch tensors.
 
 :func:`kernels` builds the library on first use (:mod:`bnas.ops.cxx`) and picks the fastest
-path this CPU runs: ``avx512`` (AVX-512 with VPOPCNTDQ), ``avx2`` (nibble-lookup popcount) or
-``portable``; ``BNAS_XNOR_ISA`` forces one (a path the CPU lacks is refused). Before the
+path this CPU runs: ``amx`` (the AVX-512 path, with the convolutions of few input channels
+as Intel AMX int8 tile products), ``avx512`` (AVX-512 with VPOPCNTDQ), ``avx2``
+(nibble-lookup popcount) or ``portable``; ``BNAS_XNOR_ISA`` forces one (a path the CPU lacks is refused). Before the
 packing's BatchNorm is used, a probe checks that its ``x * scale + shift`` equals torch's eval
 BatchNorm bit for bit (with the multiply-add fused or not, whichever torch's build does); where
 neither matches, packed operations normalise with torch and pack the result (same values).
@@ -32,7 +33,7 @@ from ..errors import BnasError
 from ..ops.cxx import build, compiler, failure, load
 
 SOURCE = Path(__file__).with_name("csrc") / "xnor.cpp"
-ISAS = ("portable", "avx2", "avx512")  # bit i of bnas_xnor_isas()
+ISAS = ("portable", "avx2", "avx512", "amx")  # bit i of bnas_xnor_isas()
 #: Output channels are padded to a multiple of this in the weights' kernel layout.
 O_BLOCK = 8
 #: Words read past a packed input's end by the vector paths' last tile.
@@ -46,7 +47,8 @@ _SIGNATURES = {
                        _P, _I, _P, _C, _C],
     "bnas_xnor_affine": [_P, _I, _I, _I, _P, _P, _C, _P],
     "bnas_xnor_bn_terms": [_P, _P, _P, _P, _I, _D, _C, _P, _P],
-    "bnas_xnor_weights": [_P, _I, _I, _C, _P],
+    "bnas_xnor_weights": [_P, _I, _I, _I, _C, _P],
+    "bnas_xnor_amx_rule": [_P],
     "bnas_xnor_conv": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _C, _C],
     "bnas_xnor_zero_fix": [_P, _I, _P, _I, _I, _I, _I, _I, _P, _P, _P],
     "bnas_xnor_zero_weights": [_P, _P, _P, _I, _I, _I, _I, _I, _P, _I, _P],
@@ -102,6 +104,16 @@ class Kernels:
                 return Packed(out, nz, zeros[:0] if masked else zeros[:int(count)])
             cap = int(count)
             out.zero_()
+
+    def amx_rule(self, rule: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Set which convolutions the ``amx`` path runs as tile products, the others by its
+        popcount kernel: at most ``rule[0]`` input words (64 channels each), at least
+        ``rule[1]`` input channels x taps, outputs at least ``rule[2]`` wide (for weights laid
+        out from now on; by default the shapes where the tiles are faster, ``amx_rule`` in
+        ``csrc/xnor.cpp``). Returns the rule it replaces."""
+        values = (ctypes.c_int64 * 3)(*rule)
+        self.lib.bnas_xnor_amx_rule(values)
+        return values[0], values[1], values[2]
 
     def count_packing(self, on: bool) -> tuple[float, float]:
         """Start counting (from zero) or stop counting the seconds the network's kernel calls
@@ -182,7 +194,7 @@ def _load(isa_request: str | None) -> tuple[Kernels | None, str]:
     except OSError as e:
         return None, f"off ({e})"
     lib.bnas_xnor_isas.restype = ctypes.c_int
-    lib.bnas_xnor_weights_size.argtypes = [_I, _I, _C]
+    lib.bnas_xnor_weights_size.argtypes = [_I, _I, _I, _C]
     lib.bnas_xnor_weights_size.restype = ctypes.c_int64
     supported = [name for i, name in enumerate(ISAS) if lib.bnas_xnor_isas() >> i & 1]
     if isa_request is not None:
@@ -303,11 +315,9 @@ class BinaryConvPlan:
     def layout(self, k: Kernels) -> torch.Tensor:
         """The weights in the layout of ``k``'s path (``bnas_xnor_weights``; cached)."""
         if k._isa not in self._layouts:
-            steps = self.words * self.geo.kh * self.geo.kw
-            out = torch.empty(k.lib.bnas_xnor_weights_size(self.out_channels, steps, k._isa),
-                              dtype=torch.int64)
-            k.lib.bnas_xnor_weights(self.weights.data_ptr(), self.out_channels, steps, k._isa,
-                                    out.data_ptr())
+            sizes = (self.out_channels, self.in_channels, self.geo.kh * self.geo.kw, k._isa)
+            out = torch.empty(k.lib.bnas_xnor_weights_size(*sizes), dtype=torch.int64)
+            k.lib.bnas_xnor_weights(self.weights.data_ptr(), *sizes, out.data_ptr())
             self._layouts[k._isa] = out
         return self._layouts[k._isa]
 
@@ -343,7 +353,8 @@ class BinaryConvPlan:
         hp, wrow, wc = g.padded(h, w)
         ho, wo = g.output(h, w)
         return torch.tensor([n, self.words, hp, wrow, wc, g.stride, self.out_channels, g.kh, g.kw,
-                             g.dilation, g.origin[0], g.origin[1], ho, wo], dtype=torch.int64)
+                             g.dilation, g.origin[0], g.origin[1], ho, wo, g.pad[0], g.pad[1], h,
+                             w], dtype=torch.int64)
 
     def record(self, k: Kernels, n: int, h: int, w: int, zero_is_zero: bool
                ) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -29,10 +29,11 @@
 // Paths, chosen at run time by the caller (bnas.deploy.kernels): AVX-512 with VPOPCNTDQ
 // (8 output positions in the 64-bit lanes of a zmm register, 8 output channels x 3 such vectors
 // of accumulators), AVX2 (4 positions per ymm, 4 output channels x 2 such vectors; popcount by
-// two nibble lookups per byte, bytes summed per lane with vpsadbw) and portable C++. Each path
-// is compiled for its instruction set with function target attributes only: the library itself
-// assumes the x86-64 (or any) base ISA, and nothing runs an instruction the CPU check did not
-// find.
+// two nibble lookups per byte, bytes summed per lane with vpsadbw) and portable C++; and AMX
+// (see its section below), which is the AVX-512 path with the convolutions of few input channels
+// run as int8 tile products. Each path is compiled for its instruction set with function target
+// attributes only: the library itself assumes the x86-64 (or any) base ISA, and nothing runs an
+// instruction the CPU check did not find.
 //
 // Every kernel runs on `threads` OpenMP threads (libgomp: the runtime torch has loaded).
 #include <algorithm>
@@ -50,6 +51,18 @@
 #define BNAS_X86 1
 #else
 #define BNAS_X86 0
+#endif
+
+// AMX needs Linux's permission for the tile state (arch_prctl) and a compiler with its
+// intrinsics (GCC 11, Clang 12).
+#if BNAS_X86 && defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define BNAS_AMX 1
+#else
+#define BNAS_AMX 0
 #endif
 
 namespace {
@@ -306,7 +319,7 @@ void pack_all(const Pack& p, int threads, RowFn row) {
 // and subtracted, per border class, output channel and column; extra: the sign(0) corrections,
 // per output, or none). Masked (inputs with many zeros): each input bit has a nonzero bit m
 // (padding and zeros 0), and dot = popcount(m) - 2 * popcount((x ^ w) & m) - extra.
-enum Isa { PORTABLE = 0, AVX2 = 1, AVX512 = 2 };
+enum Isa { PORTABLE = 0, AVX2 = 1, AVX512 = 2, AMX = 3 };
 
 // The register blocks of each path. The weights are laid out per path (bnas_xnor_weights) in
 // blocks of OB output channels, a block's weights of one step contiguous: OB words (AVX-512,
@@ -318,7 +331,7 @@ struct WeightLayout {
 };
 
 WeightLayout weight_layout(int isa) {
-  if (isa == AVX512) return {AVX512_OB, 1};
+  if (isa >= AVX512) return {AVX512_OB, 1};
   if (isa == AVX2) return {AVX2_OB, 2};
   return {PORTABLE_OB, 1};
 }
@@ -684,11 +697,314 @@ void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// AMX: the convolutions of few input channels as int8 tile products (Intel AMX-TILE and
+// AMX-INT8). `tdpbssd` adds a 16 x 64 int8 tile times a 64 x 16 one (in groups of 4 bytes) to
+// 16 x 16 int32 sums: 16384 products per instruction, about 2.5x the popcount loop's rate on one
+// core. The +-1 values become bytes, and the sums are the float model's exactly, without a
+// border table: the input is staged per thread as bytes +1 / -1 and 0 in the zero padding (and,
+// masked, where the input is 0), so that dot = S - extra.
+//
+// The staged rows hold pixel after pixel of the packed rows (their phase layout too), 64 bytes
+// per word: a tile of 16 consecutive output positions of one output row reads 16 consecutive
+// pixels of each tap's row at any stride and dilation, one tile load each (A: positions x 64
+// input channels). The weights are B tiles (64 input channels x 16 output channels, 0 past
+// C_in), a block's two of a step side by side. A block is 2 position tiles x 2 channel tiles:
+// 4 accumulator tiles and 2 + 2 operand tiles, the 8 tile registers, so that each tile load
+// serves one product. Its sums are stored, and their epilogue (transposed to rows of output
+// channels, less the corrections, scaled, stored NCHW) runs during the next block's products.
+//
+// The popcount kernel stays as fast or faster on the other convolutions (measured on a Xeon
+// with AMX, 2 threads): many input channels (the int8 weights, 8x their bits, stream from
+// further away), short sums (few channels or a 1x1 kernel: a tile's staging and transpose are
+// not paid back) or short rows (tiles of 16 positions half empty). amx_rule says which run here.
+#if BNAS_AMX
+// At most AMX_WORDS input words, at least AMX_MIN_K input channels x taps, outputs at least
+// AMX_MIN_WO wide (bnas_xnor_amx_rule sets them: the tests run every convolution here).
+enum AmxRule { AMX_WORDS, AMX_MIN_K, AMX_MIN_WO };
+int64_t amx_rule[3] = {2, 320, 16};
+
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+constexpr TileConfig tile_config() {
+  TileConfig t{};
+  t.palette = 1;
+  for (int i = 0; i < 8; ++i) {
+    t.colsb[i] = 64;
+    t.rows[i] = 16;
+  }
+  return t;
+}
+
+// In memory for ldtilecfg, which reads it unseen by the compiler (a local one's stores can be
+// dropped as dead): every tile 16 rows of 64 bytes.
+alignas(64) const TileConfig TILES = tile_config();
+
+struct AmxConv {
+  const uint64_t* in;
+  const uint64_t* nz;  // or null (see struct Conv)
+  int64_t sample, words, hp, wrow, s, o, kh, kw, d, oy, ho, wo, pt, h;
+  const int8_t* w;        // B tiles: [channel pair][step][2][16 x 64 bytes]
+  const int64_t* off;     // per step: the byte offset of its tap and word from a tile's base
+  const uint8_t* inside;  // per column of a packed row: a real input column (not padding)
+  const int32_t* extra;   // as in struct Conv
+  const float* alpha;
+  float* out;
+};
+
+// The staged rows' buffer of the calling thread (64-byte aligned: tile loads of unaligned rows
+// ran 2-3x slower).
+struct AmxStage {
+  int8_t* p = nullptr;
+  size_t size = 0;
+  ~AmxStage() { std::free(p); }
+  int8_t* get(size_t bytes) {
+    if (bytes > size) {
+      std::free(p);
+      size = (bytes + 63) / 64 * 64;
+      p = static_cast<int8_t*>(std::aligned_alloc(64, size));
+    }
+    return p;
+  }
+};
+
+// Rows y0 .. y1 - 1 of sample b's packed input as bytes, then 16 pixels of zeros (read by the
+// last tile of the last row past the row's end).
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
+void amx_stage(const AmxConv& c, int64_t b, int64_t y0, int64_t y1, int8_t* dst) {
+  const int64_t plane = c.hp * c.wrow, pix = c.words * 64;
+  const uint64_t* in = c.in + b * c.sample;
+  const uint64_t* nz = c.nz ? c.nz + b * c.sample : nullptr;
+  const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
+  for (int64_t y = y0; y < y1; ++y) {
+    int8_t* row = dst + (y - y0) * c.wrow * pix;
+    if (y < c.pt || y >= c.pt + c.h) {
+      std::memset(row, 0, c.wrow * pix);
+      continue;
+    }
+    for (int64_t x = 0; x < c.wrow; ++x)
+      for (int64_t j = 0; j < c.words; ++j) {
+        const int64_t at = j * plane + y * c.wrow + x;
+        __mmask64 keep = c.inside[x] ? ~0ull : 0ull;
+        if (nz) keep &= nz[at];
+        const __m512i v = _mm512_mask_blend_epi8(in[at], plus, minus);
+        _mm512_store_si512(row + x * pix + j * 64, _mm512_maskz_mov_epi8(keep, v));
+      }
+  }
+  std::memset(dst + (y1 - y0) * c.wrow * pix, 0, 16 * pix);
+}
+
+// r[i] (16 int32) as columns: r[n] lane i = the old r[i] lane n.
+__attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int k = 0; k < 4; ++k) {
+      t[8 * i + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
+      t[8 * i + 4 + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0xdd);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xdd);
+  }
+}
+
+// A tile of 16 output positions: output row oh from column ow0, its pixels from byte `base` of
+// the staged rows.
+struct AmxTile {
+  int64_t base, oh, ow0;
+};
+
+// The sums of one accumulator tile (16 positions x 16 output channels from o0, as stored) to
+// sample b's output.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"), always_inline)) inline void
+amx_finish(const AmxConv& c, int64_t b, const AmxTile& t, int64_t o0, const int32_t* sums) {
+  if (o0 >= c.o) return;
+  __m512i r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(sums + 16 * i);
+  transpose16(r);
+  const int64_t plane = c.ho * c.wo, at = (b * c.o + o0) * plane + t.oh * c.wo + t.ow0;
+  const __mmask16 m = static_cast<__mmask16>((1u << std::min<int64_t>(16, c.wo - t.ow0)) - 1u);
+  for (int n = 0; n < 16 && o0 + n < c.o; ++n) {
+    __m512i dot = r[n];
+    if (c.extra) dot = _mm512_sub_epi32(dot, _mm512_maskz_loadu_epi32(m, c.extra + at + n * plane));
+    __m512 f = _mm512_cvtepi32_ps(dot);
+    if (c.alpha) f = _mm512_mul_ps(f, _mm512_set1_ps(c.alpha[o0 + n]));
+    _mm512_mask_storeu_ps(c.out + at + n * plane, m, f);
+  }
+}
+
+// A block whose sums wait for their epilogue: its position tiles (count: 1 or 2), channel pair
+// and stored sums (accumulator q: position tile q / 2, channel tile q % 2).
+struct AmxDone {
+  AmxTile tiles[2];
+  int count;
+  int64_t pair;
+  const int32_t (*sums)[256];
+};
+
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw"), always_inline)) inline void
+amx_finish_one(const AmxConv& c, int64_t b, const AmxDone& d, int q) {
+  if (q < 2 * d.count) amx_finish(c, b, d.tiles[q >> 1], (2 * d.pair + (q & 1)) * 16, d.sums[q]);
+}
+
+// Output rows oh0 .. oh1 - 1 of sample b, for every output channel, on the calling thread.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,amx-tile,amx-int8")))
+void amx_rows(const AmxConv& c, int64_t b, int64_t oh0, int64_t oh1) {
+  thread_local AmxStage stage;
+  const int64_t pix = c.words * 64, y0 = c.oy + oh0 * c.s;
+  const int64_t y1 = c.oy + (oh1 - 1) * c.s + (c.kh - 1) * c.d + 1;
+  int8_t* staged = stage.get(((y1 - y0) * c.wrow + 16) * pix);
+  amx_stage(c, b, y0, y1, staged);
+  const int64_t per_row = (c.wo + 15) / 16, tiles = (oh1 - oh0) * per_row;
+  const int64_t steps = c.words * c.kh * c.kw, pairs = (c.o + 31) / 32;
+  auto tile = [&](int64_t t) {
+    const int64_t oh = oh0 + t / per_row, ow0 = (t % per_row) * 16;
+    return AmxTile{((oh * c.s + c.oy - y0) * c.wrow + ow0) * pix, oh, ow0};
+  };
+  alignas(64) int32_t sums[2][4][256];
+  AmxDone done{};
+  bool waiting = false;
+  int cur = 0;
+  _tile_loadconfig(&TILES);
+  for (int64_t t = 0; t < tiles; t += 2) {
+    const AmxTile t0 = tile(t), t1 = tile(std::min(t + 1, tiles - 1));
+    const int8_t* a0 = staged + t0.base;
+    const int8_t* a1 = staged + t1.base;
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      const int8_t* w = c.w + pair * steps * 2048;
+      for (int64_t f = 0; f < steps; ++f, w += 2048) {
+        _tile_loadd(4, a0 + c.off[f], pix);
+        _tile_loadd(5, a1 + c.off[f], pix);
+        _tile_loadd(6, w, 64);
+        _tile_loadd(7, w + 1024, 64);
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+        if (waiting && f < 4) amx_finish_one(c, b, done, static_cast<int>(f));
+      }
+      if (waiting)
+        for (int64_t q = steps; q < 4; ++q) amx_finish_one(c, b, done, static_cast<int>(q));
+      _tile_stored(0, sums[cur][0], 64);
+      _tile_stored(1, sums[cur][1], 64);
+      _tile_stored(2, sums[cur][2], 64);
+      _tile_stored(3, sums[cur][3], 64);
+      done = {{t0, t1}, t + 1 < tiles ? 2 : 1, pair, sums[cur]};
+      waiting = true;
+      cur ^= 1;
+    }
+  }
+  if (waiting)
+    for (int q = 0; q < 4; ++q) amx_finish_one(c, b, done, q);
+  _tile_release();
+}
+
+// The AMX convolution: each sample's output rows split in as many parts as keep the threads
+// busy (each part stages its own rows).
+void amx_run(const AmxConv& c, int64_t n, int threads) {
+  const int64_t parts = std::min<int64_t>(c.ho, std::max<int64_t>(1, (threads + n - 1) / n));
+  const int64_t per = (c.ho + parts - 1) / parts;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n * parts; ++i) {
+    const int64_t b = i / parts, oh0 = (i % parts) * per, oh1 = std::min(c.ho, oh0 + per);
+    if (oh0 < oh1) amx_rows(c, b, oh0, oh1);
+  }
+}
+
+// Whether this CPU runs AMX-TILE and AMX-INT8 and the OS lets this process use the tile state
+// (asked once: arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA).
+bool amx_usable() {
+  static const bool usable = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!((d >> 24) & 1) || !((d >> 25) & 1)) return false;
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return usable;
+}
+
+// Bytes of the AMX weights (0 when the convolution is left to the popcount kernel).
+int64_t amx_weights_bytes(int64_t o, int64_t c, int64_t taps) {
+  const int64_t words = (c + 63) / 64;
+  if (words > amx_rule[AMX_WORDS] || c * taps < amx_rule[AMX_MIN_K]) return 0;
+  return (o + 31) / 32 * words * taps * 2048;
+}
+
+// The B tiles of bits (o_pad x words x taps words): [pair][step j * taps + t][2][16 rows][16
+// channels][4 bytes], input channel 64 j + 4 row + byte, 0 past c and o.
+void amx_weights(const uint64_t* bits, int64_t o, int64_t c, int64_t words, int64_t taps,
+                 int8_t* out) {
+  const int64_t steps = words * taps;
+  std::memset(out, 0, (o + 31) / 32 * steps * 2048);
+  for (int64_t oc = 0; oc < o; ++oc)
+    for (int64_t f = 0; f < steps; ++f) {
+      const uint64_t w = bits[oc * steps + f];
+      int8_t* tile = out + ((oc / 32 * steps + f) * 2 + (oc / 16) % 2) * 1024 + (oc % 16) * 4;
+      for (int64_t k = 0; k < 64 && 64 * (f / taps) + k < c; ++k)
+        tile[(k / 4) * 64 + k % 4] = (w >> k) & 1 ? -1 : 1;
+    }
+}
+
+// bnas_xnor_conv on the AMX tiles (weights: amx_weights's), for geometry g (with the padding
+// and input size: g[14..17] = pt, pl, h, w).
+void amx_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g, const int8_t* weights,
+              const int32_t* extra, const float* alpha, float* out, int threads) {
+  const int64_t n = g[0], words = g[1], hp = g[2], wrow = g[3], wc = g[4], s = g[5], o = g[6],
+                kh = g[7], kw = g[8], d = g[9], oy = g[10], ox = g[11], ho = g[12], wo = g[13],
+                pt = g[14], pl = g[15], h = g[16], w = g[17];
+  const int64_t taps = kh * kw, pix = words * 64;
+  std::vector<int64_t> off(words * taps);
+  for (int64_t j = 0; j < words; ++j)
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t k = 0; k < kw; ++k) {
+        const int64_t col = ox + k * d;
+        off[j * taps + i * kw + k] = (i * d * wrow + (col % s) * wc + col / s) * pix + 64 * j;
+      }
+  std::vector<uint8_t> inside(wrow);
+  for (int64_t x = 0; x < wrow; ++x) {
+    const int64_t col = (x % wc) * s + x / wc;  // the padded column at packed column x
+    inside[x] = col >= pl && col < pl + w;
+  }
+  const AmxConv c{in, nz, words * hp * wrow, words, hp, wrow, s, o, kh, kw, d, oy, ho, wo, pt,
+                  h, weights, off.data(), inside.data(), extra, alpha, out};
+  amx_run(c, n, threads);
+}
+#endif
+
+// Words of the popcount kernels' weights in path isa's layout (see WeightLayout) for o output
+// channels and `steps` = words * taps steps.
+int64_t popcount_weights_size(int64_t o, int64_t steps, int isa) {
+  const WeightLayout l = weight_layout(isa);
+  return (o + l.ob - 1) / l.ob * l.ob * steps * l.parts;
+}
+
+// The AMX path's weights: a header of AMX_HEADER words (the first: where its B tiles start, in
+// words, or 0 where the popcount kernel runs the convolution), the AVX-512 layout, the B tiles.
+constexpr int64_t AMX_HEADER = 8;
+
 }  // namespace
 
 extern "C" {
 
-// Bit i set when path i (PORTABLE, AVX2, AVX512 with VPOPCNTDQ) can run on this CPU.
+// Bit i set when path i (PORTABLE, AVX2, AVX512 with VPOPCNTDQ, AMX) can run on this CPU.
 int bnas_xnor_isas() {
   int isas = 1 << PORTABLE;
 #if BNAS_X86
@@ -699,7 +1015,20 @@ int bnas_xnor_isas() {
       __builtin_cpu_supports("avx512vpopcntdq"))
     isas |= 1 << AVX512;
 #endif
+#if BNAS_AMX
+  if ((isas >> AVX512 & 1) && amx_usable()) isas |= 1 << AMX;
+#endif
   return isas;
+}
+
+// Which convolutions the AMX path runs on its tiles, the others on its popcount kernel (see
+// amx_rule; the weights built from now on): rule[0..2] and the current settings swapped.
+void bnas_xnor_amx_rule(int64_t* rule) {
+#if BNAS_AMX
+  for (int i = 0; i < 3; ++i) std::swap(rule[i], amx_rule[i]);
+#else
+  (void)rule;
+#endif
 }
 
 // Pack x (n x c x h x w float32) into out (n x words x hp x wrow, zero-initialised by the
@@ -714,7 +1043,7 @@ void bnas_xnor_pack(const float* x, int64_t n, int64_t c, int64_t h, int64_t w,
   const Pack p{x, n, c, h, w, scale, shift, thresh, fma, zero_is_zero, pt, pl, hp, wrow, wc, s,
                out, nz, zeros, zcap, zcount};
 #if BNAS_X86
-  if (isa == AVX512) return pack_all(p, threads, row_avx512);
+  if (isa >= AVX512) return pack_all(p, threads, row_avx512);
   if (isa == AVX2) return pack_all(p, threads, row_avx2);
 #endif
   pack_all(p, threads, row_portable);
@@ -742,18 +1071,34 @@ void bnas_xnor_bn_terms(const float* mean, const float* var, const float* gamma,
   }
 }
 
-// Words of the weights in path isa's layout (see WeightLayout) for o output channels and
-// `steps` = words * taps steps.
-int64_t bnas_xnor_weights_size(int64_t o, int64_t steps, int isa) {
-  const WeightLayout l = weight_layout(isa);
-  return (o + l.ob - 1) / l.ob * l.ob * steps * l.parts;
+// Words of the weights of o output channels, c input channels and `taps` taps in path isa's
+// layout.
+int64_t bnas_xnor_weights_size(int64_t o, int64_t c, int64_t taps, int isa) {
+  const int64_t words = (c + 63) / 64, popcount = popcount_weights_size(o, words * taps, isa);
+#if BNAS_AMX
+  if (isa == AMX)
+    return AMX_HEADER + (popcount + 7) / 8 * 8 + amx_weights_bytes(o, c, taps) / 8;
+#endif
+  return popcount;
 }
 
-// The weights (o_pad x steps words, as bnas.deploy.kernels.pack_weight_bits lays them out) in
-// path isa's layout: blocks of OB output channels, per step the block's OB words, or for AVX2
-// its OB pairs (low nibbles, high nibbles: w & 0x0f0f.., (w >> 4) & 0x0f0f..).
-void bnas_xnor_weights(const uint64_t* weights, int64_t o, int64_t steps, int isa,
+// The weights (o_pad x words x taps words, as bnas.deploy.kernels.pack_weight_bits lays them
+// out) in path isa's layout: blocks of OB output channels, per step the block's OB words, or for
+// AVX2 its OB pairs (low nibbles, high nibbles: w & 0x0f0f.., (w >> 4) & 0x0f0f..); AMX: see
+// AMX_HEADER.
+void bnas_xnor_weights(const uint64_t* weights, int64_t o, int64_t c, int64_t taps, int isa,
                        uint64_t* out) {
+  const int64_t words = (c + 63) / 64, steps = words * taps;
+#if BNAS_AMX
+  if (isa == AMX) {
+    const int64_t popcount = popcount_weights_size(o, steps, isa);
+    const int64_t tiles = amx_weights_bytes(o, c, taps) ? AMX_HEADER + (popcount + 7) / 8 * 8 : 0;
+    std::fill(out, out + AMX_HEADER, 0);
+    out[0] = static_cast<uint64_t>(tiles);
+    if (tiles) amx_weights(weights, o, c, words, taps, reinterpret_cast<int8_t*>(out + tiles));
+    out += AMX_HEADER;
+  }
+#endif
   const WeightLayout l = weight_layout(isa);
   const uint64_t low = 0x0f0f0f0f0f0f0f0full;
   for (int64_t oc = 0; oc < (o + l.ob - 1) / l.ob * l.ob; ++oc)
@@ -771,12 +1116,22 @@ void bnas_xnor_weights(const uint64_t* weights, int64_t o, int64_t steps, int is
 
 // The binary convolution (struct Conv) of the packed input `in` (nz: the masked mode's nonzero
 // bits, or null) with the weights in path isa's layout; geometry in g: n, words, hp, wrow, wc,
-// s, o, kh, kw, d, oy, ox, ho, wo; `table` as in struct Conv.
+// s, o, kh, kw, d, oy, ox, ho, wo, pt, pl, h, w; `table` as in struct Conv.
 void bnas_xnor_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g,
                     const uint64_t* weights, const int32_t* rowclass, const int32_t* table,
                     const int32_t* extra, const float* alpha, float* out, int isa, int threads) {
   const int64_t n = g[0], words = g[1], hp = g[2], wrow = g[3], wc = g[4], s = g[5], o = g[6],
                 kh = g[7], kw = g[8], d = g[9], oy = g[10], ox = g[11], ho = g[12], wo = g[13];
+#if BNAS_AMX
+  if (isa == AMX) {
+    const auto tiles = static_cast<int64_t>(weights[0]);
+    if (tiles && wo >= amx_rule[AMX_MIN_WO])
+      return amx_conv(in, nz, g, reinterpret_cast<const int8_t*>(weights + tiles), extra, alpha,
+                      out, threads);
+    weights += AMX_HEADER;
+    isa = AVX512;
+  }
+#endif
   const int64_t taps = kh * kw, plane = hp * wrow;
   std::vector<int64_t> off(words * taps);
   for (int64_t j = 0; j < words; ++j)

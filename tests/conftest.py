@@ -16,7 +16,8 @@ def _isolated(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def amx_everywhere():
     """The ``amx`` kernel path runs every convolution as tile products (by default only the
-    shapes where they are faster than its popcount kernel), where this CPU has that path."""
+    shapes where they are faster than its popcount kernel), where this CPU has that path; gives
+    the default rule (None without that path)."""
     from bnas.deploy import kernels as K
     from bnas.errors import BnasError
 
@@ -25,10 +26,10 @@ def amx_everywhere():
     except BnasError:
         k = None
     if k is None or "amx" not in K.supported_isas():
-        yield
+        yield None
         return
-    before = k.amx_rule((64, 0, 1))
+    before = k.amx_rule((64, 0, 1, 0))
     try:
-        yield
+        yield before
     finally:
         k.amx_rule(before)

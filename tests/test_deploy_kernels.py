@@ -339,13 +339,14 @@ def test_max_pooling_equals_torchs(k, stride, pad, size):
 
 
 @pytest.mark.skipif("amx" not in ISAS, reason="this CPU does not run the amx path")
-def test_amx_runs_as_tiles_the_convolutions_where_they_are_faster(monkeypatch):
-    """By default the amx path lays out tile weights (and runs tiles) only for up to 128 input
-    channels with at least 320 channels x taps, and on outputs at least 16 wide; its popcount
-    kernel runs the rest. Both give the same outputs."""
+def test_amx_runs_as_tiles_the_convolutions_where_they_are_faster(amx_everywhere, monkeypatch):
+    """By default the amx path lays out tile weights for up to 128 input channels with at least
+    320 channels x taps, and runs tiles on outputs at least 14 wide with at least 10 M products;
+    its popcount kernel runs the rest. Both give the float model's sums."""
+    assert amx_everywhere == (2, 320, 14, 10_000_000)
     monkeypatch.setenv("BNAS_XNOR_ISA", "amx")
     k = K.kernels()
-    forced = k.amx_rule((2, 320, 16))
+    forced = k.amx_rule(amx_everywhere)
     try:
         def tiles(c_in: int, kernel: int) -> bool:
             plan = K.BinaryConvPlan(torch.zeros(32, c_in, kernel, kernel, dtype=torch.bool), None,
@@ -355,8 +356,8 @@ def test_amx_runs_as_tiles_the_convolutions_where_they_are_faster(monkeypatch):
         assert tiles(64, 3) and tiles(128, 3) and tiles(36, 3) and tiles(36, 5)
         assert not tiles(129, 3) and not tiles(32, 3) and not tiles(64, 1)
         gen = torch.Generator().manual_seed(9)
-        negative = torch.rand(40, 64, 3, 3, generator=gen) < 0.5
-        for width in (20, 15):  # tiles, popcount
+        negative = torch.rand(160, 64, 3, 3, generator=gen) < 0.5
+        for width in (20, 13):  # tiles, popcount
             x = torch.randn(1, 64, 16, width, generator=gen)
             out = run(k, x, negative, None, sym(3))
             assert torch.equal(out, reference(torch.sign(x), negative, None, sym(3)))

@@ -105,15 +105,15 @@ class Kernels:
             cap = int(count)
             out.zero_()
 
-    def amx_rule(self, rule: tuple[int, int, int]) -> tuple[int, int, int]:
+    def amx_rule(self, rule: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """Set which convolutions the ``amx`` path runs as tile products, the others by its
-        popcount kernel: at most ``rule[0]`` input words (64 channels each), at least
-        ``rule[1]`` input channels x taps, outputs at least ``rule[2]`` wide (for weights laid
-        out from now on; by default the shapes where the tiles are faster, ``amx_rule`` in
-        ``csrc/xnor.cpp``). Returns the rule it replaces."""
-        values = (ctypes.c_int64 * 3)(*rule)
+        popcount kernel: at most ``rule[0]`` input words (64 channels each) and at least
+        ``rule[1]`` input channels x taps (for weights laid out from now on), outputs at least
+        ``rule[2]`` wide and ``rule[3]`` products per sample. By default the shapes where the
+        tiles are faster (``amx_rule`` in ``csrc/xnor.cpp``). Returns the rule it replaces."""
+        values = (ctypes.c_int64 * 4)(*rule)
         self.lib.bnas_xnor_amx_rule(values)
-        return values[0], values[1], values[2]
+        return values[0], values[1], values[2], values[3]
 
     def count_packing(self, on: bool) -> tuple[float, float]:
         """Start counting (from zero) or stop counting the seconds the network's kernel calls

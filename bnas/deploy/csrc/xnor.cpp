@@ -714,15 +714,21 @@ void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]
 // serves one product. Its sums are stored, and their epilogue (transposed to rows of output
 // channels, less the corrections, scaled, stored NCHW) runs during the next block's products.
 //
-// The popcount kernel stays as fast or faster on the other convolutions (measured on a Xeon
-// with AMX, 2 threads): many input channels (the int8 weights, 8x their bits, stream from
-// further away), short sums (few channels or a 1x1 kernel: a tile's staging and transpose are
-// not paid back) or short rows (tiles of 16 positions half empty). amx_rule says which run here.
+// The popcount kernel stays as fast or faster on the other convolutions (measured through the
+// engine on a Xeon with AMX, 2 threads): many input channels (the int8 weights, 8x their bits,
+// stream from further away: 512 channels 0.46-0.59x; 256 channels 1.11x with warm caches but
+// 0.85x after the caches were flushed, as in a network), short sums (16-32 channels or a 1x1
+// kernel: a tile's staging and transpose are not paid back; 0.88-0.99x), narrow rows (8 wide:
+// tiles of 16 positions half empty; 0.83-0.93x) or little work (64->64 on 14x14: 0.87x).
+// amx_rule says which run here; the tiles measured 1.06-1.5x faster on those it takes (with
+// warm caches; after a flush 0.97-1.10x).
 #if BNAS_AMX
-// At most AMX_WORDS input words, at least AMX_MIN_K input channels x taps, outputs at least
-// AMX_MIN_WO wide (bnas_xnor_amx_rule sets them: the tests run every convolution here).
-enum AmxRule { AMX_WORDS, AMX_MIN_K, AMX_MIN_WO };
-int64_t amx_rule[3] = {2, 320, 16};
+// At most AMX_WORDS input words and at least AMX_MIN_K input channels x taps (the weights laid
+// out for tiles), outputs at least AMX_MIN_WO wide and at least AMX_MIN_MACS products (input
+// channels x taps x output channels x outputs) per sample. bnas_xnor_amx_rule sets them (the
+// tests run every convolution here).
+enum AmxRule { AMX_WORDS, AMX_MIN_K, AMX_MIN_WO, AMX_MIN_MACS, AMX_RULES };
+int64_t amx_rule[AMX_RULES] = {2, 320, 14, 10000000};
 
 struct alignas(64) TileConfig {
   uint8_t palette, start_row, reserved[14];
@@ -1022,10 +1028,10 @@ int bnas_xnor_isas() {
 }
 
 // Which convolutions the AMX path runs on its tiles, the others on its popcount kernel (see
-// amx_rule; the weights built from now on): rule[0..2] and the current settings swapped.
+// amx_rule; the weights built from now on): rule[0..3] and the current settings swapped.
 void bnas_xnor_amx_rule(int64_t* rule) {
 #if BNAS_AMX
-  for (int i = 0; i < 3; ++i) std::swap(rule[i], amx_rule[i]);
+  for (int i = 0; i < AMX_RULES; ++i) std::swap(rule[i], amx_rule[i]);
 #else
   (void)rule;
 #endif
@@ -1125,7 +1131,8 @@ void bnas_xnor_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g,
 #if BNAS_AMX
   if (isa == AMX) {
     const auto tiles = static_cast<int64_t>(weights[0]);
-    if (tiles && wo >= amx_rule[AMX_MIN_WO])
+    const int64_t macs = 64 * words * kh * kw * o * ho * wo;  // channels rounded up to words
+    if (tiles && wo >= amx_rule[AMX_MIN_WO] && macs >= amx_rule[AMX_MIN_MACS])
       return amx_conv(in, nz, g, reinterpret_cast<const int8_t*>(weights + tiles), extra, alpha,
                       out, threads);
     weights += AMX_HEADER;

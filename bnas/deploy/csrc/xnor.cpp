@@ -721,8 +721,8 @@ void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]
 // 0.85x after the caches were flushed, as in a network), short sums (16-32 channels or a 1x1
 // kernel: a tile's staging and transpose are not paid back; 0.88-0.99x), narrow rows (8 wide:
 // tiles of 16 positions half empty; 0.83-0.93x) or little work (64->64 on 14x14: 0.87x).
-// amx_rule says which run here; the tiles measured 1.06-1.5x faster on those it takes (with
-// warm caches; after a flush 0.97-1.10x).
+// amx_rule says which run here; the tiles measured 1.06-1.5x faster on those it takes with warm
+// caches, 0.90-1.20x with the caches flushed before each run.
 #if BNAS_AMX
 // At most AMX_WORDS input words and at least AMX_MIN_K input channels x taps (the weights laid
 // out for tiles), outputs at least AMX_MIN_WO wide and at least AMX_MIN_MACS products (input

@@ -219,7 +219,8 @@ def measure_network(name: str, steps: int, threads: int) -> dict[str, Any]:
     try:
         k.count_packing(True)
         started = clock()
-        layers = layer_times(packed, x, real, runs=steps, clock=clock)  # and one warm-up forward
+        # means, as the other parts' (and one untimed forward)
+        layers = layer_times(packed, x, real, runs=steps, clock=clock, summary=statistics.fmean)
         forwards = steps + 1
         result["instrumented_ms"] = 1e3 * (clock() - started) / forwards
         packing, calls = k.count_packing(False)

@@ -3,9 +3,11 @@ errors."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
+from torch import nn
 
 from bnas.cli import main
 from bnas.deploy import load, pack
@@ -119,3 +121,36 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 def test_eval_packed_refuses_what_the_engine_does_not_run(weights, capsys):
     assert main(["eval", "--weights", str(weights), "--packed", "--channels-last"]) == 2
     assert "float32 on the CPU" in capsys.readouterr().err
+
+
+def test_layer_times_are_medians_over_forwards_and_count_every_call():
+    """One slow forward does not move a layer's time; a module called twice per forward counts
+    both calls."""
+    from bnas.deploy.bench import layer_times
+
+    class Slow(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            time.sleep(0.3 if self.calls == 3 else 0.01)
+            return x
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slow, self.twice = Slow(), nn.Identity()
+
+        def forward(self, x):
+            return self.twice(self.twice(self.slow(x)))
+
+    times = layer_times(Net(), torch.zeros(1), ["slow", "twice", "missing"], runs=5)
+    assert set(times) == {"slow", "twice"}
+    assert 0.009 < times["slow"] < 0.04  # the third call (a timed one) slept 0.3 s: mean 0.068
+    assert times["twice"] < 0.005
+    fake = iter(range(1000))
+    counted = layer_times(Net(), torch.zeros(1), ["twice"], runs=3,
+                          clock=lambda: float(next(fake)))
+    assert counted == {"twice": 2.0}  # two calls per forward, each one tick of the fake clock

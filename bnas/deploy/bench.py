@@ -155,34 +155,38 @@ def real_layers(packed: nn.Module) -> list[str]:
 
 
 def layer_times(model: nn.Module, x: torch.Tensor, names: list[str], runs: int = 5,
-                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Mean seconds per forward of each named module of ``model`` on input ``x``, by ``clock``
-    (the wall clock, or e.g. ``time.thread_time`` on one thread)."""
+                clock: Callable[[], float] = time.perf_counter,
+                summary: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
+    """Seconds per forward of each named module of ``model`` on input ``x``, by ``clock`` (the
+    wall clock, or e.g. ``time.thread_time`` on one thread): ``summary`` of its times in
+    ``runs`` forwards (after one untimed), by default their median, so that one forward's
+    stall (a page fault, the scheduler) does not land on whichever layer was running; a module
+    called k times per forward (shared operations) counts its k calls."""
     modules = dict(model.named_modules())
-    times: dict[str, list[float]] = {n: [] for n in names if n in modules}
+    times: dict[str, list[float]] = {n: [0.0] * runs for n in names if n in modules}
+    called = {n: False for n in times}
     starts: dict[str, float] = {}
+    run = [-1]  # the timed forward running, -1 for the untimed one
     handles = []
     for name in times:
         def pre(module, inputs, name=name):
             starts[name] = clock()
 
         def post(module, inputs, output, name=name):
-            times[name].append(clock() - starts[name])
+            if run[0] >= 0:
+                times[name][run[0]] += clock() - starts[name]
+                called[name] = True
 
         handles += [modules[name].register_forward_pre_hook(pre),
                     modules[name].register_forward_hook(post)]
     try:
         with torch.inference_mode():
-            model(x)  # warm-up
-            for t in times.values():
-                t.clear()
-            for _ in range(runs):
+            for run[0] in range(-1, runs):
                 model(x)
     finally:
         for h in handles:
             h.remove()
-    # a module called k times per forward (shared operations) counts k calls per run
-    return {n: sum(t) / runs for n, t in times.items() if t}
+    return {n: summary(t) for n, t in times.items() if called[n]}
 
 
 def onnx_runner(model: nn.Module, shape: tuple[int, ...], n_threads: int

@@ -706,10 +706,11 @@ void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]
 // border table: the input is staged per thread as bytes +1 / -1 and 0 in the zero padding (and,
 // masked, where the input is 0), so that dot = S - extra.
 //
-// The staged rows hold pixel after pixel of the packed rows (their phase layout too), 64 bytes
-// per word: a tile of 16 consecutive output positions of one output row reads 16 consecutive
+// A staged row holds pixel after pixel of a packed row (its phase layout too), 64 bytes per
+// word: a tile of 16 consecutive output positions of one output row reads 16 consecutive
 // pixels of each tap's row at any stride and dilation, one tile load each (A: positions x 64
-// input channels). The weights are B tiles (64 input channels x 16 output channels, 0 past
+// input channels). Rows are staged once each, into a ring of the rows that a group of output
+// rows reads (a few kilobytes: first-level cache). The weights are B tiles (64 input channels x 16 output channels, 0 past
 // C_in), a block's two of a step side by side. A block is 2 position tiles x 2 channel tiles:
 // 4 accumulator tiles and 2 + 2 operand tiles, the 8 tile registers, so that each tile load
 // serves one product. Its sums are stored, and their epilogue (transposed to rows of output
@@ -717,12 +718,12 @@ void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]
 //
 // The popcount kernel stays as fast or faster on the other convolutions (measured through the
 // engine on a Xeon with AMX, 2 threads): many input channels (the int8 weights, 8x their bits,
-// stream from further away: 512 channels 0.46-0.59x; 256 channels 1.11x with warm caches but
-// 0.85x after the caches were flushed, as in a network), short sums (16-32 channels or a 1x1
-// kernel: a tile's staging and transpose are not paid back; 0.88-0.99x), narrow rows (8 wide:
-// tiles of 16 positions half empty; 0.83-0.93x) or little work (64->64 on 14x14: 0.87x).
-// amx_rule says which run here; the tiles measured 1.06-1.5x faster on those it takes with warm
-// caches, 0.90-1.20x with the caches flushed before each run.
+// stream from further away: 512 channels 0.44-0.63x; 256 channels 1.23x with warm caches but
+// 0.89x after the caches were flushed, as in a network), short sums (16-32 channels or a 1x1
+// kernel: a tile's staging and transpose are not paid back; 0.98-1.03x), narrow rows (8 wide:
+// tiles of 16 positions half empty; 0.83-0.92x) or little work (64 or 128 channels on 14x14:
+// 1.04x). amx_rule says which run here; the tiles measured 1.13-1.64x faster on those it takes
+// with warm caches, 0.87-1.17x with the caches flushed before each run.
 #if BNAS_AMX
 // At most AMX_WORDS input words and at least AMX_MIN_K input channels x taps (the weights laid
 // out for tiles), outputs at least AMX_MIN_WO wide and at least AMX_MIN_MACS products (input
@@ -756,7 +757,8 @@ struct AmxConv {
   const uint64_t* nz;  // or null (see struct Conv)
   int64_t sample, words, hp, wrow, s, o, kh, kw, d, oy, ho, wo, pt, h;
   const int8_t* w;        // B tiles: [channel pair][step][2][16 x 64 bytes]
-  const int64_t* off;     // per step: the byte offset of its tap and word from a tile's base
+  const int64_t* taprow;  // per step: its tap's input row from an output row's first one
+  const int64_t* off;     // per step: the byte offset of its tap's column and word in a row
   const uint8_t* inside;  // per column of a packed row: a real input column (not padding)
   const int32_t* extra;   // as in struct Conv
   const float* alpha;
@@ -779,30 +781,24 @@ struct AmxStage {
   }
 };
 
-// Rows y0 .. y1 - 1 of sample b's packed input as bytes, then 16 pixels of zeros (read by the
-// last tile of the last row past the row's end).
+// Row y of sample b's packed input as bytes (c.wrow pixels of 64 bytes per word).
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
-void amx_stage(const AmxConv& c, int64_t b, int64_t y0, int64_t y1, int8_t* dst) {
+void amx_stage(const AmxConv& c, int64_t b, int64_t y, int8_t* row) {
   const int64_t plane = c.hp * c.wrow, pix = c.words * 64;
-  const uint64_t* in = c.in + b * c.sample;
-  const uint64_t* nz = c.nz ? c.nz + b * c.sample : nullptr;
-  const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
-  for (int64_t y = y0; y < y1; ++y) {
-    int8_t* row = dst + (y - y0) * c.wrow * pix;
-    if (y < c.pt || y >= c.pt + c.h) {
-      std::memset(row, 0, c.wrow * pix);
-      continue;
-    }
-    for (int64_t x = 0; x < c.wrow; ++x)
-      for (int64_t j = 0; j < c.words; ++j) {
-        const int64_t at = j * plane + y * c.wrow + x;
-        __mmask64 keep = c.inside[x] ? ~0ull : 0ull;
-        if (nz) keep &= nz[at];
-        const __m512i v = _mm512_mask_blend_epi8(in[at], plus, minus);
-        _mm512_store_si512(row + x * pix + j * 64, _mm512_maskz_mov_epi8(keep, v));
-      }
+  if (y < c.pt || y >= c.pt + c.h) {
+    std::memset(row, 0, c.wrow * pix);
+    return;
   }
-  std::memset(dst + (y1 - y0) * c.wrow * pix, 0, 16 * pix);
+  const uint64_t* in = c.in + b * c.sample + y * c.wrow;
+  const uint64_t* nz = c.nz ? c.nz + b * c.sample + y * c.wrow : nullptr;
+  const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
+  for (int64_t x = 0; x < c.wrow; ++x)
+    for (int64_t j = 0; j < c.words; ++j) {
+      __mmask64 keep = c.inside[x] ? ~0ull : 0ull;
+      if (nz) keep &= nz[j * plane + x];
+      const __m512i v = _mm512_mask_blend_epi8(in[j * plane + x], plus, minus);
+      _mm512_store_si512(row + x * pix + j * 64, _mm512_maskz_mov_epi8(keep, v));
+    }
 }
 
 // r[i] (16 int32) as columns: r[n] lane i = the old r[i] lane n.
@@ -829,10 +825,10 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512
   }
 }
 
-// A tile of 16 output positions: output row oh from column ow0, its pixels from byte `base` of
-// the staged rows.
+// A tile of 16 output positions: output row oh from column ow0 (its first tap row: input row
+// `row`).
 struct AmxTile {
-  int64_t base, oh, ow0;
+  int64_t row, oh, ow0;
 };
 
 // The sums of one accumulator tile (16 positions x 16 output channels from o0, as stored) to
@@ -869,54 +865,64 @@ amx_finish_one(const AmxConv& c, int64_t b, const AmxDone& d, int q) {
 }
 
 // Output rows oh0 .. oh1 - 1 of sample b, for every output channel, on the calling thread.
+// They are taken in groups of output rows with at least two tiles (one row, or two where a row
+// is one tile); the input rows a group reads are staged in a ring of as many rows (input row y
+// in slot y % ring), each row staged once, so that the tile loads read a few kilobytes that
+// stay in the first-level cache.
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,amx-tile,amx-int8")))
 void amx_rows(const AmxConv& c, int64_t b, int64_t oh0, int64_t oh1) {
   thread_local AmxStage stage;
-  const int64_t pix = c.words * 64, y0 = c.oy + oh0 * c.s;
-  const int64_t y1 = c.oy + (oh1 - 1) * c.s + (c.kh - 1) * c.d + 1;
-  int8_t* staged = stage.get(((y1 - y0) * c.wrow + 16) * pix);
-  amx_stage(c, b, y0, y1, staged);
-  const int64_t per_row = (c.wo + 15) / 16, tiles = (oh1 - oh0) * per_row;
+  const int64_t pix = c.words * 64, row_bytes = c.wrow * pix, per_row = (c.wo + 15) / 16;
+  const int64_t group = per_row >= 2 ? 1 : 2, ring = (group - 1) * c.s + (c.kh - 1) * c.d + 1;
+  int8_t* rows = stage.get(ring * row_bytes + 16 * pix);
+  std::memset(rows + ring * row_bytes, 0, 16 * pix);  // read past the last slot's row end
   const int64_t steps = c.words * c.kh * c.kw, pairs = (c.o + 31) / 32;
-  auto tile = [&](int64_t t) {
-    const int64_t oh = oh0 + t / per_row, ow0 = (t % per_row) * 16;
-    return AmxTile{((oh * c.s + c.oy - y0) * c.wrow + ow0) * pix, oh, ow0};
+  auto at = [&](const AmxTile& t, int64_t f) {
+    return rows + (t.row + c.taprow[f]) % ring * row_bytes + t.ow0 * pix + c.off[f];
   };
   alignas(64) int32_t sums[2][4][256];
   AmxDone done{};
   bool waiting = false;
   int cur = 0;
+  int64_t staged = c.oy + oh0 * c.s;  // the first input row not staged yet
   _tile_loadconfig(&TILES);
-  for (int64_t t = 0; t < tiles; t += 2) {
-    const AmxTile t0 = tile(t), t1 = tile(std::min(t + 1, tiles - 1));
-    const int8_t* a0 = staged + t0.base;
-    const int8_t* a1 = staged + t1.base;
-    for (int64_t pair = 0; pair < pairs; ++pair) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      const int8_t* w = c.w + pair * steps * 2048;
-      for (int64_t f = 0; f < steps; ++f, w += 2048) {
-        _tile_loadd(4, a0 + c.off[f], pix);
-        _tile_loadd(5, a1 + c.off[f], pix);
-        _tile_loadd(6, w, 64);
-        _tile_loadd(7, w + 1024, 64);
-        _tile_dpbssd(0, 4, 6);
-        _tile_dpbssd(1, 4, 7);
-        _tile_dpbssd(2, 5, 6);
-        _tile_dpbssd(3, 5, 7);
-        if (waiting && f < 4) amx_finish_one(c, b, done, static_cast<int>(f));
+  for (int64_t g0 = oh0; g0 < oh1; g0 += group) {
+    const int64_t g1 = std::min(oh1, g0 + group), tiles = (g1 - g0) * per_row;
+    for (const int64_t last = c.oy + (g1 - 1) * c.s + (c.kh - 1) * c.d; staged <= last; ++staged)
+      amx_stage(c, b, staged, rows + staged % ring * row_bytes);
+    for (int64_t t = 0; t < tiles; t += 2) {
+      AmxTile pair_tiles[2];
+      for (int64_t k = 0; k < 2; ++k) {
+        const int64_t u = std::min(t + k, tiles - 1), oh = g0 + u / per_row;
+        pair_tiles[k] = {c.oy + oh * c.s, oh, (u % per_row) * 16};
       }
-      if (waiting)
-        for (int64_t q = steps; q < 4; ++q) amx_finish_one(c, b, done, static_cast<int>(q));
-      _tile_stored(0, sums[cur][0], 64);
-      _tile_stored(1, sums[cur][1], 64);
-      _tile_stored(2, sums[cur][2], 64);
-      _tile_stored(3, sums[cur][3], 64);
-      done = {{t0, t1}, t + 1 < tiles ? 2 : 1, pair, sums[cur]};
-      waiting = true;
-      cur ^= 1;
+      for (int64_t pair = 0; pair < pairs; ++pair) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        const int8_t* w = c.w + pair * steps * 2048;
+        for (int64_t f = 0; f < steps; ++f, w += 2048) {
+          _tile_loadd(4, at(pair_tiles[0], f), pix);
+          _tile_loadd(5, at(pair_tiles[1], f), pix);
+          _tile_loadd(6, w, 64);
+          _tile_loadd(7, w + 1024, 64);
+          _tile_dpbssd(0, 4, 6);
+          _tile_dpbssd(1, 4, 7);
+          _tile_dpbssd(2, 5, 6);
+          _tile_dpbssd(3, 5, 7);
+          if (waiting && f < 4) amx_finish_one(c, b, done, static_cast<int>(f));
+        }
+        if (waiting)
+          for (int64_t q = steps; q < 4; ++q) amx_finish_one(c, b, done, static_cast<int>(q));
+        _tile_stored(0, sums[cur][0], 64);
+        _tile_stored(1, sums[cur][1], 64);
+        _tile_stored(2, sums[cur][2], 64);
+        _tile_stored(3, sums[cur][3], 64);
+        done = {{pair_tiles[0], pair_tiles[1]}, t + 1 < tiles ? 2 : 1, pair, sums[cur]};
+        waiting = true;
+        cur ^= 1;
+      }
     }
   }
   if (waiting)
@@ -978,12 +984,13 @@ void amx_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g, const in
                 kh = g[7], kw = g[8], d = g[9], oy = g[10], ox = g[11], ho = g[12], wo = g[13],
                 pt = g[14], pl = g[15], h = g[16], w = g[17];
   const int64_t taps = kh * kw, pix = words * 64;
-  std::vector<int64_t> off(words * taps);
+  std::vector<int64_t> taprow(words * taps), off(words * taps);
   for (int64_t j = 0; j < words; ++j)
     for (int64_t i = 0; i < kh; ++i)
       for (int64_t k = 0; k < kw; ++k) {
-        const int64_t col = ox + k * d;
-        off[j * taps + i * kw + k] = (i * d * wrow + (col % s) * wc + col / s) * pix + 64 * j;
+        const int64_t col = ox + k * d, f = j * taps + i * kw + k;
+        taprow[f] = i * d;
+        off[f] = ((col % s) * wc + col / s) * pix + 64 * j;
       }
   std::vector<uint8_t> inside(wrow);
   for (int64_t x = 0; x < wrow; ++x) {
@@ -991,7 +998,7 @@ void amx_conv(const uint64_t* in, const uint64_t* nz, const int64_t* g, const in
     inside[x] = col >= pl && col < pl + w;
   }
   const AmxConv c{in, nz, words * hp * wrow, words, hp, wrow, s, o, kh, kw, d, oy, ho, wo, pt,
-                  h, weights, off.data(), inside.data(), extra, alpha, out};
+                  h, weights, taprow.data(), off.data(), inside.data(), extra, alpha, out};
   amx_run(c, n, threads);
 }
 #endif

@@ -710,8 +710,9 @@ void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]
 // word: a tile of 16 consecutive output positions of one output row reads 16 consecutive
 // pixels of each tap's row at any stride and dilation, one tile load each (A: positions x 64
 // input channels). Rows are staged once each, into a ring of the rows that a group of output
-// rows reads (a few kilobytes: first-level cache). The weights are B tiles (64 input channels x 16 output channels, 0 past
-// C_in), a block's two of a step side by side. A block is 2 position tiles x 2 channel tiles:
+// rows reads (a few kilobytes: first-level cache). The weights are B tiles (64 input channels
+// x 16 output channels, 0 past C_in), a block's two of a step side by side. A block is 2
+// position tiles x 2 channel tiles:
 // 4 accumulator tiles and 2 + 2 operand tiles, the 8 tile registers, so that each tile load
 // serves one product. Its sums are stored, and their epilogue (transposed to rows of output
 // channels, less the corrections, scaled, stored NCHW) runs during the next block's products.
@@ -721,8 +722,8 @@ void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]
 // stream from further away: 512 channels 0.44-0.63x; 256 channels 1.23x with warm caches but
 // 0.89x after the caches were flushed, as in a network), short sums (16-32 channels or a 1x1
 // kernel: a tile's staging and transpose are not paid back; 0.98-1.03x), narrow rows (8 wide:
-// tiles of 16 positions half empty; 0.83-0.92x) or little work (64 or 128 channels on 14x14:
-// 1.04x). amx_rule says which run here; the tiles measured 1.13-1.64x faster on those it takes
+// tiles of 16 positions half empty; 0.83-0.92x) or little work (64 channels on 14x14: 1.04x,
+// within the noise). amx_rule says which run here; the tiles measured 1.13-1.64x faster on those it takes
 // with warm caches, 0.87-1.17x with the caches flushed before each run.
 #if BNAS_AMX
 // At most AMX_WORDS input words and at least AMX_MIN_K input channels x taps (the weights laid

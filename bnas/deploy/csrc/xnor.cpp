@@ -723,8 +723,8 @@ void conv_run(const Conv& c, int64_t n, int threads, const BlockFn (&blocks)[PV]
 // 0.89x after the caches were flushed, as in a network), short sums (16-32 channels or a 1x1
 // kernel: a tile's staging and transpose are not paid back; 0.98-1.03x), narrow rows (8 wide:
 // tiles of 16 positions half empty; 0.83-0.92x) or little work (64 channels on 14x14: 1.04x,
-// within the noise). amx_rule says which run here; the tiles measured 1.13-1.64x faster on those it takes
-// with warm caches, 0.87-1.17x with the caches flushed before each run.
+// within the noise). amx_rule says which run here; the tiles measured 1.13-1.64x faster on
+// those it takes with warm caches, 0.87-1.17x with the caches flushed before each run.
 #if BNAS_AMX
 // At most AMX_WORDS input words and at least AMX_MIN_K input channels x taps (the weights laid
 // out for tiles), outputs at least AMX_MIN_WO wide and at least AMX_MIN_MACS products (input

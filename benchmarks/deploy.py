@@ -33,7 +33,8 @@ its own choice everywhere (the AVX2 kernels against this machine's AVX-512 torch
 
 Times are medians of ``--steps`` runs (``--stat min``: the fastest run), a workload's engines
 taking turns every few runs (so that a noisy spell of the machine falls on all of them, not on
-whichever was being timed, while each runs with warm caches), by the wall clock or, with
+whichever was being timed), each turn after at least ``WARM_S`` of untimed runs (so that each
+runs with warm caches and at the pace its own work sets), by the wall clock or, with
 ``--clock cpu`` (one thread only), by the thread's CPU time, which other processes sharing the
 cores do not inflate. Machines are noisy: compare figures measured side by side (the ratios).
 On a machine other jobs keep busy, two threads' wall-clock medians measure the scheduler (a

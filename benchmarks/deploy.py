@@ -2,7 +2,7 @@
 """The bit-packed CPU engine against float32 PyTorch (and onnxruntime), batch 1, per path.
 
     python benchmarks/deploy.py                     # every workload on every path (minutes)
-    python benchmarks/deploy.py --only "[avx512"      # one path
+    python benchmarks/deploy.py --only "[avx512"    # one path
     python benchmarks/deploy.py --only "conv 64->64" --steps 50
 
 Workloads, each on every kernel path this CPU runs (``BNAS_XNOR_ISA``: amx, avx512, avx2,

@@ -3,10 +3,11 @@
 :func:`kernels` builds the library on first use (:mod:`bnas.ops.cxx`) and picks the fastest
 path this CPU runs: ``amx`` (the AVX-512 path, with the convolutions of few input channels
 as Intel AMX int8 tile products), ``avx512`` (AVX-512 with VPOPCNTDQ), ``avx2``
-(nibble-lookup popcount) or ``portable``; ``BNAS_XNOR_ISA`` forces one (a path the CPU lacks is refused). Before the
-packing's BatchNorm is used, a probe checks that its ``x * scale + shift`` equals torch's eval
-BatchNorm bit for bit (with the multiply-add fused or not, whichever torch's build does); where
-neither matches, packed operations normalise with torch and pack the result (same values).
+(nibble-lookup popcount) or ``portable``; ``BNAS_XNOR_ISA`` forces one (a path the CPU lacks
+is refused). Before the packing's BatchNorm is used, a probe checks that its
+``x * scale + shift`` equals torch's eval BatchNorm bit for bit (with the multiply-add fused or
+not, whichever torch's build does); where neither matches, packed operations normalise with
+torch and pack the result (same values).
 
 :class:`BinaryConvPlan` is one binary convolution: its weights packed 64 input channels to a
 word; calling it packs a float input (NCHW, float32) and convolves it, giving the float model's
